@@ -1,0 +1,69 @@
+"""GoLedger: a coin ledger served over HTTP.
+
+``create_app`` is the only way to build the application: configuration, the store,
+the blueprints and the error handlers are all attached here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app.config import Config, ConfigError
+
+_log = logging.getLogger("goledger")
+
+#: The original project's demo accounts, so its README's curl examples run verbatim.
+DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
+    from app import cli, errors
+    from app.api import admin, balance, deposit, health, history, transfer, withdraw
+    from app.auth import token_digest
+
+    config = Config.from_env(os.environ, test_config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
+
+    app.extensions["ledger_config"] = config
+    app.extensions["ledger_admin_digest"] = token_digest(config.admin_token) if config.admin_token else None
+    app.extensions["ledger"] = _build_store(config)
+
+    errors.init_app(app)
+    for module in (balance, deposit, withdraw, transfer, history, health, admin):
+        app.register_blueprint(module.bp)
+    cli.init_app(app)
+
+    if config.demo:
+        _seed_demo(app)
+    return app
+
+
+def _build_store(config: Config) -> Any:
+    from app.ledger.memory import MockDB
+
+    if config.uses_memory_store:
+        return MockDB()
+    raise ConfigError("The PostgreSQL store is not available in this version; use LEDGER_STORE=memory.")
+
+
+def _seed_demo(app: Flask) -> None:
+    from app.auth import token_digest
+    from app.ledger.model import Deadline
+
+    ledger = app.extensions["ledger"]
+    if not ledger.is_empty():
+        return
+    for username, token, balance in DEMO_ACCOUNTS:
+        ledger.create_account(username, token_digest(token), balance, deadline=Deadline.after_ms(5000))
+    _log.warning(
+        "LEDGER_DEMO: seeded demo accounts %s with well-known tokens; set LEDGER_DEMO=0 in production",
+        ", ".join(name for name, _, _ in DEMO_ACCOUNTS),
+    )

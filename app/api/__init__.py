@@ -1,0 +1,1 @@
+"""HTTP blueprints: one per operation, each delegating to the ledger store."""

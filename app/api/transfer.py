@@ -1,0 +1,31 @@
+"""``POST /account/coins/transfer``: an atomic transfer from the caller to another account."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from app.api.common import run_money_operation
+from app.ledger.errors import Forbidden, InvalidInput
+from app.ledger.model import Deadline, OperationResult
+from app.ledger.store import LedgerStore
+from app.params import Params, parse_amount, parse_username
+
+bp = Blueprint("transfer", __name__)
+
+
+def _transfer(
+    ledger: LedgerStore, username: str, params: Params, deadline: Deadline, expected_version: int | None
+) -> OperationResult:
+    source = params.get("from", parse_username)
+    if source is not None and source != username:
+        raise Forbidden("You can only move money out of your own account.")
+    target = params.require("to", parse_username)
+    amount = params.require("amount", parse_amount)
+    if target == username:
+        raise InvalidInput("same_account", "The sender and the recipient are the same account.")
+    return ledger.transfer(username, target, amount, deadline=deadline, expected_version=expected_version)
+
+
+@bp.post("/account/coins/transfer")
+def transfer() -> Response:
+    return run_money_operation(_transfer)

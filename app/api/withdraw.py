@@ -1,0 +1,24 @@
+"""``POST /account/coins/withdraw``: a withdrawal from the caller's account."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from app.api.common import run_money_operation
+from app.ledger.model import Deadline, OperationResult
+from app.ledger.store import LedgerStore
+from app.params import Params, parse_amount
+
+bp = Blueprint("withdraw", __name__)
+
+
+def _withdraw(
+    ledger: LedgerStore, username: str, params: Params, deadline: Deadline, expected_version: int | None
+) -> OperationResult:
+    amount = params.require("amount", parse_amount)
+    return ledger.withdraw(username, amount, deadline=deadline, expected_version=expected_version)
+
+
+@bp.post("/account/coins/withdraw")
+def withdraw() -> Response:
+    return run_money_operation(_withdraw)

@@ -1,0 +1,72 @@
+"""Configuration: the environment, read in this one place, into one frozen ``Config``."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: The contract's body limit: larger bodies are answered ``413 payload_too_large``.
+MAX_BODY_BYTES = 1024 * 1024
+#: Bounds of a per-request deadline (``X-Timeout-Ms``) and of the configured default.
+MIN_TIMEOUT_MS = 1
+MAX_TIMEOUT_MS = 60_000
+
+
+class ConfigError(ValueError):
+    """The environment holds a value the service cannot start with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    store: str = "memory"
+    data_dir: str | None = None
+    admin_token: str | None = None
+    demo: bool = True
+    op_timeout_ms: int = 2000
+    port: int = 3000
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    @property
+    def uses_memory_store(self) -> bool:
+        return self.store == "memory"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Config:
+        """Read the contract's variables; ``overrides`` (tests) win over the environment."""
+        store = environ.get("LEDGER_STORE", "memory").strip() or "memory"
+        if store != "memory" and not store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"LEDGER_STORE must be 'memory' or a postgresql:// URL, not {store!r}")
+        demo_default = "1" if store == "memory" else "0"
+        config = cls(
+            store=store,
+            data_dir=environ.get("LEDGER_DATA_DIR") or None,
+            admin_token=environ.get("LEDGER_ADMIN_TOKEN") or None,
+            demo=_flag("LEDGER_DEMO", environ.get("LEDGER_DEMO", demo_default)),
+            op_timeout_ms=_integer(
+                "LEDGER_OP_TIMEOUT_MS",
+                environ.get("LEDGER_OP_TIMEOUT_MS", "2000"),
+                MIN_TIMEOUT_MS,
+                MAX_TIMEOUT_MS,
+            ),
+            port=_integer("PORT", environ.get("PORT", "3000"), 1, 65535),
+        )
+        return dataclasses.replace(config, **dict(overrides or {}))
+
+
+def _flag(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, not {value!r}")
+
+
+def _integer(name: str, value: str, low: int, high: int) -> int:
+    text = value.strip()
+    if re.fullmatch(r"[0-9]{1,9}", text) is None or not low <= int(text) <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+    return int(text)

@@ -1,0 +1,117 @@
+"""The ledger's value objects: accounts as seen by callers, audit records, deadlines.
+
+Everything here is immutable, so a value handed out of a store can never be used to
+reach back into the store's internal state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+#: The largest amount one operation may move (contract: 1 <= amount <= 10^15).
+MAX_AMOUNT = 10**15
+#: No balance may ever exceed a signed 64-bit integer.
+MAX_BALANCE = 2**63 - 1
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class OperationType(StrEnum):
+    """The kinds of audit record; the value is what the API shows."""
+
+    OPEN = "open"
+    DEPOSIT = "deposit"
+    WITHDRAWAL = "withdrawal"
+    TRANSFER = "transfer"
+
+
+class Status(StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+
+def new_id(prefix: str) -> str:
+    """A unique, time-ordered identifier in the spirit of a ULID.
+
+    48 bits of milliseconds since the epoch followed by 80 random bits, Crockford
+    base32: ids sort by creation time and never collide in practice.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return prefix + "".join(reversed(chars))
+
+
+def utc_now_iso() -> str:
+    """The current time as the API shows it: ISO 8601, microseconds, ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """A copy of one account's state, taken under the store's lock."""
+
+    username: str
+    balance: int
+    version: int
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One audit record: a money operation that reached the ledger.
+
+    ``sequence`` is the ledger-wide order (1, 2, 3, … with no gaps); ``source`` and
+    ``target`` are the contract's ``from`` and ``to``.
+    """
+
+    id: str
+    sequence: int
+    type: OperationType
+    source: str | None
+    target: str | None
+    amount: int
+    status: Status
+    reason: str | None
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperationResult:
+    """The outcome of a successful money operation: its record and the caller's account."""
+
+    transaction: Transaction
+    account: AccountView
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of audit records and the cursor of the next page (``None`` at the end)."""
+
+    transactions: tuple[Transaction, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When an operation must have finished, on the monotonic clock."""
+
+    expires_at: float
+
+    @classmethod
+    def after_ms(cls, timeout_ms: int) -> Deadline:
+        return cls(time.monotonic() + timeout_ms / 1000)
+
+    def remaining_s(self) -> float:
+        """Seconds left, never negative (zero still allows one non-blocking try)."""
+        return max(0.0, self.expires_at - time.monotonic())

@@ -1,0 +1,86 @@
+"""The interface every ledger store implements (the embedded ``MockDB`` first).
+
+The web layer talks only to this protocol, so the API and its conformance tests run
+unchanged against each store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.ledger.model import AccountView, Deadline, OperationResult, Page
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``/system/health`` reports about a store."""
+
+    uptime_seconds: float
+    operation_count: int
+    database: bool
+    audit_log: bool
+    performance: bool
+
+
+class LedgerStore(Protocol):
+    """A ledger of integer coin balances with an audit trail.
+
+    Every method that changes money either applies completely and returns the audit
+    record, or raises a :class:`~app.ledger.errors.LedgerError` having changed no
+    balance. Deadlines bound every lock wait.
+    """
+
+    def is_empty(self) -> bool:
+        """Whether the ledger has no accounts (demo data only goes into an empty one)."""
+        ...
+
+    def create_account(
+        self, username: str, token_digest: bytes, balance: int, *, deadline: Deadline
+    ) -> AccountView:
+        """Open an account; ``AccountExists`` if the name is taken."""
+        ...
+
+    def token_digest(self, username: str) -> bytes | None:
+        """The stored hash of the account's token, ``None`` for an unknown account."""
+        ...
+
+    def account(self, username: str, *, deadline: Deadline) -> AccountView:
+        """A consistent copy of one account's state."""
+        ...
+
+    def deposit(
+        self,
+        username: str,
+        amount: int,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> OperationResult: ...
+
+    def withdraw(
+        self,
+        username: str,
+        amount: int,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> OperationResult: ...
+
+    def transfer(
+        self,
+        username: str,
+        target: str,
+        amount: int,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> OperationResult:
+        """Move ``amount`` from ``username`` to ``target`` atomically."""
+        ...
+
+    def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
+        """The account's audit records, newest first, ``limit`` at a time."""
+        ...
+
+    def health(self) -> Health: ...

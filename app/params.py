@@ -1,0 +1,166 @@
+"""Request parameters: the query string and a JSON object body, validated into types.
+
+A parameter may come from the query string (the original style) or the JSON body.
+Each given value is validated on its own; if two sources (or a repeated query
+key, or a repeated JSON key) give different values, the request is rejected with
+``conflicting_parameters`` rather than guessing which one the client meant.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from flask import Request
+from werkzeug.datastructures import MultiDict
+
+from app.config import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
+from app.ledger.errors import InvalidInput, VersionConflict
+from app.ledger.model import MAX_AMOUNT
+
+T = TypeVar("T")
+
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_IF_MATCH = re.compile(r'(?:"([0-9]{1,19})"|([0-9]{1,19}))')
+_TOKEN = re.compile(r"[\x21-\x7e]{1,256}")
+MAX_PAGE_LIMIT = 500
+DEFAULT_PAGE_LIMIT = 50
+
+
+class Params:
+    """The parameters of one request, from its query string and JSON body."""
+
+    __slots__ = ("_body", "_query")
+
+    def __init__(self, query: MultiDict[str, str], body: Mapping[str, object]) -> None:
+        self._query = query
+        self._body = body
+
+    @classmethod
+    def from_request(cls, request: Request) -> Params:
+        return cls(request.args, _json_object(request.get_data(cache=True)))
+
+    def get(self, name: str, parse: Callable[[object], T]) -> T | None:
+        """The validated value of ``name``, or ``None`` when no source gives it."""
+        values = [parse(value) for value in self._query.getlist(name)]
+        body_value = self._body.get(name)
+        if body_value is not None:
+            values.append(parse(body_value))
+        if not values:
+            return None
+        first = values[0]
+        if any(value != first for value in values[1:]):
+            raise InvalidInput(
+                "conflicting_parameters",
+                f"The {name} parameter is given more than once with different values.",
+            )
+        return first
+
+    def require(self, name: str, parse: Callable[[object], T]) -> T:
+        value = self.get(name, parse)
+        if value is None:
+            raise InvalidInput("missing_parameter", f"The {name} parameter is required.")
+        return value
+
+    @property
+    def body(self) -> Mapping[str, object]:
+        return self._body
+
+
+def _json_object(data: bytes) -> Mapping[str, object]:
+    if not data.strip():
+        return {}
+    try:
+        value = json.loads(data, object_pairs_hook=_reject_duplicate_keys)
+    except _DuplicateKey as error:
+        raise InvalidInput(
+            "conflicting_parameters", f"The JSON body gives {error.args[0]} more than once."
+        ) from None
+    except (ValueError, RecursionError):
+        raise InvalidInput("invalid_json", "The body is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("invalid_json", "The body must be a JSON object.")
+    return value
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result and result[key] != value:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+# -- parsers: each takes a raw value (str from a query, any JSON value) -------------
+
+
+def parse_username(value: object) -> str:
+    if not isinstance(value, str) or USERNAME_PATTERN.fullmatch(value) is None:
+        raise InvalidInput(
+            "invalid_username", "A username is 1 to 64 characters from A-Z, a-z, 0-9, '_', '.' and '-'."
+        )
+    return value
+
+
+def _whole_number(value: object, code: str, what: str, low: int, high: int) -> int:
+    """An int in ``[low, high]`` from a JSON integer or a string of plain digits."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value) is not None:
+        number = int(value)
+    if number is None or not low <= number <= high:
+        raise InvalidInput(code, f"{what} must be a whole number from {low} to {high}.")
+    return number
+
+
+def parse_amount(value: object) -> int:
+    return _whole_number(value, "invalid_amount", "The amount", 1, MAX_AMOUNT)
+
+
+def parse_opening_balance(value: object) -> int:
+    return _whole_number(value, "invalid_amount", "The balance", 0, MAX_AMOUNT)
+
+
+def parse_limit(value: object) -> int:
+    return _whole_number(value, "invalid_limit", "The limit", 1, MAX_PAGE_LIMIT)
+
+
+def parse_cursor(value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.")
+    return value
+
+
+def parse_token(value: object) -> str:
+    if not isinstance(value, str) or _TOKEN.fullmatch(value) is None:
+        raise InvalidInput("invalid_token", "A token is 1 to 256 printable ASCII characters without spaces.")
+    return value
+
+
+# -- headers ----------------------------------------------------------------------
+
+
+def parse_timeout_ms(header: str | None, default_ms: int) -> int:
+    """``X-Timeout-Ms``: the operation's deadline in milliseconds."""
+    if header is None:
+        return default_ms
+    return _whole_number(header.strip(), "invalid_timeout", "X-Timeout-Ms", MIN_TIMEOUT_MS, MAX_TIMEOUT_MS)
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """``If-Match: "7"``: the version the caller expects; ``*`` or absent: any."""
+    if header is None or header.strip() == "*":
+        return None
+    match = _IF_MATCH.fullmatch(header.strip())
+    if match is None:
+        raise VersionConflict('If-Match must name one version, such as "7".')
+    return int(match.group(1) or match.group(2))
