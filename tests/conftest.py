@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
@@ -17,10 +15,10 @@ ADMIN_TOKEN = "test-admin-token"
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
+def app() -> Flask:
     application = create_app({"admin_token": ADMIN_TOKEN, "demo": True})
     application.config["TESTING"] = True
-    yield application
+    return application
 
 
 @pytest.fixture

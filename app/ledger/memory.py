@@ -7,16 +7,19 @@ Three locks, each the only owner of its data, always taken in this order:
 1. ``_rw`` (a fair ``readerwriterlock``) guards ``_accounts``: balances, versions,
    holds and token digests. Reads share it; every change holds it exclusively, and
    the funds check and the mutation happen under that one write lock.
-2. ``_audit_lock`` guards the audit trail (``_audit``, ``_records_by_account``).
+2. ``_credentials_lock`` guards ``_credentials``, the token digests. It is apart
+   from ``_rw`` so that authenticating a request never waits behind a balance
+   writer; an account's digest is added right after the account, under ``_rw``.
+3. ``_audit_lock`` guards the audit trail (``_audit``, ``_records_by_account``).
    Records of applied operations are appended while the write lock is still held,
    so the audit order is exactly the order in which balances changed.
-3. ``_counters_lock`` guards the health counters.
+4. ``_counters_lock`` guards the health counters.
 
 A path may skip a lock but never takes them out of order, and never takes one
 twice (the readerwriterlock locks are not reentrant). Lock handles are generated
 afresh on every use and never stored. Waits for ``_rw`` are bounded by the
-operation's deadline; the other two are only ever held for a few dictionary or list
-operations, never across I/O.
+operation's deadline; the other three are only ever held for a few dictionary or
+list operations, never across I/O.
 
 Durability
 ----------
@@ -69,10 +72,9 @@ _CURSOR_PATTERN = re.compile(r"h:([1-9][0-9]{0,18})")
 class _Account:
     """Mutable account state; only ever touched under ``MockDB._rw``."""
 
-    __slots__ = ("balance", "held", "token_digest", "version")
+    __slots__ = ("balance", "held", "version")
 
-    def __init__(self, token_digest: bytes, balance: int) -> None:
-        self.token_digest = token_digest
+    def __init__(self, balance: int) -> None:
         self.balance = balance
         self.held = 0
         self.version = 0
@@ -87,6 +89,9 @@ class MockDB:
     def __init__(self) -> None:
         self._rw = rwlock.RWLockFair()
         self._accounts: dict[str, _Account] = {}
+
+        self._credentials_lock = threading.Lock()
+        self._credentials: dict[str, bytes] = {}
 
         self._audit_lock = threading.Lock()
         self._audit: list[Transaction] = []
@@ -111,8 +116,10 @@ class MockDB:
                 raise AccountExists(f"Account {username} already exists.")
             if not 0 <= balance <= MAX_BALANCE:
                 raise StoreInvariantBroken(f"opening balance {balance} out of range")
-            account = _Account(token_digest, balance)
+            account = _Account(balance)
             self._accounts[username] = account
+            with self._credentials_lock:
+                self._credentials[username] = token_digest
             return account.view(username)
 
         # The opening balance is audited like a deposit so that the audit trail alone
@@ -120,9 +127,8 @@ class MockDB:
         return self._run_write(OperationType.OPEN, username, None, username, balance, deadline, apply).account
 
     def token_digest(self, username: str) -> bytes | None:
-        with self._rw.gen_rlock():
-            account = self._accounts.get(username)
-            return None if account is None else account.token_digest
+        with self._credentials_lock:
+            return self._credentials.get(username)
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
         lock = self._rw.gen_rlock()

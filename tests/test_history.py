@@ -1,0 +1,81 @@
+"""``GET /account/transactions``: newest first, cursor pages that never repeat or skip."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+AARON = {"Authorization": "1"}
+
+
+def page(client: FlaskClient, **query: object) -> dict[str, object]:
+    response = client.get("/account/transactions", query_string={"username": "aaron", **query}, headers=AARON)
+    assert response.status_code == 200
+    body: dict[str, object] = response.json
+    return body
+
+
+def test_history_is_newest_first_and_includes_failures(client: FlaskClient) -> None:
+    client.post("/account/coins/add?username=aaron&amount=1", headers=AARON)
+    client.post("/account/coins/withdraw?username=aaron&amount=999999", headers=AARON)
+    client.post("/account/coins/transfer?username=bryan&to=aaron&amount=3", headers={"Authorization": "2"})
+    records = page(client)["transactions"]
+    assert isinstance(records, list)
+    assert [(r["type"], r["status"]) for r in records] == [
+        ("transfer", "SUCCESS"),
+        ("withdrawal", "FAILED"),
+        ("deposit", "SUCCESS"),
+        ("open", "SUCCESS"),
+    ]
+    sequences = [r["sequence"] for r in records]
+    assert sequences == sorted(sequences, reverse=True)
+
+
+def test_default_limit_is_fifty(client: FlaskClient) -> None:
+    for _ in range(60):
+        client.post("/account/coins/add?username=aaron&amount=1", headers=AARON)
+    body = page(client)
+    assert len(body["transactions"]) == 50  # type: ignore[arg-type]
+    assert body["next_cursor"] is not None
+
+
+def test_pages_never_repeat_or_skip_while_new_records_arrive(client: FlaskClient) -> None:
+    for _ in range(20):
+        client.post("/account/coins/add?username=aaron&amount=1", headers=AARON)
+    seen: list[int] = []
+    cursor = None
+    while True:
+        query = {"limit": 3} if cursor is None else {"limit": 3, "cursor": cursor}
+        body = page(client, **query)
+        seen.extend(r["sequence"] for r in body["transactions"])  # type: ignore[union-attr]
+        # Someone keeps writing between pages.
+        client.post("/account/coins/add?username=aaron&amount=1", headers=AARON)
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(set(seen), reverse=True)
+    everything = page(client, limit=500)["transactions"]
+    older = [r["sequence"] for r in everything if r["sequence"] <= seen[0]]  # type: ignore[union-attr]
+    assert seen == older
+    assert len(seen) == 21  # 20 deposits and the opening record
+
+
+def test_a_user_sees_only_their_own_records(client: FlaskClient) -> None:
+    client.post("/account/coins/add?username=bryan&amount=1", headers={"Authorization": "2"})
+    names = {(r["from"], r["to"]) for r in page(client, limit=500)["transactions"]}  # type: ignore[union-attr]
+    assert all("aaron" in pair for pair in names)
+
+
+def test_a_failed_transfer_to_an_unknown_name_does_not_reach_that_names_future_history(
+    client: FlaskClient,
+) -> None:
+    from tests.conftest import ADMIN_TOKEN
+
+    client.post("/account/coins/transfer?username=aaron&to=zed&amount=5", headers=AARON)
+    created = client.post(
+        "/admin/accounts",
+        json={"username": "zed", "token": "zed-token"},
+        headers={"Authorization": ADMIN_TOKEN},
+    )
+    assert created.status_code == 201
+    records = client.get("/account/transactions?username=zed", headers={"Authorization": "zed-token"}).json
+    assert [r["type"] for r in records["transactions"]] == ["open"]
