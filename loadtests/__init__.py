@@ -1,0 +1,1 @@
+"""Load tests (locust) for GoLedger; see ``locustfile.py``."""
