@@ -79,3 +79,13 @@ def test_opening_balance_is_audited(client: FlaskClient) -> None:
         42,
         "SUCCESS",
     )
+
+
+def test_a_refused_duplicate_opening_is_not_in_the_holders_history(client: FlaskClient) -> None:
+    before = client.get("/account/transactions?username=aaron", headers={"Authorization": "1"}).json
+    assert (
+        client.post("/admin/accounts", json={"username": "aaron", "balance": 999}, headers=ADMIN).status_code
+        == 409
+    )
+    after = client.get("/account/transactions?username=aaron", headers={"Authorization": "1"}).json
+    assert after == before

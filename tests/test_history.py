@@ -79,3 +79,16 @@ def test_a_failed_transfer_to_an_unknown_name_does_not_reach_that_names_future_h
     assert created.status_code == 201
     records = client.get("/account/transactions?username=zed", headers={"Authorization": "zed-token"}).json
     assert [r["type"] for r in records["transactions"]] == ["open"]
+
+
+def test_the_store_refuses_an_empty_page() -> None:
+    import pytest
+
+    from app.ledger.errors import InvalidInput
+    from app.ledger.memory import MockDB
+    from tests.conftest import open_account
+
+    ledger = MockDB()
+    open_account(ledger, "alice", 10)
+    with pytest.raises(InvalidInput, match="limit"):
+        ledger.history("alice", limit=0, cursor=None)

@@ -123,8 +123,11 @@ class MockDB:
             return account.view(username)
 
         # The opening balance is audited like a deposit so that the audit trail alone
-        # explains every coin in the ledger.
-        return self._run_write(OperationType.OPEN, username, None, username, balance, deadline, apply).account
+        # explains every coin in the ledger. A refused opening (the name is taken) is
+        # audited too, but shown in nobody's history: it is not the holder's doing.
+        return self._run_write(
+            OperationType.OPEN, username, None, username, balance, deadline, apply, failure_parties=()
+        ).account
 
     def token_digest(self, username: str) -> bytes | None:
         with self._credentials_lock:
@@ -209,6 +212,8 @@ class MockDB:
     # -- history --------------------------------------------------------------
 
     def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
+        if limit < 1:
+            raise InvalidInput("invalid_limit", "The limit must be at least 1.")
         before = None if cursor is None else _decode_cursor(cursor)
         with self._audit_lock:
             sequences = self._records_by_account.get(username, [])
@@ -265,21 +270,27 @@ class MockDB:
         amount: int,
         deadline: Deadline,
         apply: Callable[[], AccountView],
+        failure_parties: tuple[str, ...] | None = None,
     ) -> OperationResult:
-        """Apply ``apply`` under the write lock and audit the outcome either way."""
+        """Apply ``apply`` under the write lock and audit the outcome either way.
+
+        A failure is shown in the history of ``failure_parties`` (default: the caller
+        alone, never a recipient who had no part in it).
+        """
+        failed_for = (username,) if failure_parties is None else failure_parties
         lock = self._rw.gen_wlock()
         try:
             self._acquire(lock, deadline)
         except OperationTimeout as error:
             # Nothing was applied; the record only needs the audit lock.
-            error.transaction = self._append(kind, source, target, amount, (username,), error.code)
+            error.transaction = self._append(kind, source, target, amount, failed_for, error.code)
             self._count_operation()
             raise
         try:
             try:
                 account = apply()
             except LedgerError as error:
-                error.transaction = self._append(kind, source, target, amount, (username,), error.code)
+                error.transaction = self._append(kind, source, target, amount, failed_for, error.code)
                 raise
             parties = tuple(name for name in (source, target) if name is not None)
             record = self._append(kind, source, target, amount, parties, None)
