@@ -25,6 +25,9 @@ max_requests = 0
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
+# gunicorn 25+ opens a control socket at a fixed path in $HOME: two instances would
+# collide on it, and the service needs no remote-control surface.
+control_socket_disable = True
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
