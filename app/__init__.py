@@ -24,10 +24,12 @@ DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
     from app import cli, errors
-    from app.api import admin, balance, deposit, health, history, transfer, withdraw
+    from app.api import admin, balance, deposit, health, history, metrics, transfer, withdraw
     from app.auth import token_digest
+    from app.observability import Observability, configure_logging
 
     config = Config.from_env(os.environ, test_config)
+    configure_logging(config.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
@@ -35,9 +37,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ledger_config"] = config
     app.extensions["ledger_admin_digest"] = token_digest(config.admin_token) if config.admin_token else None
     app.extensions["ledger"] = _build_store(config)
+    app.extensions["ledger_observability"] = Observability(app, app.extensions["ledger"])
 
     errors.init_app(app)
-    for module in (balance, deposit, withdraw, transfer, history, health, admin):
+    for module in (balance, deposit, withdraw, transfer, history, health, metrics, admin):
         app.register_blueprint(module.bp)
     cli.init_app(app)
 
@@ -47,10 +50,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _build_store(config: Config) -> Any:
+    from app.ledger.idempotency import IdempotencyTable
     from app.ledger.memory import MockDB
 
     if config.uses_memory_store:
-        return MockDB()
+        return MockDB(idempotency=IdempotencyTable(max_keys=config.idempotency_max_keys))
     raise ConfigError("The PostgreSQL store is not available in this version; use LEDGER_STORE=memory.")
 
 

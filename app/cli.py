@@ -23,5 +23,24 @@ def health_command() -> None:
         raise SystemExit(1)
 
 
+@ledger_cli.command("verify")
+def verify_command() -> None:
+    """Verify the ledger: balances, conservation, replay and the hash chain.
+
+    Exits 1 and lists the problems when anything is wrong.
+    """
+    from app.api.common import store
+
+    report = store().verify()
+    figures = " ".join(f"{name}={value}" for name, value in report.figures().items())
+    if report.ok:
+        click.echo(f"ok {figures}")
+        return
+    click.echo(f"FAILED {figures}", err=True)
+    for problem in report.problems:
+        click.echo(f"  - {problem}", err=True)
+    raise SystemExit(1)
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(ledger_cli)

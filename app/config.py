@@ -28,6 +28,8 @@ class Config:
     op_timeout_ms: int = 2000
     port: int = 3000
     max_body_bytes: int = MAX_BODY_BYTES
+    log_level: str = "INFO"
+    idempotency_max_keys: int = 1_000_000
 
     @property
     def uses_memory_store(self) -> bool:
@@ -52,6 +54,13 @@ class Config:
                 MAX_TIMEOUT_MS,
             ),
             port=_integer("PORT", environ.get("PORT", "3000"), 1, 65535),
+            log_level=_log_level(environ.get("LEDGER_LOG_LEVEL", "INFO")),
+            idempotency_max_keys=_integer(
+                "LEDGER_IDEMPOTENCY_MAX_KEYS",
+                environ.get("LEDGER_IDEMPOTENCY_MAX_KEYS", "1000000"),
+                1,
+                100_000_000,
+            ),
         )
         return dataclasses.replace(config, **dict(overrides or {}))
 
@@ -65,8 +74,15 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigError(f"{name} must be 1 or 0, not {value!r}")
 
 
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LEDGER_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {value!r}")
+    return level
+
+
 def _integer(name: str, value: str, low: int, high: int) -> int:
     text = value.strip()
-    if re.fullmatch(r"[0-9]{1,9}", text) is None or not low <= int(text) <= high:
+    if re.fullmatch(r"[0-9]{1,10}", text) is None or not low <= int(text) <= high:
         raise ConfigError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
     return int(text)

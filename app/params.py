@@ -26,6 +26,7 @@ USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _IF_MATCH = re.compile(r'(?:"([0-9]{1,19})"|([0-9]{1,19}))')
 _TOKEN = re.compile(r"[\x21-\x7e]{1,256}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 MAX_PAGE_LIMIT = 500
 DEFAULT_PAGE_LIMIT = 50
 
@@ -164,3 +165,14 @@ def parse_if_match(header: str | None) -> int | None:
     if match is None:
         raise VersionConflict('If-Match must name one version, such as "7".')
     return int(match.group(1) or match.group(2))
+
+
+def parse_idempotency_key(header: str | None) -> str | None:
+    """``Idempotency-Key``: 1 to 255 printable ASCII characters."""
+    if header is None:
+        return None
+    if _IDEMPOTENCY_KEY.fullmatch(header) is None:
+        raise InvalidInput(
+            "invalid_idempotency_key", "An Idempotency-Key is 1 to 255 printable ASCII characters."
+        )
+    return header

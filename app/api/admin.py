@@ -1,12 +1,20 @@
-"""``/admin/...``: account creation (and later, audit and verification), admin token only."""
+"""``/admin/...``: account creation, the audit trail and its verification; admin token only."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.api.common import request_deadline, store
+from app.api.common import audit_record_json, request_deadline, store
 from app.auth import authenticate_admin, new_token, token_digest
-from app.params import Params, parse_opening_balance, parse_token, parse_username
+from app.params import (
+    DEFAULT_PAGE_LIMIT,
+    Params,
+    parse_cursor,
+    parse_limit,
+    parse_opening_balance,
+    parse_token,
+    parse_username,
+)
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -31,3 +39,26 @@ def create_account() -> tuple[Response, int]:
         "version": account.version,
     }
     return jsonify(body), 201
+
+
+@bp.get("/audit")
+def audit() -> Response:
+    """The whole audit trail, oldest first, with each record's place in the hash chain."""
+    params = Params.from_request(request)
+    limit = params.get("limit", parse_limit) or DEFAULT_PAGE_LIMIT
+    cursor = params.get("cursor", parse_cursor)
+    page = store().audit_page(limit=limit, cursor=cursor)
+    return jsonify(
+        {
+            "transactions": [audit_record_json(record) for record in page.transactions],
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+@bp.get("/verify")
+def verify() -> tuple[Response, int]:
+    report = store().verify()
+    if report.ok:
+        return jsonify({"ok": True, **report.figures()}), 200
+    return jsonify({"ok": False, "problems": report.problems, **report.figures()}), 500

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from app.api.common import run_money_operation
+from app.api.common import MoneyRequest, run_money_operation
 from app.ledger.errors import Forbidden, InvalidInput
 from app.ledger.model import Deadline, OperationResult
 from app.ledger.store import LedgerStore
@@ -13,9 +13,7 @@ from app.params import Params, parse_amount, parse_username
 bp = Blueprint("transfer", __name__)
 
 
-def _transfer(
-    ledger: LedgerStore, username: str, params: Params, deadline: Deadline, expected_version: int | None
-) -> OperationResult:
+def _transfer(params: Params, username: str) -> MoneyRequest:
     source = params.get("from", parse_username)
     if source is not None and source != username:
         raise Forbidden("You can only move money out of your own account.")
@@ -23,7 +21,11 @@ def _transfer(
     amount = params.require("amount", parse_amount)
     if target == username:
         raise InvalidInput("same_account", "The sender and the recipient are the same account.")
-    return ledger.transfer(username, target, amount, deadline=deadline, expected_version=expected_version)
+
+    def run(ledger: LedgerStore, deadline: Deadline, expected_version: int | None) -> OperationResult:
+        return ledger.transfer(username, target, amount, deadline=deadline, expected_version=expected_version)
+
+    return MoneyRequest("transfer", (target, amount), run)
 
 
 @bp.post("/account/coins/transfer")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from app.api.common import run_money_operation
+from app.api.common import MoneyRequest, run_money_operation
 from app.ledger.model import Deadline, OperationResult
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_amount
@@ -12,11 +12,13 @@ from app.params import Params, parse_amount
 bp = Blueprint("withdraw", __name__)
 
 
-def _withdraw(
-    ledger: LedgerStore, username: str, params: Params, deadline: Deadline, expected_version: int | None
-) -> OperationResult:
+def _withdraw(params: Params, username: str) -> MoneyRequest:
     amount = params.require("amount", parse_amount)
-    return ledger.withdraw(username, amount, deadline=deadline, expected_version=expected_version)
+
+    def run(ledger: LedgerStore, deadline: Deadline, expected_version: int | None) -> OperationResult:
+        return ledger.withdraw(username, amount, deadline=deadline, expected_version=expected_version)
+
+    return MoneyRequest("withdraw", (amount,), run)
 
 
 @bp.post("/account/coins/withdraw")

@@ -85,3 +85,19 @@ class OperationTimeout(LedgerError):
 
 class StoreInvariantBroken(Exception):
     """An internal invariant failed: a bug, reported as a 500 and logged in full."""
+
+
+class IdempotencyKeyReused(LedgerError):
+    status = 409
+    code = "idempotency_key_reused"
+
+
+class IdempotencyStoreFull(LedgerError):
+    """Every slot holds a key younger than its retention period; nothing was applied."""
+
+    status = 503
+    code = "idempotency_store_full"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = "60"

@@ -10,10 +10,15 @@ Three locks, each the only owner of its data, always taken in this order:
 2. ``_credentials_lock`` guards ``_credentials``, the token digests. It is apart
    from ``_rw`` so that authenticating a request never waits behind a balance
    writer; an account's digest is added right after the account, under ``_rw``.
-3. ``_audit_lock`` guards the audit trail (``_audit``, ``_records_by_account``).
-   Records of applied operations are appended while the write lock is still held,
-   so the audit order is exactly the order in which balances changed.
-4. ``_counters_lock`` guards the health counters.
+3. ``_audit_lock`` guards the audit trail (``_audit``, ``_records_by_account``,
+   the chain's last hash and how far health has checked it). Records of applied
+   operations are appended while the write lock is still held, so the audit order
+   is exactly the order in which balances changed, and each record's hash chains to
+   the one before it.
+4. ``_counters_lock`` guards the health and metrics counters.
+
+Idempotency keys live in an ``IdempotencyTable`` with its own mutex, which is
+never held together with any of the four above.
 
 A path may skip a lock but never takes them out of order, and never takes one
 twice (the readerwriterlock locks are not reentrant). Lock handles are generated
@@ -38,6 +43,14 @@ from collections.abc import Callable
 
 from readerwriterlock import rwlock
 
+from app.ledger.audit import (
+    GENESIS_HASH,
+    AccountSnapshot,
+    Verification,
+    check_chain,
+    sealed_record,
+    verify_ledger,
+)
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
@@ -49,6 +62,7 @@ from app.ledger.errors import (
     StoreInvariantBroken,
     VersionConflict,
 )
+from app.ledger.idempotency import IdempotencyTable, Outcome
 from app.ledger.model import (
     MAX_BALANCE,
     AccountView,
@@ -61,12 +75,18 @@ from app.ledger.model import (
     new_id,
     utc_now_iso,
 )
-from app.ledger.store import Health
+from app.ledger.store import LOCK_WAIT_BUCKETS_S, Health, Stats
 
 #: A lock wait that ran past its deadline this recently makes health "degraded".
 LOCK_TROUBLE_WINDOW_S = 60.0
 
-_CURSOR_PATTERN = re.compile(r"h:([1-9][0-9]{0,18})")
+#: How long a metrics scrape may wait for the balance lock.
+STATS_LOCK_TIMEOUT_S = 0.5
+#: How long ``verify`` may wait for the balance lock.
+VERIFY_LOCK_TIMEOUT_MS = 10_000
+
+_HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
+_AUDIT_CURSOR = re.compile(r"a:([1-9][0-9]{0,18})")
 
 
 class _Account:
@@ -86,7 +106,7 @@ class _Account:
 class MockDB:
     """The embedded store: balances in a dict under a reader-writer lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, idempotency: IdempotencyTable | None = None) -> None:
         self._rw = rwlock.RWLockFair()
         self._accounts: dict[str, _Account] = {}
 
@@ -96,11 +116,22 @@ class MockDB:
         self._audit_lock = threading.Lock()
         self._audit: list[Transaction] = []
         self._records_by_account: dict[str, list[int]] = {}
+        self._last_hash = GENESIS_HASH
+        # Health re-checks only the records it has not checked yet; a full
+        # verification that failed marks the trail broken until the next one passes.
+        self._chain_checked = 0
+        self._chain_problem: str | None = None
 
         self._counters_lock = threading.Lock()
         self._operation_count = 0
+        self._operations: dict[tuple[str, str], int] = {}
+        self._lock_wait_buckets = [0] * (len(LOCK_WAIT_BUCKETS_S) + 1)
+        self._lock_wait_sum_s = 0.0
         self._last_lock_timeout_at: float | None = None
+        self._accounts_seen = 0  # the last account count a metrics scrape saw
         self._started_at = time.monotonic()
+
+        self._idempotency = idempotency or IdempotencyTable()
 
     # -- accounts -------------------------------------------------------------
 
@@ -135,12 +166,16 @@ class MockDB:
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
         lock = self._rw.gen_rlock()
-        self._acquire(lock, deadline)
+        waited_s = self._acquire(lock, deadline, "balance")
+        outcome = "success"
         try:
             return self._existing(username).view(username)
+        except LedgerError as error:
+            outcome = error.code
+            raise
         finally:
             lock.release()
-            self._count_operation()
+            self._count("balance", outcome, waited_s)
 
     # -- money ----------------------------------------------------------------
 
@@ -214,15 +249,58 @@ class MockDB:
     def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
         if limit < 1:
             raise InvalidInput("invalid_limit", "The limit must be at least 1.")
-        before = None if cursor is None else _decode_cursor(cursor)
+        before = None if cursor is None else _decode_cursor(cursor, _HISTORY_CURSOR)
         with self._audit_lock:
             sequences = self._records_by_account.get(username, [])
             end = len(sequences) if before is None else bisect.bisect_left(sequences, before)
             start = max(0, end - limit)
             chosen = sequences[start:end]
             records = tuple(self._audit[sequence - 1] for sequence in reversed(chosen))
-        next_cursor = _encode_cursor(chosen[0]) if start > 0 else None
+        next_cursor = _encode_cursor("h", chosen[0]) if start > 0 else None
         return Page(records, next_cursor)
+
+    # -- audit ----------------------------------------------------------------
+
+    def audit_page(self, *, limit: int, cursor: str | None) -> Page:
+        if limit < 1:
+            raise InvalidInput("invalid_limit", "The limit must be at least 1.")
+        after = 0 if cursor is None else _decode_cursor(cursor, _AUDIT_CURSOR)
+        with self._audit_lock:
+            records = tuple(self._audit[after : after + limit])
+            more = after + limit < len(self._audit)
+        next_cursor = _encode_cursor("a", records[-1].sequence) if more and records else None
+        return Page(records, next_cursor)
+
+    def verify(self) -> Verification:
+        # A consistent snapshot under both locks (in order), checked outside them:
+        # records are immutable, so copying the list is enough.
+        lock = self._rw.gen_rlock()
+        self._acquire(lock, Deadline.after_ms(VERIFY_LOCK_TIMEOUT_MS), "verify")
+        try:
+            accounts = {
+                name: AccountSnapshot(account.balance, account.held)
+                for name, account in self._accounts.items()
+            }
+            with self._audit_lock:
+                records = list(self._audit)
+        finally:
+            lock.release()
+        report = verify_ledger(accounts, records)
+        with self._audit_lock:
+            self._chain_problem = None if report.ok else report.problems[0]
+        return report
+
+    # -- idempotency ----------------------------------------------------------
+
+    def idempotent(
+        self,
+        username: str,
+        key: str,
+        fingerprint: str,
+        deadline: Deadline,
+        operation: Callable[[], OperationResult],
+    ) -> Outcome:
+        return self._idempotency.run(username, key, fingerprint, deadline, operation)
 
     # -- health ---------------------------------------------------------------
 
@@ -232,8 +310,7 @@ class MockDB:
         database_ok = probe.acquire(blocking=True, timeout=1.0)
         if database_ok:
             probe.release()
-        with self._audit_lock:
-            audit_ok = not self._audit or self._audit[-1].sequence == len(self._audit)
+        audit_ok = self._check_new_records()
         with self._counters_lock:
             operation_count = self._operation_count
             last_timeout = self._last_lock_timeout_at
@@ -246,6 +323,53 @@ class MockDB:
             performance=last_timeout is None or now - last_timeout > LOCK_TROUBLE_WINDOW_S,
         )
 
+    def stats(self) -> Stats:
+        # A scrape must not hang behind a wedged writer: after a bounded wait it
+        # reports the account count it saw last.
+        probe = self._rw.gen_rlock()
+        accounts: int | None = None
+        if probe.acquire(blocking=True, timeout=STATS_LOCK_TIMEOUT_S):
+            try:
+                accounts = len(self._accounts)
+            finally:
+                probe.release()
+        with self._audit_lock:
+            audit_records = len(self._audit)
+        with self._counters_lock:
+            if accounts is not None:
+                self._accounts_seen = accounts
+            accounts = self._accounts_seen
+            operations = dict(self._operations)
+            buckets = tuple(self._lock_wait_buckets)
+            wait_sum_s = self._lock_wait_sum_s
+        cumulative = []
+        running = 0
+        for count in buckets:
+            running += count
+            cumulative.append(running)
+        return Stats(
+            operations=operations,
+            lock_wait_buckets=tuple(cumulative),
+            lock_wait_sum_s=wait_sum_s,
+            accounts=accounts,
+            audit_records=audit_records,
+            idempotency_keys=len(self._idempotency),
+        )
+
+    def _check_new_records(self) -> bool:
+        """Check the stretch of the chain appended since the last check (health's share)."""
+        with self._audit_lock:
+            start = self._chain_checked
+            fresh = self._audit[start:]
+            previous_hash = self._audit[start - 1].hash if start else GENESIS_HASH
+        problems = check_chain(fresh, previous_hash, start + 1)
+        with self._audit_lock:
+            if problems:
+                self._chain_problem = problems[0]
+            elif self._chain_checked == start:
+                self._chain_checked = start + len(fresh)
+            return self._chain_problem is None
+
     # -- internals ------------------------------------------------------------
 
     def _existing(self, username: str) -> _Account:
@@ -254,11 +378,15 @@ class MockDB:
             raise AccountNotFound(f"Account {username} does not exist.")
         return account
 
-    def _acquire(self, lock: rwlock.Lockable, deadline: Deadline) -> None:
+    def _acquire(self, lock: rwlock.Lockable, deadline: Deadline, kind: str) -> float:
+        """Take ``lock`` within the deadline; the seconds waited, or ``OperationTimeout``."""
+        started = time.perf_counter()
         if lock.acquire(blocking=True, timeout=deadline.remaining_s()):
-            return
+            return time.perf_counter() - started
+        waited_s = time.perf_counter() - started
         with self._counters_lock:
             self._last_lock_timeout_at = time.monotonic()
+        self._count(kind, OperationTimeout.code, waited_s)
         raise OperationTimeout("The operation could not finish within its deadline.")
 
     def _run_write(
@@ -280,23 +408,24 @@ class MockDB:
         failed_for = (username,) if failure_parties is None else failure_parties
         lock = self._rw.gen_wlock()
         try:
-            self._acquire(lock, deadline)
+            waited_s = self._acquire(lock, deadline, kind.value)
         except OperationTimeout as error:
             # Nothing was applied; the record only needs the audit lock.
             error.transaction = self._append(kind, source, target, amount, failed_for, error.code)
-            self._count_operation()
             raise
+        outcome = "success"
         try:
             try:
                 account = apply()
             except LedgerError as error:
+                outcome = error.code
                 error.transaction = self._append(kind, source, target, amount, failed_for, error.code)
                 raise
             parties = tuple(name for name in (source, target) if name is not None)
             record = self._append(kind, source, target, amount, parties, None)
         finally:
             lock.release()
-            self._count_operation()
+            self._count(kind.value, outcome, waited_s)
         return OperationResult(record, account)
 
     def _append(
@@ -308,14 +437,15 @@ class MockDB:
         parties: tuple[str, ...],
         failure: str | None,
     ) -> Transaction:
-        """Append one audit record; ``parties`` are the accounts whose history shows it."""
+        """Append one chained audit record; ``parties`` are the accounts whose history shows it."""
         transaction_id = new_id("tx_")
         created_at = utc_now_iso()
         status = Status.SUCCESS if failure is None else Status.FAILED
         with self._audit_lock:
-            record = Transaction(
-                transaction_id,
+            record = sealed_record(
+                self._last_hash,
                 len(self._audit) + 1,
+                transaction_id,
                 kind,
                 source,
                 target,
@@ -325,13 +455,18 @@ class MockDB:
                 created_at,
             )
             self._audit.append(record)
+            self._last_hash = record.hash
             for name in parties:
                 self._records_by_account.setdefault(name, []).append(record.sequence)
         return record
 
-    def _count_operation(self) -> None:
+    def _count(self, kind: str, outcome: str, lock_wait_s: float) -> None:
+        bucket = bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
         with self._counters_lock:
             self._operation_count += 1
+            self._operations[(kind, outcome)] = self._operations.get((kind, outcome), 0) + 1
+            self._lock_wait_buckets[bucket] += 1
+            self._lock_wait_sum_s += lock_wait_s
 
 
 def _check_version(account: _Account, expected_version: int | None) -> None:
@@ -358,17 +493,17 @@ def _check_account(username: str, account: _Account) -> None:
         )
 
 
-def _encode_cursor(sequence: int) -> str:
-    return base64.urlsafe_b64encode(f"h:{sequence}".encode()).decode().rstrip("=")
+def _encode_cursor(prefix: str, sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}:{sequence}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> int:
+def _decode_cursor(cursor: str, pattern: re.Pattern[str]) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
     except (binascii.Error, UnicodeError, ValueError):
         raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.") from None
-    match = _CURSOR_PATTERN.fullmatch(text)
+    match = pattern.fullmatch(text)
     if match is None:
         raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.")
     return int(match.group(1))

@@ -84,6 +84,9 @@ class Transaction:
     status: Status
     reason: str | None
     created_at: str
+    #: The hash chain (see ``app.ledger.audit``): the record before this one, and this one.
+    previous_hash: str
+    hash: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,16 @@ unchanged against each store.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from app.ledger.audit import Verification
+from app.ledger.idempotency import Outcome
 from app.ledger.model import AccountView, Deadline, OperationResult, Page
+
+#: Upper bounds (seconds) of the lock-wait histogram's buckets; +Inf is implied.
+LOCK_WAIT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +27,20 @@ class Health:
     database: bool
     audit_log: bool
     performance: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counters for ``/metrics``, copied under the store's counter lock."""
+
+    #: (operation, outcome) -> count; outcome is ``success`` or the error code.
+    operations: Mapping[tuple[str, str], int]
+    #: Cumulative counts per bucket of ``LOCK_WAIT_BUCKETS_S``, then the +Inf count.
+    lock_wait_buckets: tuple[int, ...]
+    lock_wait_sum_s: float
+    accounts: int
+    audit_records: int
+    idempotency_keys: int
 
 
 class LedgerStore(Protocol):
@@ -83,4 +103,25 @@ class LedgerStore(Protocol):
         """The account's audit records, newest first, ``limit`` at a time."""
         ...
 
+    def audit_page(self, *, limit: int, cursor: str | None) -> Page:
+        """The whole audit trail, oldest first, ``limit`` records at a time."""
+        ...
+
+    def verify(self) -> Verification:
+        """Check every invariant of the ledger against its audit trail."""
+        ...
+
+    def idempotent(
+        self,
+        username: str,
+        key: str,
+        fingerprint: str,
+        deadline: Deadline,
+        operation: Callable[[], OperationResult],
+    ) -> Outcome:
+        """Run ``operation`` at most once per ``(username, key)``; replay it afterwards."""
+        ...
+
     def health(self) -> Health: ...
+
+    def stats(self) -> Stats: ...

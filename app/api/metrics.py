@@ -1,0 +1,17 @@
+"""``GET /metrics``: Prometheus exposition (no token)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+from prometheus_client import generate_latest
+
+bp = Blueprint("metrics", __name__)
+
+# The classic text format, which every Prometheus version scrapes.
+_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    registry = current_app.extensions["ledger_observability"].registry
+    return Response(generate_latest(registry), mimetype=None, content_type=_CONTENT_TYPE)

@@ -1,0 +1,188 @@
+"""The audit trail's hash chain, and verification of a whole ledger against it.
+
+Each record carries ``hash = SHA-256(previous_hash || canonical encoding)``, the
+first one chained to ``GENESIS_HASH``. Changing, removing or reordering any record
+breaks every hash after it. Verification replays the trail from nothing and checks
+it against the balances the store holds. Pure functions: callers take the
+snapshot under their own locks and verify outside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from app.ledger.model import OperationType, Status, Transaction
+
+GENESIS_HASH = "0" * 64
+
+#: Record types that bring coins into the ledger, take them out, or move them.
+_CREDITS = (OperationType.OPEN, OperationType.DEPOSIT)
+
+
+def _encode(
+    sequence: int,
+    record_id: str,
+    kind: OperationType,
+    source: str | None,
+    target: str | None,
+    amount: int,
+    status: Status,
+    reason: str | None,
+    created_at: str,
+) -> bytes:
+    fields = [sequence, record_id, kind.value, source, target, amount, status.value, reason, created_at]
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def canonical_encoding(record: Transaction) -> bytes:
+    """The bytes a record's hash covers: every field but the hashes, in a fixed order."""
+    return _encode(
+        record.sequence,
+        record.id,
+        record.type,
+        record.source,
+        record.target,
+        record.amount,
+        record.status,
+        record.reason,
+        record.created_at,
+    )
+
+
+def chain_hash(previous_hash: str, record: Transaction) -> str:
+    return _digest(previous_hash, canonical_encoding(record))
+
+
+def _digest(previous_hash: str, encoding: bytes) -> str:
+    return hashlib.sha256(previous_hash.encode("ascii") + encoding).hexdigest()
+
+
+def sealed_record(
+    previous_hash: str,
+    sequence: int,
+    record_id: str,
+    kind: OperationType,
+    source: str | None,
+    target: str | None,
+    amount: int,
+    status: Status,
+    reason: str | None,
+    created_at: str,
+) -> Transaction:
+    """A new record, chained to ``previous_hash``."""
+    encoding = _encode(sequence, record_id, kind, source, target, amount, status, reason, created_at)
+    return Transaction(
+        record_id,
+        sequence,
+        kind,
+        source,
+        target,
+        amount,
+        status,
+        reason,
+        created_at,
+        previous_hash,
+        _digest(previous_hash, encoding),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    balance: int
+    held: int
+
+
+@dataclass(slots=True)
+class Verification:
+    """The outcome of verifying a ledger; ``ok`` when ``problems`` is empty."""
+
+    accounts: int = 0
+    records: int = 0
+    total_balance: int = 0
+    total_deposited: int = 0
+    total_withdrawn: int = 0
+    last_hash: str = GENESIS_HASH
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "accounts": self.accounts,
+            "records": self.records,
+            "total_balance": self.total_balance,
+            "total_deposited": self.total_deposited,
+            "total_withdrawn": self.total_withdrawn,
+            "last_hash": self.last_hash,
+        }
+
+
+#: At most this many problems are listed; the rest are counted.
+MAX_PROBLEMS = 100
+
+
+def check_chain(records: Sequence[Transaction], previous_hash: str, first_sequence: int) -> list[str]:
+    """Problems in a stretch of the chain that should follow ``previous_hash``."""
+    problems = []
+    for offset, record in enumerate(records):
+        expected_sequence = first_sequence + offset
+        if record.sequence != expected_sequence:
+            problems.append(f"record {expected_sequence} carries sequence {record.sequence}")
+        if record.previous_hash != previous_hash:
+            problems.append(f"record {record.sequence} does not link to the hash of the record before it")
+        if chain_hash(previous_hash, record) != record.hash:
+            problems.append(f"record {record.sequence} ({record.id}) does not match its hash")
+        previous_hash = record.hash
+        if len(problems) >= MAX_PROBLEMS:
+            break
+    return problems
+
+
+def verify_ledger(accounts: Mapping[str, AccountSnapshot], records: Sequence[Transaction]) -> Verification:
+    """Check the invariants: balances >= 0, money conserved, balances == replay, chain intact."""
+    report = Verification(accounts=len(accounts), records=len(records))
+    report.problems.extend(check_chain(records, GENESIS_HASH, 1))
+    if records:
+        report.last_hash = records[-1].hash
+
+    replayed: dict[str, int] = {}
+    for record in records:
+        if record.status is not Status.SUCCESS:
+            continue
+        if record.type in _CREDITS and record.target is not None:
+            replayed[record.target] = replayed.get(record.target, 0) + record.amount
+            report.total_deposited += record.amount
+        elif record.type is OperationType.WITHDRAWAL and record.source is not None:
+            replayed[record.source] = replayed.get(record.source, 0) - record.amount
+            report.total_withdrawn += record.amount
+        elif (
+            record.type is OperationType.TRANSFER and record.source is not None and record.target is not None
+        ):
+            replayed[record.source] = replayed.get(record.source, 0) - record.amount
+            replayed[record.target] = replayed.get(record.target, 0) + record.amount
+
+    for username, account in accounts.items():
+        report.total_balance += account.balance
+        if account.balance < 0:
+            report.problems.append(f"{username} has a negative balance: {account.balance}")
+        if not 0 <= account.held <= max(account.balance, 0):
+            report.problems.append(f"{username} holds {account.held} of a balance of {account.balance}")
+        expected = replayed.get(username, 0)
+        if account.balance != expected:
+            report.problems.append(
+                f"{username} has {account.balance} but its audit records add up to {expected}"
+            )
+    for username in replayed.keys() - accounts.keys():
+        report.problems.append(f"the audit trail moves money of {username}, which has no account")
+    if report.total_balance != report.total_deposited - report.total_withdrawn:
+        report.problems.append(
+            f"money is not conserved: balances add up to {report.total_balance}, deposits minus "
+            f"withdrawals to {report.total_deposited - report.total_withdrawn}"
+        )
+    del report.problems[MAX_PROBLEMS:]
+    return report

@@ -1,0 +1,145 @@
+"""Idempotency keys: each (user, key) runs once; retries get the first outcome back.
+
+Locking
+-------
+One mutex, ``_lock``, guards the table and is only ever held for a few dictionary
+operations: never while the operation runs, never together with a store lock. A
+request that finds its key in flight waits on that entry's event (bounded by its
+own deadline), not on the mutex.
+
+What is kept
+------------
+The outcome of the first request with a key: its result, or its business failure
+(``insufficient_funds``, ``version_conflict``…), so that a retry gets the same status
+and body. A timeout or an unexpected error applied nothing and is *not* kept: the
+key is released and a retry runs afresh. Keys live at least ``ttl_s`` (24 hours);
+older ones are dropped as new ones arrive. The table holds at most ``max_keys``
+entries: when every slot holds a key younger than ``ttl_s``, new keys are refused
+(``503 idempotency_store_full``) rather than forgetting a promise early.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.ledger.errors import (
+    IdempotencyKeyReused,
+    IdempotencyStoreFull,
+    LedgerError,
+    OperationTimeout,
+)
+from app.ledger.model import Deadline, OperationResult
+
+KEY_TTL_S = 24 * 3600.0
+DEFAULT_MAX_KEYS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a keyed request answers: a result or a business failure, first time or replayed."""
+
+    result: OperationResult | LedgerError
+    replayed: bool
+
+
+class _Entry:
+    __slots__ = ("created_at", "done", "fingerprint", "result")
+
+    def __init__(self, fingerprint: str, created_at: float) -> None:
+        self.fingerprint = fingerprint
+        self.created_at = created_at
+        self.done = threading.Event()
+        self.result: OperationResult | LedgerError | None = None
+
+
+class IdempotencyTable:
+    def __init__(
+        self,
+        *,
+        ttl_s: float = KEY_TTL_S,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ttl_s = ttl_s
+        self._max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def run(
+        self,
+        username: str,
+        key: str,
+        fingerprint: str,
+        deadline: Deadline,
+        operation: Callable[[], OperationResult],
+    ) -> Outcome:
+        """Run ``operation`` once for ``(username, key)``; replay its outcome afterwards."""
+        slot = (username, key)
+        while True:
+            entry, owner = self._claim(slot, fingerprint)
+            if owner:
+                return self._run_owned(slot, entry, operation)
+            if entry.fingerprint != fingerprint:
+                raise IdempotencyKeyReused("This Idempotency-Key was used with different parameters.")
+            if not entry.done.wait(deadline.remaining_s()):
+                raise OperationTimeout(
+                    "A request with this Idempotency-Key is still in flight; retry to get its outcome."
+                )
+            if entry.result is not None:
+                return Outcome(entry.result, replayed=True)
+            # The first request applied nothing and released the key: try to run it.
+
+    def _claim(self, slot: tuple[str, str], fingerprint: str) -> tuple[_Entry, bool]:
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            entry = self._entries.get(slot)
+            if entry is not None:
+                return entry, False
+            if len(self._entries) >= self._max_keys:
+                raise IdempotencyStoreFull(
+                    "Too many idempotency keys are held; retry later or send the request without a key."
+                )
+            entry = _Entry(fingerprint, now)
+            self._entries[slot] = entry
+            return entry, True
+
+    def _run_owned(
+        self, slot: tuple[str, str], entry: _Entry, operation: Callable[[], OperationResult]
+    ) -> Outcome:
+        try:
+            result: OperationResult | LedgerError = operation()
+        except OperationTimeout:
+            self._release(slot, entry)
+            raise
+        except LedgerError as error:
+            result = error
+        except BaseException:
+            self._release(slot, entry)
+            raise
+        entry.result = result
+        entry.done.set()
+        return Outcome(result, replayed=False)
+
+    def _release(self, slot: tuple[str, str], entry: _Entry) -> None:
+        with self._lock:
+            if self._entries.get(slot) is entry:
+                del self._entries[slot]
+        entry.done.set()
+
+    def _expire(self, now: float) -> None:
+        """Drop keys past their retention (oldest first; the caller holds ``_lock``)."""
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if now - oldest.created_at < self._ttl_s or not oldest.done.is_set():
+                return
+            self._entries.popitem(last=False)

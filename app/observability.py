@@ -1,0 +1,121 @@
+"""Per-request observability: request ids, one structured log line, Prometheus metrics.
+
+Each app has its own ``CollectorRegistry`` (never the process-global one), so apps
+built by tests do not share counters. Store figures (operations by outcome, lock
+waits, accounts, audit length) are read from the store at scrape time, so the hot
+path pays for one counter update in the store, not for a metric library call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.ledger.store import LOCK_WAIT_BUCKETS_S, LedgerStore
+
+_request_log = logging.getLogger("goledger.request")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _StoreCollector(Collector):
+    def __init__(self, store: LedgerStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._store.stats()
+        operations = CounterMetricFamily(
+            "goledger_operations", "Store operations by type and outcome.", labels=["operation", "outcome"]
+        )
+        for (operation, outcome), count in sorted(stats.operations.items()):
+            operations.add_metric([operation, outcome], count)
+        yield operations
+        bounds = [str(bound) for bound in LOCK_WAIT_BUCKETS_S] + ["+Inf"]
+        yield HistogramMetricFamily(
+            "goledger_lock_wait_seconds",
+            "Time operations waited for the balance lock.",
+            buckets=list(zip(bounds, stats.lock_wait_buckets, strict=True)),
+            sum_value=stats.lock_wait_sum_s,
+        )
+        yield GaugeMetricFamily("goledger_accounts", "Accounts in the ledger.", value=stats.accounts)
+        yield GaugeMetricFamily(
+            "goledger_audit_records", "Records in the audit trail.", value=stats.audit_records
+        )
+        yield GaugeMetricFamily(
+            "goledger_idempotency_keys", "Idempotency keys currently kept.", value=stats.idempotency_keys
+        )
+
+
+class Observability:
+    """The metrics registry and request hooks of one app."""
+
+    def __init__(self, app: Flask, store: LedgerStore) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "goledger_http_requests",
+            "HTTP requests by method, route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "goledger_http_request_duration_seconds",
+            "HTTP request latency by method, route and status.",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.registry.register(_StoreCollector(store))
+        app.before_request(self._before)
+        app.after_request(self._after)
+
+    def _before(self) -> None:
+        g.started = time.perf_counter()
+        supplied = request.headers.get("X-Request-Id")
+        valid = supplied is not None and _REQUEST_ID.fullmatch(supplied) is not None
+        g.request_id = supplied if valid else uuid.uuid4().hex
+
+    def _after(self, response: Response) -> Response:
+        duration_s = time.perf_counter() - g.get("started", time.perf_counter())
+        request_id = g.get("request_id") or uuid.uuid4().hex
+        # Unmatched paths share one label, so that scanners cannot explode the series.
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        status = str(response.status_code)
+        self._requests.labels(request.method, route, status).inc()
+        self._latency.labels(request.method, route, status).observe(duration_s)
+        response.headers["X-Request-Id"] = request_id
+        if _request_log.isEnabledFor(logging.INFO):
+            # Never headers or the query string: they carry tokens and names.
+            _request_log.info(
+                json.dumps(
+                    {
+                        "event": "request",
+                        "method": request.method,
+                        "route": route,
+                        "status": response.status_code,
+                        "duration_ms": round(duration_s * 1000, 3),
+                        "request_id": request_id,
+                    },
+                    separators=(",", ":"),
+                )
+            )
+        return response
+
+
+def configure_logging(level: str) -> None:
+    """Send the service's logs to stderr (gunicorn's error log) at ``level``, once."""
+    logger = logging.getLogger("goledger")
+    logger.setLevel(level)
+    if not any(getattr(handler, "_goledger", False) for handler in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler._goledger = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
