@@ -33,7 +33,7 @@ def _encode(
     reason: str | None,
     created_at: str,
 ) -> bytes:
-    fields = [sequence, record_id, kind.value, source, target, amount, status.value, reason, created_at]
+    fields = [sequence, record_id, str(kind), source, target, amount, str(status), reason, created_at]
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
@@ -152,12 +152,12 @@ def verify_ledger(accounts: Mapping[str, AccountSnapshot], records: Sequence[Tra
 
     replayed: dict[str, int] = {}
     for record in records:
-        if record.status is not Status.SUCCESS:
+        if record.status != Status.SUCCESS:
             continue
         if record.type in _CREDITS and record.target is not None:
             replayed[record.target] = replayed.get(record.target, 0) + record.amount
             report.total_deposited += record.amount
-        elif record.type is OperationType.WITHDRAWAL and record.source is not None:
+        elif record.type == OperationType.WITHDRAWAL and record.source is not None:
             replayed[record.source] = replayed.get(record.source, 0) - record.amount
             report.total_withdrawn += record.amount
         elif (

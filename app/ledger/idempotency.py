@@ -46,6 +46,12 @@ class Outcome:
     replayed: bool
 
 
+#: Shared by every finished entry, so that a kept key does not keep an Event
+#: (about a kilobyte) alive for 24 hours.
+_FINISHED = threading.Event()
+_FINISHED.set()
+
+
 class _Entry:
     __slots__ = ("created_at", "done", "fingerprint", "result")
 
@@ -127,14 +133,14 @@ class IdempotencyTable:
             self._release(slot, entry)
             raise
         entry.result = result
-        entry.done.set()
+        _finish(entry)
         return Outcome(result, replayed=False)
 
     def _release(self, slot: tuple[str, str], entry: _Entry) -> None:
         with self._lock:
             if self._entries.get(slot) is entry:
                 del self._entries[slot]
-        entry.done.set()
+        _finish(entry)
 
     def _expire(self, now: float) -> None:
         """Drop keys past their retention (oldest first; the caller holds ``_lock``)."""
@@ -143,3 +149,10 @@ class IdempotencyTable:
             if now - oldest.created_at < self._ttl_s or not oldest.done.is_set():
                 return
             self._entries.popitem(last=False)
+
+
+def _finish(entry: _Entry) -> None:
+    """Wake the waiters (they hold the entry's own event) and drop that event."""
+    event = entry.done
+    entry.done = _FINISHED
+    event.set()

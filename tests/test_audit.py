@@ -1,0 +1,154 @@
+"""The tamper-evident audit trail: /admin/audit, /admin/verify, the CLI, and tampering."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app.api.common import store
+from app.ledger.audit import GENESIS_HASH, chain_hash
+from app.ledger.memory import MockDB
+from tests.conftest import ADMIN_TOKEN
+
+ADMIN = {"Authorization": ADMIN_TOKEN}
+AARON = {"Authorization": "1"}
+
+
+def ledger_of(app: Flask) -> MockDB:
+    with app.app_context():
+        ledger = store()
+    assert isinstance(ledger, MockDB)
+    return ledger
+
+
+def some_traffic(client: FlaskClient) -> None:
+    client.post("/account/coins/add?username=aaron&amount=300", headers=AARON)
+    client.post("/account/coins/withdraw?username=aaron&amount=50", headers=AARON)
+    client.post("/account/coins/transfer?username=aaron&to=bryan&amount=70", headers=AARON)
+    client.post("/account/coins/withdraw?username=aaron&amount=999999", headers=AARON)  # FAILED
+
+
+def test_audit_is_oldest_first_chained_and_paginated(client: FlaskClient) -> None:
+    some_traffic(client)
+    records, cursor = [], None
+    while True:
+        query = {"limit": 2} if cursor is None else {"limit": 2, "cursor": cursor}
+        response = client.get("/admin/audit", query_string=query, headers=ADMIN)
+        assert response.status_code == 200
+        records.extend(response.json["transactions"])
+        cursor = response.json["next_cursor"]
+        if cursor is None:
+            break
+    assert [r["sequence"] for r in records] == list(range(1, 7))
+    assert [r["type"] for r in records] == ["open", "open", "deposit", "withdrawal", "transfer", "withdrawal"]
+    previous = GENESIS_HASH
+    for record in records:
+        assert record["previous_hash"] == previous
+        previous = record["hash"]
+    assert len({r["hash"] for r in records}) == len(records)
+
+
+def test_audit_needs_the_admin_token(client: FlaskClient) -> None:
+    assert client.get("/admin/audit", headers=AARON).status_code == 401
+    assert client.get("/admin/verify").status_code == 401
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "cursor=nonsense", "cursor=aDox"])
+def test_audit_rejects_bad_pages(client: FlaskClient, query: str) -> None:
+    response = client.get(f"/admin/audit?{query}", headers=ADMIN)
+    assert response.status_code == 400
+    assert response.json["error"] in ("invalid_limit", "invalid_cursor")
+
+
+def test_verify_passes_on_an_honest_ledger(client: FlaskClient) -> None:
+    some_traffic(client)
+    response = client.get("/admin/verify", headers=ADMIN)
+    assert response.status_code == 200
+    body = response.json
+    assert body["ok"] is True
+    assert (body["accounts"], body["records"]) == (2, 6)
+    assert body["total_balance"] == 20_250
+    assert body["total_deposited"] - body["total_withdrawn"] == body["total_balance"]
+
+
+def tamper(ledger: MockDB, sequence: int, **changes: object) -> None:
+    """Rewrite one stored record in place, as an attacker with memory or disk access would."""
+    index = sequence - 1
+    ledger._audit[index] = dataclasses.replace(ledger._audit[index], **changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"amount": 1}, {"target": "bryan"}, {"status": "FAILED"}, {"created_at": "2020-01-01T00:00:00.000000Z"}],
+)
+def test_changing_a_record_is_detected(app: Flask, client: FlaskClient, changes: dict[str, object]) -> None:
+    some_traffic(client)
+    tamper(ledger_of(app), 3, **changes)
+    response = client.get("/admin/verify", headers=ADMIN)
+    assert response.status_code == 500
+    assert response.json["ok"] is False
+    assert any("record 3" in problem for problem in response.json["problems"])
+    health = client.get("/system/health")
+    assert health.status_code == 503
+    assert health.json["status"] == "unhealthy"
+    assert health.json["components"]["audit_log"] is False
+
+
+def test_rehashing_a_changed_record_still_breaks_the_chain(app: Flask, client: FlaskClient) -> None:
+    some_traffic(client)
+    ledger = ledger_of(app)
+    forged = dataclasses.replace(ledger._audit[2], amount=1)
+    ledger._audit[2] = dataclasses.replace(forged, hash=chain_hash(forged.previous_hash, forged))
+    problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
+    assert any("record 4 does not link" in problem for problem in problems)
+    assert any("aaron has" in problem for problem in problems)
+
+
+def test_removing_a_record_is_detected(app: Flask, client: FlaskClient) -> None:
+    some_traffic(client)
+    del ledger_of(app)._audit[3]
+    response = client.get("/admin/verify", headers=ADMIN)
+    assert response.status_code == 500
+    assert any("sequence" in problem for problem in response.json["problems"])
+
+
+def test_a_balance_that_disagrees_with_the_trail_is_detected(app: Flask, client: FlaskClient) -> None:
+    ledger_of(app)._accounts["bryan"].balance += 1
+    problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
+    assert "bryan has 10001 but its audit records add up to 10000" in problems
+    assert any("money is not conserved" in problem for problem in problems)
+
+
+def test_a_negative_balance_is_detected(app: Flask, client: FlaskClient) -> None:
+    ledger_of(app)._accounts["bryan"].balance = -5
+    problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
+    assert "bryan has a negative balance: -5" in problems
+
+
+def test_health_notices_tampering_with_records_it_has_not_checked_yet(
+    app: Flask, client: FlaskClient
+) -> None:
+    assert client.get("/system/health").status_code == 200  # checks records 1 and 2
+    some_traffic(client)
+    tamper(ledger_of(app), 5, amount=71)
+    health = client.get("/system/health")
+    assert health.status_code == 503
+    assert health.json["components"]["audit_log"] is False
+
+
+def test_cli_verify_exits_zero_on_an_honest_ledger(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["ledger", "verify"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok accounts=2 records=2")
+
+
+def test_cli_verify_exits_non_zero_and_lists_problems(app: Flask, client: FlaskClient) -> None:
+    some_traffic(client)
+    tamper(ledger_of(app), 4, amount=49)
+    result = app.test_cli_runner().invoke(args=["ledger", "verify"])
+    assert result.exit_code == 1
+    assert "FAILED" in result.output
+    assert "record 4" in result.output
