@@ -1,20 +1,25 @@
 """gunicorn settings for GoLedger: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
 gthread workers: one process, a pool of threads sharing the embedded ledger.
-Every setting can be changed from the environment without editing this file.
+Every setting can be changed from the environment without editing this file; a bad
+value stops the start with a message naming the variable.
 """
 
 import os
 
 from app.config import Config
-from app.serving import check_worker_count
+from app.serving import check_worker_count, gunicorn_settings, install_json_errors, refuse_replacement
 
 _config = Config.from_env(os.environ)
+_settings = gunicorn_settings(os.environ)
+# Requests gunicorn itself rejects (bad request line, URL or headers too long) get
+# the contract's JSON error shape instead of gunicorn's HTML page.
+install_json_errors()
 
-bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{_config.port}")
+bind = _settings.bind
 worker_class = "gthread"
-workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+workers = _settings.workers
+threads = _settings.threads
 # Graceful shutdown: on SIGTERM, workers finish their in-flight requests first.
 graceful_timeout = 30
 timeout = 30
@@ -33,3 +38,13 @@ control_socket_disable = True
 def on_starting(server):  # type: ignore[no-untyped-def]
     """Refuse to start several processes on the memory store, before forking any."""
     check_worker_count(server.cfg.workers, Config.from_env(os.environ))
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A worker died while serving (crash, OOM kill): with the memory store, stop."""
+    refuse_replacement(server, _config, f"worker {worker.pid} exited")
+
+
+def on_reload(server):  # type: ignore[no-untyped-def]
+    """A HUP would replace the worker: with the memory store, stop instead."""
+    refuse_replacement(server, _config, "a reload (HUP) would replace the worker")

@@ -32,6 +32,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(config.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    # OPTIONS is answered like any other unsupported method: a JSON 405 with Allow.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
 
     app.extensions["ledger_config"] = config
@@ -54,7 +56,10 @@ def _build_store(config: Config) -> Any:
     from app.ledger.memory import MockDB
 
     if config.uses_memory_store:
-        return MockDB(idempotency=IdempotencyTable(max_keys=config.idempotency_max_keys))
+        return MockDB(
+            idempotency=IdempotencyTable(max_keys=config.idempotency_max_keys),
+            lock_trouble_after_s=config.op_timeout_ms / 1000,
+        )
     raise ConfigError("The PostgreSQL store is not available in this version; use LEDGER_STORE=memory.")
 
 

@@ -26,6 +26,7 @@ _HTTP_CODES = {
 }
 
 _HTTP_MESSAGES = {
+    400: "The request body could not be read.",
     404: "No such route.",
     405: "This method is not allowed on this route.",
     413: "The request body is larger than the limit.",
@@ -51,6 +52,9 @@ def _http_error(error: HTTPException) -> Response:
     code = _HTTP_CODES.get(status, error.name.lower().replace(" ", "_"))
     message = _HTTP_MESSAGES.get(status, error.description or error.name)
     headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+    if status == 413:
+        # The rest of the body was not read, so the connection cannot carry another request.
+        headers["Connection"] = "close"
     return error_response(status, code, message, headers)
 
 

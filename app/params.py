@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from flask import Request
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.config import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
 from app.ledger.errors import InvalidInput, VersionConflict
@@ -42,7 +43,7 @@ class Params:
 
     @classmethod
     def from_request(cls, request: Request) -> Params:
-        return cls(request.args, _json_object(request.get_data(cache=True)))
+        return cls(request.args, _json_object(read_body(request)))
 
     def get(self, name: str, parse: Callable[[object], T]) -> T | None:
         """The validated value of ``name``, or ``None`` when no source gives it."""
@@ -71,33 +72,54 @@ class Params:
         return self._body
 
 
+def read_body(request: Request) -> bytes:
+    """The whole request body, exactly as declared, within ``max_content_length``.
+
+    A body shorter than its ``Content-Length`` (the client went away mid-upload) is
+    refused rather than acted on. A chunked body is read from the server's stream
+    directly, so that one over the limit is a 413 and never silently cut short.
+    """
+    limit = request.max_content_length
+    declared = request.content_length
+    if declared is not None:
+        data = request.get_data(cache=True)  # Werkzeug answers 413 past the limit
+        if len(data) != declared:
+            raise InvalidInput("invalid_json", "The body is shorter than its Content-Length.")
+        return data
+    if not request.environ.get("wsgi.input_terminated"):
+        return b""  # no length and no server-terminated stream: there is no body to read
+    stream = request.environ["wsgi.input"]
+    data = stream.read() if limit is None else stream.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise RequestEntityTooLarge()
+    return bytes(data)
+
+
 def _json_object(data: bytes) -> Mapping[str, object]:
     if not data.strip():
         return {}
+    conflicts: dict[int, str] = {}
+
+    def keep_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        result: dict[str, object] = {}
+        for key, value in pairs:
+            if key in result and result[key] != value:
+                conflicts.setdefault(id(result), key)
+            result[key] = value
+        return result
+
     try:
-        value = json.loads(data, object_pairs_hook=_reject_duplicate_keys)
-    except _DuplicateKey as error:
-        raise InvalidInput(
-            "conflicting_parameters", f"The JSON body gives {error.args[0]} more than once."
-        ) from None
+        value = json.loads(data, object_pairs_hook=keep_pairs)
     except (ValueError, RecursionError):
         raise InvalidInput("invalid_json", "The body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise InvalidInput("invalid_json", "The body must be a JSON object.")
+    # Only the top-level object holds parameters; nested objects are ignored fields.
+    if id(value) in conflicts:
+        raise InvalidInput(
+            "conflicting_parameters", f"The JSON body gives {conflicts[id(value)]} more than once."
+        )
     return value
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result and result[key] != value:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
 
 
 # -- parsers: each takes a raw value (str from a query, any JSON value) -------------
@@ -142,7 +164,8 @@ def parse_cursor(value: object) -> str:
 
 
 def parse_token(value: object) -> str:
-    if not isinstance(value, str) or _TOKEN.fullmatch(value) is None:
+    # "Bearer" alone could only ever be presented as "Bearer Bearer".
+    if not isinstance(value, str) or _TOKEN.fullmatch(value) is None or value.lower() == "bearer":
         raise InvalidInput("invalid_token", "A token is 1 to 256 printable ASCII characters without spaces.")
     return value
 

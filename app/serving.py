@@ -1,8 +1,45 @@
-"""Checks made by the server process before it starts serving."""
+"""Checks made by the gunicorn master before and while it serves (see ``gunicorn.conf.py``).
+
+The memory store lives inside the one worker process, so anything that would
+replace that process (a second worker, a crashed worker respawned, a HUP reload)
+would serve a fresh, empty ledger from the same address. The master stops instead,
+loudly, so that the operator sees it.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 from app.config import Config, ConfigError
+
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GunicornSettings:
+    bind: str
+    workers: int
+    threads: int
+
+
+def gunicorn_settings(environ: Mapping[str, str]) -> GunicornSettings:
+    """gunicorn's settings from the environment, each checked with a message naming it."""
+    config = Config.from_env(environ)
+    return GunicornSettings(
+        bind=environ.get("GUNICORN_BIND") or f"0.0.0.0:{config.port}",
+        workers=_count("GUNICORN_WORKERS", environ.get("GUNICORN_WORKERS", "1"), 64),
+        threads=_count("GUNICORN_THREADS", environ.get("GUNICORN_THREADS", "16"), MAX_THREADS),
+    )
+
+
+def _count(name: str, value: str, high: int) -> int:
+    text = value.strip()
+    if re.fullmatch(r"[0-9]{1,5}", text) is None or not 1 <= int(text) <= high:
+        raise ConfigError(f"{name} must be a whole number from 1 to {high}, not {value!r}")
+    return int(text)
 
 
 def check_worker_count(workers: int, config: Config) -> None:
@@ -14,3 +51,49 @@ def check_worker_count(workers: int, config: Config) -> None:
             f"would silently diverge. Run one worker (raise GUNICORN_THREADS for concurrency) or "
             f"use LEDGER_STORE=postgresql://... for several."
         )
+
+
+def refuse_replacement(server: Any, config: Config, why: str) -> None:
+    """Stop the master rather than let it start a worker with an empty memory ledger.
+
+    ``server`` is gunicorn's arbiter. While it is shutting down it has already closed
+    its listeners, and a worker exiting then is expected.
+    """
+    if not config.uses_memory_store or not server.LISTENERS:
+        return
+    from gunicorn.errors import HaltServer
+
+    raise HaltServer(
+        f"{why}: the memory store's ledger lived in that worker and is gone. GoLedger stops "
+        f"instead of serving an empty ledger at the same address; restart it deliberately.",
+        1,
+    )
+
+
+_GUNICORN_ERROR_CODES = {414: "request_line_too_large", 431: "headers_too_large"}
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse, in the contract's JSON shape.
+
+    Replaces ``gunicorn.util.write_error`` (an HTML page) for malformed request lines,
+    over-long URLs or headers and bad ``Content-Length`` values, which never reach
+    the app. ``mesg`` is not echoed: it may quote the client's bytes.
+    """
+    import json
+
+    from gunicorn import util
+
+    code = _GUNICORN_ERROR_CODES.get(status_int, "bad_request")
+    body = json.dumps({"code": status_int, "error": code, "message": f"{reason}."}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1")
+    util.write_nonblock(sock, head + body)
+
+
+def install_json_errors() -> None:
+    from gunicorn import util
+
+    util.write_error = write_json_error

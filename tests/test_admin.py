@@ -24,14 +24,21 @@ def test_create_account_with_a_generated_token(client: FlaskClient) -> None:
 
 
 def test_create_account_with_a_chosen_token_and_no_balance(client: FlaskClient) -> None:
-    response = client.post("/admin/accounts?username=dave&token=dave-secret", headers=ADMIN)
+    response = client.post("/admin/accounts?username=dave", json={"token": "dave-secret"}, headers=ADMIN)
     assert response.status_code == 201
     assert response.json == {"username": "dave", "token": "dave-secret", "balance": 0, "version": 0}
+    assert response.headers["Cache-Control"] == "no-store"
+    me = client.get("/account/coins?username=dave", headers={"Authorization": "Bearer dave-secret"})
+    assert me.json["balance"] == 0
+
+
+def test_a_token_in_the_url_is_refused(client: FlaskClient) -> None:
+    response = client.post("/admin/accounts?username=dave&token=dave-secret", headers=ADMIN)
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_token"
     assert (
-        client.get("/account/coins?username=dave", headers={"Authorization": "Bearer dave-secret"}).json[
-            "balance"
-        ]
-        == 0
+        client.get("/account/coins?username=dave", headers={"Authorization": "dave-secret"}).status_code
+        == 401
     )
 
 
@@ -58,6 +65,7 @@ def test_creating_an_existing_account_is_409_and_keeps_the_old_one(client: Flask
         ({"username": "erin", "token": ""}, "invalid_token"),
         ({"username": "erin", "token": "has space"}, "invalid_token"),
         ({"username": "erin", "token": 12345}, "invalid_token"),
+        ({"username": "erin", "token": "Bearer"}, "invalid_token"),
     ],
 )
 def test_bad_account_requests_are_rejected(client: FlaskClient, body: dict[str, object], error: str) -> None:

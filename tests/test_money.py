@@ -234,11 +234,29 @@ def test_an_operation_past_its_deadline_is_503_applies_nothing_and_is_audited(
     assert account(client, "bryan", "2")["balance"] == 10_000
     record = last_record(client)
     assert (record["status"], record["reason"]) == ("FAILED", "timeout")
-    # A lock wait past its deadline shows in health for a while.
+    # The caller chose a deadline far below the default: their 503 is theirs alone,
+    # and the instance stays healthy.
+    assert client.get("/system/health").status_code == 200
+
+
+def test_a_lock_wait_past_the_default_deadline_degrades_health() -> None:
+    from app import create_app
+
+    app = create_app({"demo": True, "op_timeout_ms": 20})
+    client = app.test_client()
+    with app.app_context():
+        ledger = store()
+    blocker = ledger._rw.gen_wlock()  # type: ignore[attr-defined]
+    assert blocker.acquire(blocking=True, timeout=5)
+    try:
+        response = client.post("/account/coins/add?username=aaron&amount=5", headers=AARON)
+    finally:
+        blocker.release()
+    assert response.status_code == 503
     health = client.get("/system/health")
     assert health.status_code == 503
     assert health.json["status"] == "degraded"
-    assert health.json["components"]["performance"] is False
+    assert health.json["components"] == {"database": True, "audit_log": True, "performance": False}
 
 
 def test_a_balance_read_past_its_deadline_is_503(client: FlaskClient) -> None:

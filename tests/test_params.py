@@ -171,6 +171,7 @@ def test_a_body_over_one_mebibyte_is_rejected(client: FlaskClient) -> None:
         "error": "payload_too_large",
         "message": "The request body is larger than the limit.",
     }
+    assert response.headers["Connection"] == "close"
     assert balance(client) == 10_000
 
 
@@ -213,3 +214,15 @@ def test_validation_failures_are_not_audited(client: FlaskClient) -> None:
     client.post("/account/coins/transfer?username=aaron&to=aaron&amount=5", headers=AARON)
     after = client.get("/account/transactions?username=aaron", headers=AARON).json["transactions"]
     assert after == before
+
+
+def test_repeated_keys_inside_an_ignored_field_do_not_matter(client: FlaskClient) -> None:
+    body = '{"username": "aaron", "amount": 1, "memo": {"a": 1, "a": 2}}'
+    response = client.post("/account/coins/add", data=body, headers=AARON, content_type="application/json")
+    assert response.status_code == 200
+
+
+def test_history_validates_the_deadline_header_too(client: FlaskClient) -> None:
+    response = client.get("/account/transactions?username=aaron", headers={**AARON, "X-Timeout-Ms": "abc"})
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_timeout"

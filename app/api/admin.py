@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.api.common import audit_record_json, request_deadline, store
 from app.auth import authenticate_admin, new_token, token_digest
+from app.ledger.errors import InvalidInput
 from app.params import (
     DEFAULT_PAGE_LIMIT,
     Params,
@@ -28,7 +29,10 @@ def _require_admin() -> None:
 def create_account() -> tuple[Response, int]:
     params = Params.from_request(request)
     username = params.require("username", parse_username)
-    token = params.get("token", parse_token) or new_token()
+    if "token" in request.args:
+        raise InvalidInput("invalid_token", "Send the token in the JSON body: URLs end up in logs.")
+    chosen = params.body.get("token")
+    token = new_token() if chosen is None else parse_token(chosen)
     balance = params.get("balance", parse_opening_balance) or 0
     account = store().create_account(username, token_digest(token), balance, deadline=request_deadline())
     # The only time the token is ever shown: only its digest is kept.
@@ -38,7 +42,9 @@ def create_account() -> tuple[Response, int]:
         "balance": account.balance,
         "version": account.version,
     }
-    return jsonify(body), 201
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
 
 
 @bp.get("/audit")

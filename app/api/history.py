@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from app.api.common import authenticated_caller, store, transaction_json
+from app.api.common import authenticated_caller, request_deadline, store, transaction_json
 from app.params import DEFAULT_PAGE_LIMIT, parse_cursor, parse_limit
 
 bp = Blueprint("history", __name__)
@@ -13,6 +13,7 @@ bp = Blueprint("history", __name__)
 @bp.get("/account/transactions")
 def history() -> Response:
     params, username = authenticated_caller()
+    request_deadline()  # validated like every /account operation; history waits on no lock that needs it
     limit = params.get("limit", parse_limit) or DEFAULT_PAGE_LIMIT
     cursor = params.get("cursor", parse_cursor)
     page = store().history(username, limit=limit, cursor=cursor)

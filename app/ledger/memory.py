@@ -2,10 +2,10 @@
 
 Locking
 -------
-Three locks, each the only owner of its data, always taken in this order:
+Four locks, each the only owner of its data, always taken in this order:
 
-1. ``_rw`` (a fair ``readerwriterlock``) guards ``_accounts``: balances, versions,
-   holds and token digests. Reads share it; every change holds it exclusively, and
+1. ``_rw`` (a fair ``readerwriterlock``) guards ``_accounts``: balances, versions
+   and holds. Reads share it; every change holds it exclusively, and
    the funds check and the mutation happen under that one write lock.
 2. ``_credentials_lock`` guards ``_credentials``, the token digests. It is apart
    from ``_rw`` so that authenticating a request never waits behind a balance
@@ -106,7 +106,13 @@ class _Account:
 class MockDB:
     """The embedded store: balances in a dict under a reader-writer lock."""
 
-    def __init__(self, *, idempotency: IdempotencyTable | None = None) -> None:
+    def __init__(
+        self, *, idempotency: IdempotencyTable | None = None, lock_trouble_after_s: float = 0.0
+    ) -> None:
+        """``lock_trouble_after_s``: a lock wait that times out after waiting at least
+        this long marks health degraded (the app passes the default deadline, so a
+        caller's own tight ``X-Timeout-Ms`` does not take the instance out of rotation).
+        """
         self._rw = rwlock.RWLockFair()
         self._accounts: dict[str, _Account] = {}
 
@@ -128,6 +134,7 @@ class MockDB:
         self._lock_wait_buckets = [0] * (len(LOCK_WAIT_BUCKETS_S) + 1)
         self._lock_wait_sum_s = 0.0
         self._last_lock_timeout_at: float | None = None
+        self._lock_trouble_after_s = lock_trouble_after_s
         self._accounts_seen = 0  # the last account count a metrics scrape saw
         self._started_at = time.monotonic()
 
@@ -384,8 +391,9 @@ class MockDB:
         if lock.acquire(blocking=True, timeout=deadline.remaining_s()):
             return time.perf_counter() - started
         waited_s = time.perf_counter() - started
-        with self._counters_lock:
-            self._last_lock_timeout_at = time.monotonic()
+        if waited_s >= self._lock_trouble_after_s:
+            with self._counters_lock:
+                self._last_lock_timeout_at = time.monotonic()
         self._count(kind, OperationTimeout.code, waited_s)
         raise OperationTimeout("The operation could not finish within its deadline.")
 
