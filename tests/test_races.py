@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import random
 import re
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -25,11 +22,10 @@ from app.ledger.errors import InsufficientFunds, LedgerError, OperationTimeout, 
 from app.ledger.memory import MockDB
 from app.ledger.model import AccountView, Deadline, OperationResult, OperationType, Status, Transaction
 from tests.conftest import open_account
+from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
 
 T = TypeVar("T")
 
-#: The bound on every thread join and barrier wait; a healthy run needs milliseconds.
-JOIN_TIMEOUT_S = 10.0
 #: A deadline no healthy operation comes near, so only a wait the test forces times out.
 PATIENT_MS = 5_000
 #: A small page, so that every history below spans many pages.
@@ -41,63 +37,8 @@ _TRANSACTION_ID = re.compile(r"tx_[0-9A-HJKMNP-TV-Z]{26}")
 # -- shared helpers -------------------------------------------------------------
 
 
-class Crew(Generic[T]):
-    """Threads released together on a barrier and joined within ``JOIN_TIMEOUT_S``.
-
-    An exception raised in a worker (an assertion included) is re-raised by ``join``.
-    """
-
-    def __init__(self, workers: Sequence[Callable[[], T]]) -> None:
-        self._start = threading.Barrier(len(workers), timeout=JOIN_TIMEOUT_S)
-        self._results: dict[int, T] = {}
-        self._errors: list[BaseException] = []
-        self._threads = [
-            threading.Thread(target=self._run, args=(index, worker), name=f"worker-{index}", daemon=True)
-            for index, worker in enumerate(workers)
-        ]
-
-    def _run(self, index: int, worker: Callable[[], T]) -> None:
-        try:
-            self._start.wait()
-            self._results[index] = worker()
-        except BaseException as error:
-            self._errors.append(error)
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def join(self) -> list[T]:
-        give_up_at = time.monotonic() + JOIN_TIMEOUT_S
-        for thread in self._threads:
-            thread.join(timeout=max(0.0, give_up_at - time.monotonic()))
-        stuck = [thread.name for thread in self._threads if thread.is_alive()]
-        assert not stuck, f"still running after {JOIN_TIMEOUT_S} s (a deadlock?): {stuck}"
-        if self._errors:
-            raise self._errors[0]
-        return [self._results[index] for index in range(len(self._threads))]
-
-
-def run_together(workers: Sequence[Callable[[], T]]) -> list[T]:
-    """Run ``workers`` on threads released at the same instant; their results in order."""
-    crew = Crew(workers)
-    crew.start()
-    return crew.join()
-
-
 def patient() -> Deadline:
     return Deadline.after_ms(PATIENT_MS)
-
-
-@contextmanager
-def holding_write_lock(store: MockDB) -> Iterator[None]:
-    """Hold the store's write lock in this thread, as a stalled writer would."""
-    lock = store._rw.gen_wlock()
-    assert lock.acquire(blocking=True, timeout=JOIN_TIMEOUT_S)
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def full_history(store: MockDB, username: str, *, limit: int = PAGE_LIMIT) -> list[Transaction]:
@@ -617,3 +558,17 @@ def test_operations_past_their_deadline_apply_nothing(store: MockDB, kind: Opera
     health = store.health()
     assert health.audit_log
     assert not health.performance
+
+
+@pytest.mark.parametrize("amount", [0, -5, 10**15 + 1])
+@pytest.mark.parametrize("operation", ["deposit", "withdraw"])
+def test_the_store_itself_refuses_amounts_out_of_range(store: MockDB, operation: str, amount: int) -> None:
+    from app.ledger.errors import InvalidInput
+
+    open_account(store, "alice", 100)
+    with pytest.raises(InvalidInput, match="amount"):
+        getattr(store, operation)("alice", amount, deadline=Deadline.after_ms(1000))
+    with pytest.raises(InvalidInput, match="amount"):
+        store.transfer("alice", "alice", amount, deadline=Deadline.after_ms(1000))
+    assert store.account("alice", deadline=Deadline.after_ms(1000)).balance == 100
+    assert store.verify().ok

@@ -26,9 +26,7 @@ from app.ledger.memory import MockDB
 from app.ledger.model import MAX_BALANCE, AccountView, Deadline, OperationType, Page, Status, Transaction
 from tests.conftest import open_account
 from tests.test_races import (
-    JOIN_TIMEOUT_S,
     PAGE_LIMIT,
-    Crew,
     Outcome,
     assert_trail_explains,
     attempt,
@@ -38,7 +36,6 @@ from tests.test_races import (
     expected_versions,
     flatten,
     full_history,
-    holding_write_lock,
     mixed_worker,
     moved,
     patient,
@@ -47,6 +44,7 @@ from tests.test_races import (
     run_together,
     versions,
 )
+from tests.threads import JOIN_TIMEOUT_S, Crew, holding_write_lock
 
 TRANSFER = OperationType.TRANSFER
 

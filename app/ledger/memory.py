@@ -64,6 +64,7 @@ from app.ledger.errors import (
 )
 from app.ledger.idempotency import IdempotencyTable, Outcome
 from app.ledger.model import (
+    MAX_AMOUNT,
     MAX_BALANCE,
     AccountView,
     Deadline,
@@ -138,7 +139,8 @@ class MockDB:
         self._accounts_seen = 0  # the last account count a metrics scrape saw
         self._started_at = time.monotonic()
 
-        self._idempotency = idempotency or IdempotencyTable()
+        # Not ``or``: an empty table has len() == 0 and would be replaced.
+        self._idempotency = idempotency if idempotency is not None else IdempotencyTable()
 
     # -- accounts -------------------------------------------------------------
 
@@ -413,6 +415,9 @@ class MockDB:
         A failure is shown in the history of ``failure_parties`` (default: the caller
         alone, never a recipient who had no part in it).
         """
+        if kind is not OperationType.OPEN and not 1 <= amount <= MAX_AMOUNT:
+            # The web layer validates amounts; the core checks again rather than trust it.
+            raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
         failed_for = (username,) if failure_parties is None else failure_parties
         lock = self._rw.gen_wlock()
         try:
