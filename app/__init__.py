@@ -24,17 +24,18 @@ DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
     from app import cli, errors
-    from app.api import admin, balance, deposit, health, history, metrics, transfer, withdraw
+    from app.api import admin, balance, batch, deposit, health, history, metrics, transfer, withdraw
     from app.auth import token_digest
+    from app.jsonio import OrjsonProvider
     from app.observability import Observability, configure_logging
 
     config = Config.from_env(os.environ, test_config)
     configure_logging(config.log_level)
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     # OPTIONS is answered like any other unsupported method: a JSON 405 with Allow.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
 
     app.extensions["ledger_config"] = config
     app.extensions["ledger_admin_digest"] = token_digest(config.admin_token) if config.admin_token else None
@@ -42,7 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ledger_observability"] = Observability(app, app.extensions["ledger"])
 
     errors.init_app(app)
-    for module in (balance, deposit, withdraw, transfer, history, health, metrics, admin):
+    for module in (balance, deposit, withdraw, transfer, batch, history, health, metrics, admin):
         app.register_blueprint(module.bp)
     cli.init_app(app)
 

@@ -8,13 +8,14 @@ path pays for one counter update in the store, not for a metric library call.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import orjson
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -74,6 +75,8 @@ class Observability:
             registry=self.registry,
         )
         self.registry.register(_StoreCollector(store))
+        # A racing first request may build a label set twice: harmless, the same children.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         app.before_request(self._before)
         app.after_request(self._after)
 
@@ -86,28 +89,44 @@ class Observability:
     def _after(self, response: Response) -> Response:
         duration_s = time.perf_counter() - g.get("started", time.perf_counter())
         request_id = g.get("request_id") or uuid.uuid4().hex
+        method = request.method
         # Unmatched paths share one label, so that scanners cannot explode the series.
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        status = str(response.status_code)
-        self._requests.labels(request.method, route, status).inc()
-        self._latency.labels(request.method, route, status).observe(duration_s)
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "unmatched"
+        status = response.status_code
+        series = self._series.get((method, route, status))
+        if series is None:
+            series = self._series_for(method, route, status)
+        series[0].inc()
+        series[1].observe(duration_s)
         response.headers["X-Request-Id"] = request_id
         if _request_log.isEnabledFor(logging.INFO):
             # Never headers or the query string: they carry tokens and names.
             _request_log.info(
-                json.dumps(
+                orjson.dumps(
                     {
                         "event": "request",
-                        "method": request.method,
+                        "method": method,
                         "route": route,
-                        "status": response.status_code,
+                        "status": status,
                         "duration_ms": round(duration_s * 1000, 3),
                         "request_id": request_id,
-                    },
-                    separators=(",", ":"),
-                )
+                    }
+                ).decode("utf-8")
             )
         return response
+
+    def _series_for(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency children of one label set, made once.
+
+        ``labels()`` takes the metric's lock and builds a key on every call; the
+        cache makes the hot path one dictionary lookup. Label sets are bounded
+        (routes, methods and statuses), so the cache is too.
+        """
+        labels = (method, route, str(status))
+        series = (self._requests.labels(*labels), self._latency.labels(*labels))
+        self._series[(method, route, status)] = series
+        return series
 
 
 def configure_logging(level: str) -> None:

@@ -14,7 +14,8 @@ from app.auth import authenticate
 from app.config import Config
 from app.errors import error_response
 from app.ledger.errors import LedgerError
-from app.ledger.model import AccountView, Deadline, OperationResult, Transaction
+from app.ledger.idempotency import Result
+from app.ledger.model import AccountView, BatchResult, Deadline, ItemOutcome, Transaction
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_idempotency_key, parse_if_match, parse_timeout_ms
 
@@ -66,7 +67,7 @@ def etag(account: AccountView) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class MoneyRequest:
-    """A validated money operation, ready to run.
+    """A validated money operation (or batch), ready to run.
 
     ``parameters`` are the validated values that define it: a retry with the same
     ``Idempotency-Key`` must carry the same ones.
@@ -74,7 +75,7 @@ class MoneyRequest:
 
     operation: str
     parameters: tuple[object, ...]
-    run: Callable[[LedgerStore, Deadline, int | None], OperationResult]
+    run: Callable[[LedgerStore, Deadline, int | None], Result]
 
 
 def run_money_operation(prepare: Callable[[Params, str], MoneyRequest]) -> Response:
@@ -86,17 +87,18 @@ def run_money_operation(prepare: Callable[[Params, str], MoneyRequest]) -> Respo
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     ledger = store()
     if key is None:
-        return _operation_response(money_request.run(ledger, deadline, expected_version))
+        return _result_response(money_request.run(ledger, deadline, expected_version))
     fingerprint = _fingerprint(money_request, expected_version)
     outcome = ledger.idempotent(
         username, key, fingerprint, deadline, lambda: money_request.run(ledger, deadline, expected_version)
     )
-    replay_headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
     if isinstance(outcome.result, LedgerError):
         error = outcome.result
-        return error_response(error.status, error.code, error.message, {**error.headers, **replay_headers})
-    response = _operation_response(outcome.result)
-    response.headers.update(replay_headers)
+        response = error_response(error.status, error.code, error.message, error.headers)
+    else:
+        response = _result_response(outcome.result)
+    if outcome.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
@@ -107,11 +109,54 @@ def _fingerprint(money_request: MoneyRequest, expected_version: int | None) -> s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _operation_response(result: OperationResult) -> Response:
+def _result_response(result: Result) -> Response:
+    if isinstance(result, BatchResult):
+        return _batch_response(result)
     account = result.account
     response = jsonify(
         {
             "transaction": transaction_json(result.transaction),
+            "username": account.username,
+            "balance": account.balance,
+            "version": account.version,
+        }
+    )
+    response.headers.update(etag(account))
+    return response
+
+
+def _item_json(item: ItemOutcome) -> dict[str, Any]:
+    if item.succeeded:
+        return {"index": item.index, "status": "SUCCESS", "transaction": transaction_json(item.transaction)}
+    return {
+        "index": item.index,
+        "status": "FAILED",
+        "error": {"code": item.status, "error": item.code, "message": item.message},
+    }
+
+
+def _batch_response(result: BatchResult) -> Response:
+    results = [_item_json(item) for item in result.items]
+    account = result.account
+    if result.failed_index is not None:
+        failing = result.items[result.failed_index]
+        response = jsonify(
+            {
+                "code": failing.status,
+                "error": failing.code,
+                "message": failing.message,
+                "index": failing.index,
+                "results": results,
+            }
+        )
+        response.status_code = failing.status or 500
+        return response
+    succeeded = sum(1 for item in result.items if item.succeeded)
+    response = jsonify(
+        {
+            "results": results,
+            "succeeded": succeeded,
+            "failed": len(result.items) - succeeded,
             "username": account.username,
             "balance": account.balance,
             "version": account.version,

@@ -101,3 +101,10 @@ class IdempotencyStoreFull(LedgerError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.headers["Retry-After"] = "60"
+
+
+class BatchFailed(LedgerError):
+    """An item of an atomic batch that was not applied because another item failed."""
+
+    status = 424
+    code = "batch_failed"

@@ -32,7 +32,10 @@ from app.ledger.errors import (
     LedgerError,
     OperationTimeout,
 )
-from app.ledger.model import Deadline, OperationResult
+from app.ledger.model import BatchResult, Deadline, OperationResult
+
+#: What an operation run under a key produces (a batch included).
+Result = OperationResult | BatchResult
 
 KEY_TTL_S = 24 * 3600.0
 DEFAULT_MAX_KEYS = 1_000_000
@@ -42,7 +45,7 @@ DEFAULT_MAX_KEYS = 1_000_000
 class Outcome:
     """What a keyed request answers: a result or a business failure, first time or replayed."""
 
-    result: OperationResult | LedgerError
+    result: Result | LedgerError
     replayed: bool
 
 
@@ -59,7 +62,7 @@ class _Entry:
         self.fingerprint = fingerprint
         self.created_at = created_at
         self.done = threading.Event()
-        self.result: OperationResult | LedgerError | None = None
+        self.result: Result | LedgerError | None = None
 
 
 class IdempotencyTable:
@@ -86,7 +89,7 @@ class IdempotencyTable:
         key: str,
         fingerprint: str,
         deadline: Deadline,
-        operation: Callable[[], OperationResult],
+        operation: Callable[[], Result],
     ) -> Outcome:
         """Run ``operation`` once for ``(username, key)``; replay its outcome afterwards."""
         slot = (username, key)
@@ -119,11 +122,9 @@ class IdempotencyTable:
             self._entries[slot] = entry
             return entry, True
 
-    def _run_owned(
-        self, slot: tuple[str, str], entry: _Entry, operation: Callable[[], OperationResult]
-    ) -> Outcome:
+    def _run_owned(self, slot: tuple[str, str], entry: _Entry, operation: Callable[[], Result]) -> Outcome:
         try:
-            result: OperationResult | LedgerError = operation()
+            result: Result | LedgerError = operation()
         except OperationTimeout:
             self._release(slot, entry)
             raise

@@ -39,7 +39,7 @@ import bisect
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from readerwriterlock import rwlock
 
@@ -55,6 +55,7 @@ from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
     BalanceOverflow,
+    BatchFailed,
     InsufficientFunds,
     InvalidInput,
     LedgerError,
@@ -62,12 +63,16 @@ from app.ledger.errors import (
     StoreInvariantBroken,
     VersionConflict,
 )
-from app.ledger.idempotency import IdempotencyTable, Outcome
+from app.ledger.idempotency import IdempotencyTable, Outcome, Result
 from app.ledger.model import (
     MAX_AMOUNT,
     MAX_BALANCE,
+    MAX_BATCH_ITEMS,
     AccountView,
+    BatchItem,
+    BatchResult,
     Deadline,
+    ItemOutcome,
     OperationResult,
     OperationType,
     Page,
@@ -102,6 +107,17 @@ class _Account:
 
     def view(self, username: str) -> AccountView:
         return AccountView(username, self.balance, self.version, self.held)
+
+    def copy(self) -> _Account:
+        twin = _Account(self.balance)
+        twin.take(self)
+        return twin
+
+    def take(self, other: _Account) -> None:
+        """Adopt another copy's state (an atomic batch writing back its result)."""
+        self.balance = other.balance
+        self.held = other.held
+        self.version = other.version
 
 
 class MockDB:
@@ -196,15 +212,7 @@ class MockDB:
         deadline: Deadline,
         expected_version: int | None = None,
     ) -> OperationResult:
-        def apply() -> AccountView:
-            account = self._existing(username)
-            _check_version(account, expected_version)
-            _check_credit(username, account, amount)
-            account.balance += amount
-            account.version += 1
-            return account.view(username)
-
-        return self._run_write(OperationType.DEPOSIT, username, None, username, amount, deadline, apply)
+        return self._run_one(username, BatchItem(OperationType.DEPOSIT, amount), deadline, expected_version)
 
     def withdraw(
         self,
@@ -214,16 +222,9 @@ class MockDB:
         deadline: Deadline,
         expected_version: int | None = None,
     ) -> OperationResult:
-        def apply() -> AccountView:
-            account = self._existing(username)
-            _check_version(account, expected_version)
-            _check_funds(username, account, amount)
-            account.balance -= amount
-            account.version += 1
-            _check_account(username, account)
-            return account.view(username)
-
-        return self._run_write(OperationType.WITHDRAWAL, username, username, None, amount, deadline, apply)
+        return self._run_one(
+            username, BatchItem(OperationType.WITHDRAWAL, amount), deadline, expected_version
+        )
 
     def transfer(
         self,
@@ -234,24 +235,105 @@ class MockDB:
         deadline: Deadline,
         expected_version: int | None = None,
     ) -> OperationResult:
-        def apply() -> AccountView:
-            source_account = self._existing(username)
-            _check_version(source_account, expected_version)
-            target_account = self._accounts.get(target)
-            if target_account is None:
-                raise AccountNotFound(f"Account {target} does not exist.")
-            if target_account is source_account:
-                raise InvalidInput("same_account", "Cannot transfer to the same account.")
-            _check_funds(username, source_account, amount)
-            _check_credit(target, target_account, amount)
-            source_account.balance -= amount
-            source_account.version += 1
-            target_account.balance += amount
-            target_account.version += 1
-            _check_account(username, source_account)
-            return source_account.view(username)
+        return self._run_one(
+            username, BatchItem(OperationType.TRANSFER, amount, target), deadline, expected_version
+        )
 
-        return self._run_write(OperationType.TRANSFER, username, username, target, amount, deadline, apply)
+    def batch(
+        self,
+        username: str,
+        items: Sequence[BatchItem],
+        *,
+        atomic: bool,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> BatchResult:
+        """Apply ``items`` in order under one write-lock acquisition.
+
+        Not atomic: each item stands alone. Atomic: the items are first applied to
+        copies of the accounts they touch; only if every one succeeds are the copies
+        written back, otherwise nothing changes. Either way every item is audited,
+        and all the batch's records are appended in one go, in item order.
+        """
+        _check_batch(items)
+        lock = self._rw.gen_wlock()
+        try:
+            waited_s = self._acquire(lock, deadline, "batch")
+        except OperationTimeout as error:
+            self._append_items(username, items, [error] * len(items))
+            raise
+        failures: list[LedgerError | None] = []
+        try:
+            caller = self._existing(username)
+            try:
+                _check_version(caller, expected_version)
+            except VersionConflict as error:
+                failures = [error] * len(items)
+                error.transaction = self._append_items(username, items, failures)[0]
+                raise
+            if atomic:
+                failures, failed_index = self._apply_atomically(username, items)
+            else:
+                failures, failed_index = [self._apply_alone(username, item) for item in items], None
+            records = self._append_items(username, items, failures)
+            account = caller.view(username)
+        finally:
+            lock.release()
+            self._count_items(items, failures, waited_s)
+        outcomes = tuple(
+            ItemOutcome(index, record)
+            if failure is None
+            else ItemOutcome(index, record, failure.status, failure.code, failure.message)
+            for index, (record, failure) in enumerate(zip(records, failures, strict=True))
+        )
+        return BatchResult(outcomes, account, atomic, failed_index)
+
+    def _run_one(
+        self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
+    ) -> OperationResult:
+        source, target = _roles(username, item)
+
+        def apply() -> AccountView:
+            caller = self._existing(username)
+            _check_version(caller, expected_version)
+            _apply_item(self._accounts.get, username, item)
+            return caller.view(username)
+
+        return self._run_write(item.kind, username, source, target, item.amount, deadline, apply)
+
+    def _apply_alone(self, username: str, item: BatchItem) -> LedgerError | None:
+        try:
+            _apply_item(self._accounts.get, username, item)
+        except LedgerError as error:
+            return error
+        return None
+
+    def _apply_atomically(
+        self, username: str, items: Sequence[BatchItem]
+    ) -> tuple[list[LedgerError | None], int | None]:
+        copies: dict[str, _Account] = {}
+
+        def copy_of(name: str) -> _Account | None:
+            if name not in copies:
+                account = self._accounts.get(name)
+                if account is None:
+                    return None
+                copies[name] = account.copy()
+            return copies[name]
+
+        for index, item in enumerate(items):
+            try:
+                _apply_item(copy_of, username, item)
+            except LedgerError as error:
+                refused = BatchFailed(
+                    f"Not applied: item {index} of this atomic batch failed ({error.code})."
+                )
+                failures: list[LedgerError | None] = [refused] * len(items)
+                failures[index] = error
+                return failures, index
+        for name, copy in copies.items():
+            self._accounts[name].take(copy)
+        return [None] * len(items), None
 
     # -- history --------------------------------------------------------------
 
@@ -307,7 +389,7 @@ class MockDB:
         key: str,
         fingerprint: str,
         deadline: Deadline,
-        operation: Callable[[], OperationResult],
+        operation: Callable[[], Result],
     ) -> Outcome:
         return self._idempotency.run(username, key, fingerprint, deadline, operation)
 
@@ -481,6 +563,57 @@ class MockDB:
             self._lock_wait_buckets[bucket] += 1
             self._lock_wait_sum_s += lock_wait_s
 
+    def _append_items(
+        self, username: str, items: Sequence[BatchItem], failures: Sequence[LedgerError | None]
+    ) -> list[Transaction]:
+        """Audit a batch's items in one critical section, in item order, one timestamp."""
+        created_at = utc_now_iso()
+        entries: list[tuple[BatchItem, str | None, str | None, Status, str | None, tuple[str, ...]]] = []
+        for item, failure in zip(items, failures, strict=True):
+            source, target = _roles(username, item)
+            if failure is None:
+                parties = tuple(name for name in (source, target) if name is not None)
+                entries.append((item, source, target, Status.SUCCESS, None, parties))
+            else:
+                entries.append((item, source, target, Status.FAILED, failure.code, (username,)))
+        ids = [new_id("tx_") for _ in entries]
+        records = []
+        with self._audit_lock:
+            for transaction_id, (item, source, target, status, reason, parties) in zip(
+                ids, entries, strict=True
+            ):
+                record = sealed_record(
+                    self._last_hash,
+                    len(self._audit) + 1,
+                    transaction_id,
+                    item.kind,
+                    source,
+                    target,
+                    item.amount,
+                    status,
+                    reason,
+                    created_at,
+                )
+                self._audit.append(record)
+                self._last_hash = record.hash
+                for name in parties:
+                    self._records_by_account.setdefault(name, []).append(record.sequence)
+                records.append(record)
+        return records
+
+    def _count_items(
+        self, items: Sequence[BatchItem], failures: Sequence[LedgerError | None], lock_wait_s: float
+    ) -> None:
+        """Count a batch: one operation per item, one lock wait for the whole batch."""
+        bucket = bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
+        with self._counters_lock:
+            for item, failure in zip(items, failures, strict=False):
+                key = (item.kind.value, "success" if failure is None else failure.code)
+                self._operations[key] = self._operations.get(key, 0) + 1
+            self._operation_count += len(items)
+            self._lock_wait_buckets[bucket] += 1
+            self._lock_wait_sum_s += lock_wait_s
+
 
 def _check_version(account: _Account, expected_version: int | None) -> None:
     if expected_version is not None and account.version != expected_version:
@@ -504,6 +637,68 @@ def _check_account(username: str, account: _Account) -> None:
         raise StoreInvariantBroken(
             f"account {username} broke an invariant: balance {account.balance}, held {account.held}"
         )
+
+
+def _roles(username: str, item: BatchItem) -> tuple[str | None, str | None]:
+    """The contract's ``from`` and ``to`` of an item acting on ``username``'s account."""
+    if item.kind is OperationType.DEPOSIT:
+        return None, username
+    if item.kind is OperationType.WITHDRAWAL:
+        return username, None
+    return username, item.target
+
+
+def _apply_item(lookup: Callable[[str], _Account | None], username: str, item: BatchItem) -> None:
+    """Check, then apply, one money operation; a failing check raises before any change."""
+    caller = lookup(username)
+    if caller is None:
+        raise AccountNotFound(f"Account {username} does not exist.")
+    amount = item.amount
+    if item.kind is OperationType.DEPOSIT:
+        _check_credit(username, caller, amount)
+        caller.balance += amount
+        caller.version += 1
+        return
+    if item.kind is OperationType.WITHDRAWAL:
+        _check_funds(username, caller, amount)
+        caller.balance -= amount
+        caller.version += 1
+        _check_account(username, caller)
+        return
+    if item.kind is not OperationType.TRANSFER or item.target is None:
+        raise StoreInvariantBroken(f"not a money operation: {item}")
+    target = lookup(item.target)
+    if target is None:
+        raise AccountNotFound(f"Account {item.target} does not exist.")
+    if target is caller:
+        raise InvalidInput("same_account", "Cannot transfer to the same account.")
+    _check_funds(username, caller, amount)
+    _check_credit(item.target, target, amount)
+    caller.balance -= amount
+    caller.version += 1
+    target.balance += amount
+    target.version += 1
+    _check_account(username, caller)
+
+
+_MONEY_OPERATIONS = (OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER)
+
+
+def _check_batch(items: Sequence[BatchItem]) -> None:
+    """The core checks again what the web layer validated, rather than trust it."""
+    if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise InvalidInput("invalid_batch", f"A batch holds 1 to {MAX_BATCH_ITEMS} operations.")
+    for index, item in enumerate(items):
+        if item.kind not in _MONEY_OPERATIONS or (item.kind is OperationType.TRANSFER) != (
+            item.target is not None
+        ):
+            raise InvalidInput(
+                "invalid_batch", f"Operation {index} is not a deposit, withdrawal or transfer."
+            )
+        if not 1 <= item.amount <= MAX_AMOUNT:
+            raise InvalidInput(
+                "invalid_amount", f"Operation {index}: the amount must be from 1 to {MAX_AMOUNT}."
+            )
 
 
 def _encode_cursor(prefix: str, sequence: int) -> str:

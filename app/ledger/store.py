@@ -6,13 +6,13 @@ unchanged against each store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from app.ledger.audit import Verification
-from app.ledger.idempotency import Outcome
-from app.ledger.model import AccountView, Deadline, OperationResult, Page
+from app.ledger.idempotency import Outcome, Result
+from app.ledger.model import AccountView, BatchItem, BatchResult, Deadline, OperationResult, Page
 
 #: Upper bounds (seconds) of the lock-wait histogram's buckets; +Inf is implied.
 LOCK_WAIT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -99,6 +99,21 @@ class LedgerStore(Protocol):
         """Move ``amount`` from ``username`` to ``target`` atomically."""
         ...
 
+    def batch(
+        self,
+        username: str,
+        items: Sequence[BatchItem],
+        *,
+        atomic: bool,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> BatchResult:
+        """Apply many operations of the caller under one lock acquisition.
+
+        ``expected_version`` is checked once, before the first item.
+        """
+        ...
+
     def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
         """The account's audit records, newest first, ``limit`` at a time."""
         ...
@@ -117,7 +132,7 @@ class LedgerStore(Protocol):
         key: str,
         fingerprint: str,
         deadline: Deadline,
-        operation: Callable[[], OperationResult],
+        operation: Callable[[], Result],
     ) -> Outcome:
         """Run ``operation`` at most once per ``(username, key)``; replay it afterwards."""
         ...
