@@ -152,3 +152,24 @@ def test_cli_verify_exits_non_zero_and_lists_problems(app: Flask, client: FlaskC
     assert result.exit_code == 1
     assert "FAILED" in result.output
     assert "record 4" in result.output
+
+
+def test_the_canonical_encoding_is_the_documented_compact_json_array(app: Flask, client: FlaskClient) -> None:
+    import json
+
+    from app.ledger.audit import canonical_encoding
+
+    some_traffic(client)
+    for record in ledger_of(app)._audit:
+        fields = [
+            record.sequence,
+            record.id,
+            record.type.value,
+            record.source,
+            record.target,
+            record.amount,
+            record.status.value,
+            record.reason,
+            record.created_at,
+        ]
+        assert canonical_encoding(record) == json.dumps(fields, separators=(",", ":")).encode("ascii")

@@ -13,7 +13,7 @@ from tests.conftest import ADMIN_TOKEN
 
 AARON = {"Authorization": "1"}
 BRYAN = {"Authorization": "2"}
-TRANSACTION_ID = re.compile(r"tx_[0-9A-HJKMNP-TV-Z]{26}")
+TRANSACTION_ID = re.compile(r"tx_[0-9a-f]{32}")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 

@@ -31,7 +31,7 @@ PATIENT_MS = 5_000
 #: A small page, so that every history below spans many pages.
 PAGE_LIMIT = 7
 
-_TRANSACTION_ID = re.compile(r"tx_[0-9A-HJKMNP-TV-Z]{26}")
+_TRANSACTION_ID = re.compile(r"tx_[0-9a-f]{32}")
 
 
 # -- shared helpers -------------------------------------------------------------
