@@ -35,15 +35,35 @@ DEFAULT_PAGE_LIMIT = 50
 class Params:
     """The parameters of one request, from its query string and JSON body."""
 
-    __slots__ = ("_body", "_query")
+    __slots__ = ("_body", "_query", "_repeated")
 
-    def __init__(self, query: MultiDict[str, str], body: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        query: MultiDict[str, str],
+        body: Mapping[str, object],
+        repeated: Mapping[int, str] | None = None,
+    ) -> None:
         self._query = query
         self._body = body
+        # id() of each JSON object in the body that gives a key twice with different
+        # values -> that key. Objects stay alive inside ``body``, so ids are stable.
+        self._repeated = repeated or {}
+        self.require_unique_keys(body)
 
     @classmethod
     def from_request(cls, request: Request) -> Params:
-        return cls(request.args, _json_object(read_body(request)))
+        body, repeated = _json_object(read_body(request))
+        return cls(request.args, body, repeated)
+
+    def require_unique_keys(self, obj: object) -> None:
+        """Refuse a JSON object of the body that gives one key two different values.
+
+        The top level is checked always; a caller checks nested objects that carry
+        parameters (batch items). Objects in ignored fields are never checked.
+        """
+        key = self._repeated.get(id(obj))
+        if key is not None:
+            raise InvalidInput("conflicting_parameters", f"The JSON body gives {key} more than once.")
 
     def get(self, name: str, parse: Callable[[object], T]) -> T | None:
         """The validated value of ``name``, or ``None`` when no source gives it."""
@@ -95,16 +115,17 @@ def read_body(request: Request) -> bytes:
     return bytes(data)
 
 
-def _json_object(data: bytes) -> Mapping[str, object]:
+def _json_object(data: bytes) -> tuple[Mapping[str, object], dict[int, str]]:
+    """The body's JSON object, and which of its objects repeat a key with another value."""
     if not data.strip():
-        return {}
-    conflicts: dict[int, str] = {}
+        return {}, {}
+    repeated: dict[int, str] = {}
 
     def keep_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
         result: dict[str, object] = {}
         for key, value in pairs:
             if key in result and result[key] != value:
-                conflicts.setdefault(id(result), key)
+                repeated.setdefault(id(result), key)
             result[key] = value
         return result
 
@@ -114,12 +135,7 @@ def _json_object(data: bytes) -> Mapping[str, object]:
         raise InvalidInput("invalid_json", "The body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise InvalidInput("invalid_json", "The body must be a JSON object.")
-    # Only the top-level object holds parameters; nested objects are ignored fields.
-    if id(value) in conflicts:
-        raise InvalidInput(
-            "conflicting_parameters", f"The JSON body gives {conflicts[id(value)]} more than once."
-        )
-    return value
+    return value, repeated
 
 
 # -- parsers: each takes a raw value (str from a query, any JSON value) -------------

@@ -29,22 +29,28 @@ def _invalid_batch(message: str) -> InvalidInput:
     return InvalidInput("invalid_batch", message)
 
 
-def _item(index: int, raw: object, username: str) -> BatchItem:
+def _item(params: Params, index: int, raw: object, username: str) -> BatchItem:
     if not isinstance(raw, dict):
         raise _invalid_batch(f"Operation {index} is not a JSON object.")
+    try:
+        params.require_unique_keys(raw)
+    except LedgerError as error:
+        error.message = f"Operation {index}: {error.message}"
+        raise
     type_name = raw.get("type")
     kind = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if kind is None:
         raise _invalid_batch(f"Operation {index} has no type among add, withdraw and transfer.")
     try:
-        if "amount" not in raw or raw["amount"] is None:
+        # The single endpoints' order: the sender (403) before the other parameters (400).
+        source = raw.get("from")
+        if kind is OperationType.TRANSFER and source is not None and parse_username(source) != username:
+            raise Forbidden("You can only move money out of your own account.")
+        if raw.get("amount") is None:
             raise InvalidInput("missing_parameter", "The amount parameter is required.")
         amount = parse_amount(raw["amount"])
         if kind is not OperationType.TRANSFER:
             return BatchItem(kind, amount)
-        source = raw.get("from")
-        if source is not None and parse_username(source) != username:
-            raise Forbidden("You can only move money out of your own account.")
         if raw.get("to") is None:
             raise InvalidInput("missing_parameter", "The to parameter is required.")
         target = parse_username(raw["to"])
@@ -57,13 +63,15 @@ def _item(index: int, raw: object, username: str) -> BatchItem:
 
 
 def _batch(params: Params, username: str) -> MoneyRequest:
-    atomic = params.body.get("atomic", False)
+    atomic = params.body.get("atomic")
+    if atomic is None:  # absent or null: the default, as for every other parameter
+        atomic = False
     if not isinstance(atomic, bool):
         raise _invalid_batch("atomic must be true or false.")
     operations = params.body.get("operations")
     if not isinstance(operations, list) or not 1 <= len(operations) <= MAX_BATCH_ITEMS:
         raise _invalid_batch(f"operations must be a list of 1 to {MAX_BATCH_ITEMS} operations.")
-    items = tuple(_item(index, raw, username) for index, raw in enumerate(operations))
+    items = tuple(_item(params, index, raw, username) for index, raw in enumerate(operations))
 
     def run(ledger: LedgerStore, deadline: Deadline, expected_version: int | None) -> Result:
         return ledger.batch(
