@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -25,6 +25,8 @@ from app.ledger.store import LOCK_WAIT_BUCKETS_S, LedgerStore
 
 _request_log = logging.getLogger("goledger.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_STARTED = "goledger.started"
+_REQUEST_ID_KEY = "goledger.request_id"
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -81,17 +83,21 @@ class Observability:
         app.after_request(self._after)
 
     def _before(self) -> None:
-        g.started = time.perf_counter()
-        supplied = request.headers.get("X-Request-Id")
+        # Per-request state lives in the WSGI environ: one dict, no context-local proxies.
+        environ = request.environ
+        environ[_STARTED] = time.perf_counter()
+        supplied = environ.get("HTTP_X_REQUEST_ID")
         valid = supplied is not None and _REQUEST_ID.fullmatch(supplied) is not None
-        g.request_id = supplied if valid else uuid.uuid4().hex
+        environ[_REQUEST_ID_KEY] = supplied if valid else uuid.uuid4().hex
 
     def _after(self, response: Response) -> Response:
-        duration_s = time.perf_counter() - g.get("started", time.perf_counter())
-        request_id = g.get("request_id") or uuid.uuid4().hex
-        method = request.method
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        environ = current.environ
+        duration_s = time.perf_counter() - environ.get(_STARTED, time.perf_counter())
+        request_id = environ.get(_REQUEST_ID_KEY) or uuid.uuid4().hex
+        method = current.method
         # Unmatched paths share one label, so that scanners cannot explode the series.
-        rule = request.url_rule
+        rule = current.url_rule
         route = rule.rule if rule is not None else "unmatched"
         status = response.status_code
         series = self._series.get((method, route, status))

@@ -106,8 +106,11 @@ def read_body(request: Request) -> bytes:
         if len(data) != declared:
             raise InvalidInput("invalid_json", "The body is shorter than its Content-Length.")
         return data
-    if not request.environ.get("wsgi.input_terminated"):
-        return b""  # no length and no server-terminated stream: there is no body to read
+    environ = request.environ
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return b""  # neither a length nor chunked: HTTP/1.1 says there is no body
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # a stream the server does not terminate cannot be read safely
     stream = request.environ["wsgi.input"]
     data = stream.read() if limit is None else stream.read(limit + 1)
     if limit is not None and len(data) > limit:

@@ -46,11 +46,11 @@ def transaction_json(transaction: Transaction) -> dict[str, Any]:
     return {
         "id": transaction.id,
         "sequence": transaction.sequence,
-        "type": transaction.type.value,
+        "type": transaction.type,  # a StrEnum: serialised as its value
         "from": transaction.source,
         "to": transaction.target,
         "amount": transaction.amount,
-        "status": transaction.status.value,
+        "status": transaction.status,
         "reason": transaction.reason,
         "created_at": transaction.created_at,
     }
