@@ -6,6 +6,7 @@ the blueprints and the error handlers are all attached here.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
     from app import cli, errors
-    from app.api import admin, balance, batch, deposit, health, history, metrics, transfer, withdraw
+    from app.api import admin, balance, batch, deposit, health, history, holds, metrics, transfer, withdraw
     from app.auth import token_digest
     from app.jsonio import OrjsonProvider
     from app.observability import Observability, configure_logging
@@ -40,10 +41,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ledger_config"] = config
     app.extensions["ledger_admin_digest"] = token_digest(config.admin_token) if config.admin_token else None
     app.extensions["ledger"] = _build_store(config)
+    # The hold sweeper thread stops with the process (it is a daemon) or earlier here.
+    atexit.register(app.extensions["ledger"].close)
     app.extensions["ledger_observability"] = Observability(app, app.extensions["ledger"])
 
     errors.init_app(app)
-    for module in (balance, deposit, withdraw, transfer, batch, history, health, metrics, admin):
+    for module in (balance, deposit, withdraw, transfer, batch, holds, history, health, metrics, admin):
         app.register_blueprint(module.bp)
     cli.init_app(app)
 
