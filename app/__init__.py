@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,8 +42,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ledger_config"] = config
     app.extensions["ledger_admin_digest"] = token_digest(config.admin_token) if config.admin_token else None
     app.extensions["ledger"] = _build_store(config)
-    # The hold sweeper thread stops with the process (it is a daemon) or earlier here.
-    atexit.register(app.extensions["ledger"].close)
+    _close_at_exit(app.extensions["ledger"])
     app.extensions["ledger_observability"] = Observability(app, app.extensions["ledger"])
 
     errors.init_app(app)
@@ -53,6 +53,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if config.demo:
         _seed_demo(app)
     return app
+
+
+def _close_at_exit(ledger: Any) -> None:
+    """Stop the store's background threads at exit, without keeping the store alive."""
+    reference = weakref.ref(ledger)
+
+    def close() -> None:
+        alive = reference()
+        if alive is not None:
+            alive.close()
+
+    atexit.register(close)
 
 
 def _build_store(config: Config) -> Any:

@@ -67,7 +67,9 @@ def capture_hold(hold_id: str) -> Response:
         amount = params.get("amount", parse_amount)
 
         def run(ledger: LedgerStore, deadline: Deadline, expected_version: int | None) -> Result:
-            return ledger.capture_hold(username, checked_id, amount, deadline=deadline)
+            return ledger.capture_hold(
+                username, checked_id, amount, deadline=deadline, expected_version=expected_version
+            )
 
         return MoneyRequest("capture", (checked_id, amount), run)
 
@@ -80,7 +82,9 @@ def void_hold(hold_id: str) -> Response:
         checked_id = _hold_id(hold_id)
 
         def run(ledger: LedgerStore, deadline: Deadline, expected_version: int | None) -> Result:
-            return ledger.void_hold(username, checked_id, deadline=deadline)
+            return ledger.void_hold(
+                username, checked_id, deadline=deadline, expected_version=expected_version
+            )
 
         return MoneyRequest("void", (checked_id,), run)
 

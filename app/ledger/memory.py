@@ -410,19 +410,25 @@ class MockDB:
             self._holds.add(state)
             return caller.view(username), state
 
-        result = self._run_hold(OperationType.HOLD, username, amount, deadline, apply)
+        result = self._run_hold(OperationType.HOLD, username, amount, deadline, apply, target=target)
         self._sweeper.schedule(self._clock() + timeout_s, hold_id)
         return result
 
     def capture_hold(
-        self, username: str, hold_id: str, amount: int | None, *, deadline: Deadline
+        self,
+        username: str,
+        hold_id: str,
+        amount: int | None,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
     ) -> HoldResult:
         """Move ``amount`` (default: all) of a pending hold to its payee; release the rest."""
         if amount is not None and not 1 <= amount <= MAX_AMOUNT:
             raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
 
         def apply(audit: _AuditFields) -> tuple[AccountView, HoldState]:
-            state = self._pending_hold_of(username, hold_id, audit)
+            state = self._pending_hold_of(username, hold_id, audit, expected_version)
             captured = state.amount if amount is None else amount
             audit.amount = captured
             if captured > state.amount:
@@ -442,11 +448,13 @@ class MockDB:
 
         return self._run_hold(OperationType.CAPTURE, username, amount or 0, deadline, apply)
 
-    def void_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> HoldResult:
+    def void_hold(
+        self, username: str, hold_id: str, *, deadline: Deadline, expected_version: int | None = None
+    ) -> HoldResult:
         """Release the whole of a pending hold."""
 
         def apply(audit: _AuditFields) -> tuple[AccountView, HoldState]:
-            state = self._pending_hold_of(username, hold_id, audit)
+            state = self._pending_hold_of(username, hold_id, audit, expected_version)
             self._release(state, HoldStatus.VOIDED)
             return self._accounts[username].view(username), state
 
@@ -457,14 +465,16 @@ class MockDB:
             self._expire_now((username,), deadline)
         lock = self._rw.gen_rlock()
         waited_s = self._acquire(lock, deadline, "hold_read")
+        outcome = "success"
         try:
             state = self._holds.get(hold_id)
             if state is None or username not in (state.source, state.target):
+                outcome = HoldNotFound.code
                 raise HoldNotFound(f"No hold {hold_id} of yours.")
             return state.view()
         finally:
             lock.release()
-            self._count("hold_read", "success", waited_s)
+            self._count("hold_read", outcome, waited_s)
 
     def sweep_expired(self, *, deadline: Deadline) -> int:
         """Expire every pending hold whose time is up; how many were."""
@@ -482,7 +492,10 @@ class MockDB:
     def _sweep_due(self) -> None:
         self.sweep_expired(deadline=Deadline.after_ms(SWEEP_LOCK_TIMEOUT_MS))
 
-    def _pending_hold_of(self, username: str, hold_id: str, audit: _AuditFields) -> HoldState:
+    def _pending_hold_of(
+        self, username: str, hold_id: str, audit: _AuditFields, expected_version: int | None
+    ) -> HoldState:
+        """The caller's pending hold; ``expected_version`` (If-Match) is the caller's account's."""
         state = self._holds.get(hold_id)
         if state is None or username not in (state.source, state.target):
             raise HoldNotFound(f"No hold {hold_id} of yours.")
@@ -491,6 +504,7 @@ class MockDB:
         self._expire_due((state.source, state.target))
         if state.status is not HoldStatus.PENDING:
             raise HoldNotPending(f"The hold is {state.status.value}, no longer PENDING.")
+        _check_version(self._accounts[username], expected_version)
         return state
 
     def _release(self, state: HoldState, status: HoldStatus) -> None:
@@ -535,9 +549,10 @@ class MockDB:
         amount: int,
         deadline: Deadline,
         apply: Callable[[_AuditFields], tuple[AccountView, HoldState]],
+        target: str | None = None,
     ) -> HoldResult:
         """Like ``_run_write``, for hold operations whose parties are known only once found."""
-        audit = _AuditFields(username, None, amount)
+        audit = _AuditFields(username, target, amount)
         lock = self._rw.gen_wlock()
         try:
             waited_s = self._acquire(lock, deadline, kind.value)

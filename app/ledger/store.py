@@ -137,12 +137,20 @@ class LedgerStore(Protocol):
         ...
 
     def capture_hold(
-        self, username: str, hold_id: str, amount: int | None, *, deadline: Deadline
+        self,
+        username: str,
+        hold_id: str,
+        amount: int | None,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
     ) -> HoldResult:
         """Move ``amount`` (default: all) of a pending hold to its payee; release the rest."""
         ...
 
-    def void_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> HoldResult: ...
+    def void_hold(
+        self, username: str, hold_id: str, *, deadline: Deadline, expected_version: int | None = None
+    ) -> HoldResult: ...
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold: ...
 
