@@ -6,8 +6,10 @@ the blueprints and the error handlers are all attached here.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +26,7 @@ DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
     from app import cli, errors
-    from app.api import admin, balance, batch, deposit, health, history, metrics, transfer, withdraw
+    from app.api import admin, balance, batch, deposit, health, history, holds, metrics, transfer, withdraw
     from app.auth import token_digest
     from app.jsonio import OrjsonProvider
     from app.observability import Observability, configure_logging
@@ -40,16 +42,29 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ledger_config"] = config
     app.extensions["ledger_admin_digest"] = token_digest(config.admin_token) if config.admin_token else None
     app.extensions["ledger"] = _build_store(config)
+    _close_at_exit(app.extensions["ledger"])
     app.extensions["ledger_observability"] = Observability(app, app.extensions["ledger"])
 
     errors.init_app(app)
-    for module in (balance, deposit, withdraw, transfer, batch, history, health, metrics, admin):
+    for module in (balance, deposit, withdraw, transfer, batch, holds, history, health, metrics, admin):
         app.register_blueprint(module.bp)
     cli.init_app(app)
 
     if config.demo:
         _seed_demo(app)
     return app
+
+
+def _close_at_exit(ledger: Any) -> None:
+    """Stop the store's background threads at exit, without keeping the store alive."""
+    reference = weakref.ref(ledger)
+
+    def close() -> None:
+        alive = reference()
+        if alive is not None:
+            alive.close()
+
+    atexit.register(close)
 
 
 def _build_store(config: Config) -> Any:

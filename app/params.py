@@ -19,7 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.config import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
 from app.ledger.errors import InvalidInput, VersionConflict
-from app.ledger.model import MAX_AMOUNT
+from app.ledger.model import MAX_AMOUNT, MAX_HOLD_TIMEOUT_S, MIN_HOLD_TIMEOUT_S
 
 T = TypeVar("T")
 
@@ -218,3 +218,7 @@ def parse_idempotency_key(header: str | None) -> str | None:
             "invalid_idempotency_key", "An Idempotency-Key is 1 to 255 printable ASCII characters."
         )
     return header
+
+
+def parse_hold_timeout(value: object) -> int:
+    return _whole_number(value, "invalid_timeout", "timeout_s", MIN_HOLD_TIMEOUT_S, MAX_HOLD_TIMEOUT_S)

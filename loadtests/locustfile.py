@@ -12,7 +12,10 @@ What it does:
   with ``LOCUST_OPENING_BALANCE`` coins (default 10000), so it can be rerun against
   the same server.
 * Every simulated user then picks random pool accounts for each request: about half
-  reads (balance, history), the rest deposits, withdrawals and transfers.
+  reads (balance, history), the rest deposits, withdrawals, transfers and payments
+  through a hold (``POST /account/holds``, then the payee captures all or part of it,
+  or the payer voids it). A capture moves coins between pool accounts like a transfer,
+  and held coins still count in the balance, so payments leave the check's figures alone.
   ``422 insufficient_funds`` is an expected business outcome and counts as a success;
   any other error status, including ``503 timeout`` and every other 5xx, is a failure.
 * At test stop, once every user has finished, it reads every pool balance and checks
@@ -59,6 +62,8 @@ _log = logging.getLogger("goledger.loadtest")
 
 #: Client-side deadline of every request (the server's own default is 2 s).
 REQUEST_TIMEOUT_S = 10.0
+#: A payment's hold outlives the run, so only its capture or void resolves it.
+HOLD_TIMEOUT_S = 600
 #: How long the final check waits for money requests still in flight.
 INFLIGHT_GRACE_S = REQUEST_TIMEOUT_S + 5.0
 MAX_AMOUNT = 10**15
@@ -148,7 +153,7 @@ class LedgerUser(HttpUser):
     def _pick(self) -> PoolAccount:
         return random.choice(self.pool_run.accounts)
 
-    # Reads: 10 of 20.
+    # Reads: 10 of 22.
 
     @task(8)
     def read_balance(self) -> None:
@@ -191,7 +196,7 @@ class LedgerUser(HttpUser):
             else:
                 response.success()
 
-    # Money: 10 of 20. Deposits and withdrawals use the query string (the original
+    # Money: 12 of 22. Deposits and withdrawals use the query string (the original
     # style), transfers a JSON body, so both parameter paths see load.
 
     @task(4)
@@ -217,6 +222,18 @@ class LedgerUser(HttpUser):
             amount,
             body={"username": source.username, "to": target.username, "amount": amount},
         )
+
+    @task(2)
+    def pay_with_hold(self) -> None:
+        payer, payee = random.sample(self.pool_run.accounts, 2)
+        amount = random.randint(1, 2_000)
+        if random.random() < 0.7:
+            settle, captured = "capture", random.choice([amount, random.randint(1, amount)])
+        else:
+            settle, captured = "void", 0
+        # Like every money request, in a greenlet that stopping this user cannot kill: a
+        # capture in flight while the final check reads the balances would skew the sum.
+        _inflight.spawn(self._send_payment, self.pool_run.tally, payer, payee, amount, settle, captured).get()
 
     def _money(
         self,
@@ -270,6 +287,60 @@ class LedgerUser(HttpUser):
         finally:
             tally.record(kind, amount, outcome)
 
+    def _send_payment(
+        self, tally: Tally, payer: PoolAccount, payee: PoolAccount, amount: int, settle: str, captured: int
+    ) -> None:
+        """A hold of ``amount`` from payer to payee, then its capture (``captured`` coins) or void."""
+        hold_id: str | None = None
+        with self.client.post(
+            "/account/holds",
+            json={
+                "username": payer.username,
+                "to": payee.username,
+                "amount": amount,
+                "timeout_s": HOLD_TIMEOUT_S,
+            },
+            headers=payer.headers,
+            name="/account/holds",
+            timeout=REQUEST_TIMEOUT_S,
+            catch_response=True,
+        ) as response:
+            if response.status_code == 201:
+                body = _json(response)
+                problem = _hold_body_problem(body, "PENDING", amount, 0, amount)
+                if problem:
+                    response.failure(problem)
+                else:
+                    hold_id = body["hold"]["id"]
+                    response.success()
+            elif response.status_code == 422 and _json(response).get("error") == "insufficient_funds":
+                tally.insufficient_funds += 1
+                response.success()  # the payer's available money fell short: a business outcome
+            else:
+                _fail(response)
+        if hold_id is None:
+            return
+        # The payee captures, the payer voids (either party may do either).
+        account, query = (payee, {"amount": captured}) if settle == "capture" else (payer, {})
+        with self.client.post(
+            f"/account/holds/{hold_id}/{settle}",
+            json={"username": account.username, **query},
+            headers=account.headers,
+            name=f"/account/holds/[id]/{settle}",
+            timeout=REQUEST_TIMEOUT_S,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                _fail(response)  # 409 hold_not_pending included: nothing else knows this hold
+                return
+            status = "CAPTURED" if settle == "capture" else "VOIDED"
+            recorded = captured if settle == "capture" else amount
+            problem = _hold_body_problem(_json(response), status, amount, captured, recorded)
+            if problem:
+                response.failure(problem)
+            else:
+                response.success()
+
 
 def _json(response: ResponseContextManager) -> dict[str, Any]:
     try:
@@ -296,6 +367,29 @@ def _money_body_problem(body: dict[str, Any], amount: int) -> str | None:
     balance = body.get("balance")
     if not isinstance(balance, int) or balance < 0:
         return f"bad balance after the operation: {balance!r}"
+    return None
+
+
+def _hold_body_problem(
+    body: dict[str, Any], status: str, amount: int, captured: int, recorded: int
+) -> str | None:
+    """What is wrong with a hold operation's answer (``recorded``: the amount its audit record carries)."""
+    hold = body.get("hold")
+    if not isinstance(hold, dict) or not isinstance(hold.get("id"), str):
+        return f"hold answer without a hold: {body}"
+    if (hold.get("status"), hold.get("amount"), hold.get("captured")) != (status, amount, captured):
+        seen = f"{hold.get('status')} {hold.get('captured')}/{hold.get('amount')}"
+        return f"hold is {seen}, expected {status} {captured}/{amount}"
+    transaction = body.get("transaction")
+    if not isinstance(transaction, dict) or transaction.get("status") != "SUCCESS":
+        return f"hold answer without a SUCCESS transaction: {body}"
+    if transaction.get("amount") != recorded:
+        return f"transaction amount {transaction.get('amount')} != {recorded}"
+    balance, held, available = body.get("balance"), body.get("held"), body.get("available")
+    if not (isinstance(balance, int) and isinstance(held, int) and isinstance(available, int)):
+        return f"hold answer lacks balance/held/available: {body}"
+    if balance < 0 or not 0 <= held <= balance or available != balance - held:
+        return f"inconsistent money after a hold operation: {body}"
     return None
 
 

@@ -1,16 +1,17 @@
 """Financial scenarios on ``MockDB`` (a port of the original ``financial_test.go``).
 
-Trading through a stalled writer, a bank run, payments with a fee and a refund,
-circular transfers, and the audit trail a regulator would read. Where one thread
-owns an account, the test replays that thread's plan to predict every outcome, so
-the end states below are exact.
+Trading through a stalled writer, a bank run, payments authorised by a hold and
+then captured less a fee or voided, circular transfers, and the audit trail a
+regulator would read. Where one thread owns an account, the test replays that
+thread's plan to predict every outcome, so the end states below are exact.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,10 +21,20 @@ from app.ledger.errors import (
     AccountNotFound,
     BalanceOverflow,
     InsufficientFunds,
+    LedgerError,
     OperationTimeout,
 )
 from app.ledger.memory import MockDB
-from app.ledger.model import MAX_BALANCE, AccountView, Deadline, OperationType, Page, Status, Transaction
+from app.ledger.model import (
+    MAX_BALANCE,
+    AccountView,
+    Deadline,
+    HoldResult,
+    OperationType,
+    Page,
+    Status,
+    Transaction,
+)
 from tests.conftest import open_account
 from tests.test_races import (
     PAGE_LIMIT,
@@ -209,12 +220,16 @@ PAYMENT_PLAN = (
     (350, "arcade"),
     (120, CLOSED_SHOP),
 )
+#: How long an authorisation (a hold) lives: far longer than any test runs.
+AUTHORISATION_S = 3600
+#: Audit records that only reserve or release money: they move no coin.
+RESERVATIONS = (OperationType.HOLD, OperationType.VOID, OperationType.EXPIRE)
 
 
 class Settlement(StrEnum):
-    SETTLED = "settled"  # the merchant got the amount less the fee
-    DECLINED = "declined"  # the customer could not pay; nothing moved
-    REFUNDED = "refunded"  # the payout failed and the processor paid the customer back
+    SETTLED = "settled"  # the merchant got the amount less the fee; the hold was captured
+    DECLINED = "declined"  # the customer's available money could not cover the hold; nothing moved
+    VOIDED = "voided"  # the payout failed and the processor voided the hold; nothing moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,21 +245,61 @@ class Payment:
 
     @property
     def settlement(self) -> Settlement:
-        return {1: Settlement.DECLINED, 2: Settlement.SETTLED, 3: Settlement.REFUNDED}[len(self.legs)]
+        if len(self.legs) == 1:
+            return Settlement.DECLINED
+        return Settlement.SETTLED if self.legs[-1].type is OperationType.CAPTURE else Settlement.VOIDED
+
+
+def hold_leg(
+    kind: OperationType, customer: str, amount: int, operation: Callable[[], HoldResult]
+) -> tuple[Outcome, HoldResult | None]:
+    """Run one hold operation of a payment (always customer -> processor); a failure is an ``Outcome``."""
+    try:
+        result = operation()
+    except LedgerError as error:
+        failure = error
+    else:
+        return Outcome(kind, customer, "processor", amount, result.transaction), result
+    assert failure.transaction is not None, f"{failure.code} was not audited"
+    return Outcome(kind, customer, "processor", amount, failure.transaction, failure), None
 
 
 def pay(store: MockDB, customer: str, merchant: str, amount: int) -> Payment:
-    """Charge the customer, pay the merchant less the fee, refund the customer if that fails."""
+    """Authorise, pay out, then capture or void.
+
+    The customer puts ``amount`` on hold for the processor (declined if its available
+    money falls short). The processor pays the merchant the amount less the fee out
+    of its own float; if that payout succeeds it captures the whole hold, keeping the
+    fee, and if it fails it voids the hold, so the customer pays nothing.
+    """
     fee = amount * FEE_PERCENT // 100
-    charge = attempt(store, TRANSFER, customer, "processor", amount)
-    if not charge.succeeded:
-        return Payment(customer, merchant, amount, (charge,))
+    authorisation, held = hold_leg(
+        OperationType.HOLD,
+        customer,
+        amount,
+        lambda: store.create_hold(
+            customer, "processor", amount, timeout_s=AUTHORISATION_S, deadline=patient()
+        ),
+    )
+    if held is None:
+        return Payment(customer, merchant, amount, (authorisation,))
+    hold_id = held.hold.id
     payout = attempt(store, TRANSFER, "processor", merchant, amount - fee)
     if payout.succeeded:
-        return Payment(customer, merchant, amount, (charge, payout))
-    # The compensating transfer: the processor holds ``amount`` for this payment, so it cannot fail.
-    refund = attempt(store, TRANSFER, "processor", customer, amount)
-    return Payment(customer, merchant, amount, (charge, payout, refund))
+        settle, _ = hold_leg(
+            OperationType.CAPTURE,
+            customer,
+            amount,
+            lambda: store.capture_hold("processor", hold_id, None, deadline=patient()),
+        )
+    else:
+        settle, _ = hold_leg(
+            OperationType.VOID,
+            customer,
+            amount,
+            lambda: store.void_hold("processor", hold_id, deadline=patient()),
+        )
+    return Payment(customer, merchant, amount, (authorisation, payout, settle))
 
 
 def predicted_settlements(customer_opening: int, plan: Sequence[tuple[int, str]]) -> list[Settlement]:
@@ -254,20 +309,46 @@ def predicted_settlements(customer_opening: int, plan: Sequence[tuple[int, str]]
         if amount > balance:
             settlements.append(Settlement.DECLINED)
         elif merchant in (CLOSED_SHOP, FULL_SHOP):
-            settlements.append(Settlement.REFUNDED)
+            settlements.append(Settlement.VOIDED)
         else:
             settlements.append(Settlement.SETTLED)
             balance -= amount
     return settlements
 
 
+def payment_balances(opening: dict[str, int], legs: Iterable[Outcome]) -> dict[str, int]:
+    """Opening balances plus every successful payout and capture (holds and voids move nothing)."""
+    return expected_balances(opening, [leg for leg in legs if leg.type not in RESERVATIONS])
+
+
+def payment_versions(usernames: Iterable[str], legs: Iterable[Outcome]) -> dict[str, int]:
+    """A payout or capture changes both parties; a hold or void changes only the payer's account."""
+    touched: Counter[str] = Counter()
+    for leg in legs:
+        if leg.succeeded:
+            touched.update([leg.source] if leg.type in RESERVATIONS else leg.parties)
+    return {username: touched[username] for username in usernames}
+
+
+@pytest.fixture
+def payments_store(store: MockDB) -> Iterator[MockDB]:
+    yield store
+    store.close()  # the hold sweeper thread
+
+
 @pytest.mark.parametrize("customers", [8, 40])
-def test_payment_processing_keeps_the_fee_and_strands_nothing(store: MockDB, customers: int) -> None:
+def test_payment_processing_keeps_the_fee_and_strands_nothing(payments_store: MockDB, customers: int) -> None:
+    store = payments_store
     customer_opening = 1_000
+    # Enough for every customer's largest payout at once: the processor never runs short.
+    processor_float = customers * max(amount for amount, _ in PAYMENT_PLAN)
     names = [f"customer{index:02}" for index in range(customers)]
-    opening = {"processor": 0, "bookshop": 0, "arcade": 0, FULL_SHOP: MAX_BALANCE} | dict.fromkeys(
-        names, customer_opening
-    )
+    opening = {
+        "processor": processor_float,
+        "bookshop": 0,
+        "arcade": 0,
+        FULL_SHOP: MAX_BALANCE,
+    } | dict.fromkeys(names, customer_opening)
     for username, balance in opening.items():
         open_account(store, username, balance)
     plans = {
@@ -284,21 +365,31 @@ def test_payment_processing_keeps_the_fee_and_strands_nothing(store: MockDB, cus
         own = [payment.settlement for payment in payments if payment.customer == name]
         assert own == predicted_settlements(customer_opening, plans[name])
     settled = [payment for payment in payments if payment.settlement is Settlement.SETTLED]
-    refunded = [payment for payment in payments if payment.settlement is Settlement.REFUNDED]
+    voided = [payment for payment in payments if payment.settlement is Settlement.VOIDED]
+    declined = [payment for payment in payments if payment.settlement is Settlement.DECLINED]
     assert settled
-    assert refunded
-    assert len(settled) + len(refunded) < len(payments), "some payments should be declined"
-    for payment in refunded:
-        charge, payout, refund = payment.legs
+    assert voided
+    assert declined, "some payments should be declined"
+    for payment in declined:
+        [authorisation] = payment.legs
+        assert isinstance(authorisation.error, InsufficientFunds)
+    for payment in settled:
+        authorisation, payout, capture = payment.legs
+        assert authorisation.succeeded
+        assert payout.succeeded
+        assert capture.succeeded, "a capture of a pending hold must never fail"
+        assert authorisation.record.sequence < payout.record.sequence < capture.record.sequence
+    for payment in voided:
+        authorisation, payout, void = payment.legs
         expected_error = AccountNotFound if payment.merchant == CLOSED_SHOP else BalanceOverflow
         assert isinstance(payout.error, expected_error)
-        assert refund.succeeded, "a refund must never fail"
-        assert charge.record.sequence < payout.record.sequence < refund.record.sequence
+        assert void.succeeded, "a void of a pending hold must never fail"
+        assert authorisation.record.sequence < payout.record.sequence < void.record.sequence
 
     final = balances(store, opening)
     fees = sum(payment.fee for payment in settled)
     assert fees > 0
-    assert final["processor"] == fees, "only settled fees stay with the processor"
+    assert final["processor"] == processor_float + fees, "only settled fees stay with the processor"
     for merchant in ("bookshop", "arcade"):
         owed = sum(payment.amount - payment.fee for payment in settled if payment.merchant == merchant)
         assert final[merchant] == owed
@@ -307,12 +398,17 @@ def test_payment_processing_keeps_the_fee_and_strands_nothing(store: MockDB, cus
         spent = sum(payment.amount for payment in settled if payment.customer == name)
         assert final[name] == customer_opening - spent
     assert sum(final.values()) == sum(opening.values())
+    # Every authorisation was captured or voided: nothing is left on hold.
+    assert all(store.account(name, deadline=patient()).held == 0 for name in opening)
     legs = flatten(payment.legs for payment in payments)
-    assert final == expected_balances(opening, legs)
-    assert versions(store, opening) == expected_versions(opening, legs)
+    assert final == payment_balances(opening, legs)
+    assert versions(store, opening) == payment_versions(opening, legs)
     trail = audit_trail(store, opening)
     assert_trail_explains(trail, len(opening), legs)
-    assert replay(trail) == final
+    moving = {sequence: record for sequence, record in trail.items() if record.type not in RESERVATIONS}
+    assert replay(moving) == final
+    report = store.verify()
+    assert report.ok, report.problems
 
 
 # -- circular transfers ---------------------------------------------------------

@@ -15,7 +15,7 @@ from app.config import Config
 from app.errors import error_response
 from app.ledger.errors import LedgerError
 from app.ledger.idempotency import Result
-from app.ledger.model import AccountView, BatchResult, Deadline, ItemOutcome, Transaction
+from app.ledger.model import AccountView, BatchResult, Deadline, Hold, HoldResult, ItemOutcome, Transaction
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_idempotency_key, parse_if_match, parse_timeout_ms
 
@@ -76,6 +76,8 @@ class MoneyRequest:
     operation: str
     parameters: tuple[object, ...]
     run: Callable[[LedgerStore, Deadline, int | None], Result]
+    #: The status of a success (201 when the operation creates something).
+    success_status: int = 200
 
 
 def run_money_operation(prepare: Callable[[Params, str], MoneyRequest]) -> Response:
@@ -87,7 +89,9 @@ def run_money_operation(prepare: Callable[[Params, str], MoneyRequest]) -> Respo
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     ledger = store()
     if key is None:
-        return _result_response(money_request.run(ledger, deadline, expected_version))
+        return _result_response(
+            money_request.run(ledger, deadline, expected_version), money_request.success_status
+        )
     fingerprint = _fingerprint(money_request, expected_version)
     outcome = ledger.idempotent(
         username, key, fingerprint, deadline, lambda: money_request.run(ledger, deadline, expected_version)
@@ -96,7 +100,7 @@ def run_money_operation(prepare: Callable[[Params, str], MoneyRequest]) -> Respo
         error = outcome.result
         response = error_response(error.status, error.code, error.message, error.headers)
     else:
-        response = _result_response(outcome.result)
+        response = _result_response(outcome.result, money_request.success_status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -109,9 +113,24 @@ def _fingerprint(money_request: MoneyRequest, expected_version: int | None) -> s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _result_response(result: Result) -> Response:
+def hold_json(hold: Hold) -> dict[str, Any]:
+    return {
+        "id": hold.id,
+        "from": hold.source,
+        "to": hold.target,
+        "amount": hold.amount,
+        "captured": hold.captured,
+        "status": hold.status.value,
+        "expires_at": hold.expires_at,
+        "created_at": hold.created_at,
+    }
+
+
+def _result_response(result: Result, success_status: int) -> Response:
     if isinstance(result, BatchResult):
         return _batch_response(result)
+    if isinstance(result, HoldResult):
+        return _hold_response(result, success_status)
     account = result.account
     response = jsonify(
         {
@@ -162,5 +181,23 @@ def _batch_response(result: BatchResult) -> Response:
             "version": account.version,
         }
     )
+    response.headers.update(etag(account))
+    return response
+
+
+def _hold_response(result: HoldResult, status: int) -> Response:
+    account = result.account
+    response = jsonify(
+        {
+            "hold": hold_json(result.hold),
+            "transaction": transaction_json(result.transaction),
+            "username": account.username,
+            "balance": account.balance,
+            "held": account.held,
+            "available": account.available,
+            "version": account.version,
+        }
+    )
+    response.status_code = status
     response.headers.update(etag(account))
     return response

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from app.ledger.model import OperationType, Status, Transaction
+from app.ledger.model import Hold, HoldStatus, OperationType, Status, Transaction
 
 GENESIS_HASH = "0" * 64
 
-#: Record types that bring coins into the ledger, take them out, or move them.
+#: Record types that bring coins into the ledger, and that move coins between accounts.
+#: (hold, void and expire only reserve or release money: no balance changes.)
 _CREDITS = (OperationType.OPEN, OperationType.DEPOSIT)
+_MOVES = (OperationType.TRANSFER, OperationType.CAPTURE)
 
 
 def _encode(
@@ -147,8 +149,11 @@ def check_chain(records: Sequence[Transaction], previous_hash: str, first_sequen
     return problems
 
 
-def verify_ledger(accounts: Mapping[str, AccountSnapshot], records: Sequence[Transaction]) -> Verification:
-    """Check the invariants: balances >= 0, money conserved, balances == replay, chain intact."""
+def verify_ledger(
+    accounts: Mapping[str, AccountSnapshot], records: Sequence[Transaction], holds: Sequence[Hold] = ()
+) -> Verification:
+    """Check the invariants: balances >= 0, money conserved, balances == replay, chain intact,
+    each account's held money == its pending holds, no hold captured beyond its amount."""
     report = Verification(accounts=len(accounts), records=len(records))
     report.problems.extend(check_chain(records, GENESIS_HASH, 1))
     if records:
@@ -164,9 +169,7 @@ def verify_ledger(accounts: Mapping[str, AccountSnapshot], records: Sequence[Tra
         elif record.type == OperationType.WITHDRAWAL and record.source is not None:
             replayed[record.source] = replayed.get(record.source, 0) - record.amount
             report.total_withdrawn += record.amount
-        elif (
-            record.type is OperationType.TRANSFER and record.source is not None and record.target is not None
-        ):
+        elif record.type in _MOVES and record.source is not None and record.target is not None:
             replayed[record.source] = replayed.get(record.source, 0) - record.amount
             replayed[record.target] = replayed.get(record.target, 0) + record.amount
 
@@ -180,6 +183,19 @@ def verify_ledger(accounts: Mapping[str, AccountSnapshot], records: Sequence[Tra
         if account.balance != expected:
             report.problems.append(
                 f"{username} has {account.balance} but its audit records add up to {expected}"
+            )
+    pending: dict[str, int] = {}
+    for hold in holds:
+        if hold.status == HoldStatus.PENDING:
+            pending[hold.source] = pending.get(hold.source, 0) + hold.amount
+            if hold.captured:
+                report.problems.append(f"hold {hold.id} is pending but has captured {hold.captured}")
+        if not 0 <= hold.captured <= hold.amount:
+            report.problems.append(f"hold {hold.id} captured {hold.captured} of {hold.amount}")
+    for username, account in accounts.items():
+        if account.held != pending.get(username, 0):
+            report.problems.append(
+                f"{username} holds {account.held} but its pending holds add up to {pending.get(username, 0)}"
             )
     for username in replayed.keys() - accounts.keys():
         report.problems.append(f"the audit trail moves money of {username}, which has no account")

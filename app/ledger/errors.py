@@ -108,3 +108,15 @@ class BatchFailed(LedgerError):
 
     status = 424
     code = "batch_failed"
+
+
+class HoldNotFound(LedgerError):
+    """Unknown hold id, or a hold between other accounts (the same answer for both)."""
+
+    status = 404
+    code = "hold_not_found"
+
+
+class HoldNotPending(LedgerError):
+    status = 409
+    code = "hold_not_pending"

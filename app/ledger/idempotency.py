@@ -32,10 +32,10 @@ from app.ledger.errors import (
     LedgerError,
     OperationTimeout,
 )
-from app.ledger.model import BatchResult, Deadline, OperationResult
+from app.ledger.model import BatchResult, Deadline, HoldResult, OperationResult
 
-#: What an operation run under a key produces (a batch included).
-Result = OperationResult | BatchResult
+#: What an operation run under a key produces (batches and hold operations included).
+Result = OperationResult | BatchResult | HoldResult
 
 KEY_TTL_S = 24 * 3600.0
 DEFAULT_MAX_KEYS = 1_000_000

@@ -18,7 +18,13 @@ Four locks, each the only owner of its data, always taken in this order:
 4. ``_counters_lock`` guards the health and metrics counters.
 
 Idempotency keys live in an ``IdempotencyTable`` with its own mutex, which is
-never held together with any of the four above.
+never held together with any of the four above. Holds live in a ``HoldBook`` under
+``_rw``; the expiry sweeper's heap has its own condition, never held while the
+sweeper takes ``_rw``.
+
+Holds expire no later than the next operation that touches either of their
+accounts (each write, and a balance read, expires what is due first) or the
+sweeper's next pass, whichever comes first.
 
 A path may skip a lock but never takes them out of order, and never takes one
 twice (the readerwriterlock locks are not reentrant). Lock handles are generated
@@ -39,7 +45,7 @@ import bisect
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from readerwriterlock import rwlock
 
@@ -56,6 +62,8 @@ from app.ledger.errors import (
     AccountNotFound,
     BalanceOverflow,
     BatchFailed,
+    HoldNotFound,
+    HoldNotPending,
     InsufficientFunds,
     InvalidInput,
     LedgerError,
@@ -63,15 +71,21 @@ from app.ledger.errors import (
     StoreInvariantBroken,
     VersionConflict,
 )
+from app.ledger.holds import ExpirySweeper, HoldBook, HoldState
 from app.ledger.idempotency import IdempotencyTable, Outcome, Result
 from app.ledger.model import (
     MAX_AMOUNT,
     MAX_BALANCE,
     MAX_BATCH_ITEMS,
+    MAX_HOLD_TIMEOUT_S,
+    MIN_HOLD_TIMEOUT_S,
     AccountView,
     BatchItem,
     BatchResult,
     Deadline,
+    Hold,
+    HoldResult,
+    HoldStatus,
     ItemOutcome,
     OperationResult,
     OperationType,
@@ -86,6 +100,8 @@ from app.ledger.store import LOCK_WAIT_BUCKETS_S, Health, Stats
 #: A lock wait that ran past its deadline this recently makes health "degraded".
 LOCK_TROUBLE_WINDOW_S = 60.0
 
+#: How long the hold sweeper may wait for the balance lock on one pass.
+SWEEP_LOCK_TIMEOUT_MS = 1000
 #: How long a metrics scrape may wait for the balance lock.
 STATS_LOCK_TIMEOUT_S = 0.5
 #: How long ``verify`` may wait for the balance lock.
@@ -120,18 +136,37 @@ class _Account:
         self.version = other.version
 
 
+class _AuditFields:
+    """The ``from``/``to``/amount an operation's audit record will carry, filled in as found."""
+
+    __slots__ = ("amount", "source", "target")
+
+    def __init__(self, source: str | None, target: str | None, amount: int) -> None:
+        self.source = source
+        self.target = target
+        self.amount = amount
+
+
 class MockDB:
     """The embedded store: balances in a dict under a reader-writer lock."""
 
     def __init__(
-        self, *, idempotency: IdempotencyTable | None = None, lock_trouble_after_s: float = 0.0
+        self,
+        *,
+        idempotency: IdempotencyTable | None = None,
+        lock_trouble_after_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``lock_trouble_after_s``: a lock wait that times out after waiting at least
         this long marks health degraded (the app passes the default deadline, so a
         caller's own tight ``X-Timeout-Ms`` does not take the instance out of rotation).
+        ``clock``: the wall clock that holds expire by (injectable for tests).
         """
         self._rw = rwlock.RWLockFair()
         self._accounts: dict[str, _Account] = {}
+        self._holds = HoldBook()  # guarded by _rw, like the balances it reserves
+        self._clock = clock
+        self._sweeper = ExpirySweeper(self._sweep_due, clock=clock)
 
         self._credentials_lock = threading.Lock()
         self._credentials: dict[str, bytes] = {}
@@ -190,6 +225,8 @@ class MockDB:
             return self._credentials.get(username)
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
+        if self._has_due_holds(username, deadline):
+            self._expire_now((username,), deadline)
         lock = self._rw.gen_rlock()
         waited_s = self._acquire(lock, deadline, "balance")
         outcome = "success"
@@ -264,6 +301,7 @@ class MockDB:
             raise
         failures: list[LedgerError | None] = []
         try:
+            self._expire_due({username, *(item.target for item in items)})
             caller = self._existing(username)
             try:
                 _check_version(caller, expected_version)
@@ -294,6 +332,7 @@ class MockDB:
         source, target = _roles(username, item)
 
         def apply() -> AccountView:
+            self._expire_due((username, item.target))
             caller = self._existing(username)
             _check_version(caller, expected_version)
             _apply_item(self._accounts.get, username, item)
@@ -335,6 +374,211 @@ class MockDB:
             self._accounts[name].take(copy)
         return [None] * len(items), None
 
+    # -- holds ----------------------------------------------------------------
+
+    def create_hold(
+        self,
+        username: str,
+        target: str,
+        amount: int,
+        *,
+        timeout_s: int,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> HoldResult:
+        """Reserve ``amount`` of the caller's available money for ``target``."""
+        if not 1 <= amount <= MAX_AMOUNT:
+            raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
+        if not MIN_HOLD_TIMEOUT_S <= timeout_s <= MAX_HOLD_TIMEOUT_S:
+            raise InvalidInput("invalid_timeout", "timeout_s is out of range.")
+        hold_id = new_id("hold_")
+
+        def apply(audit: _AuditFields) -> tuple[AccountView, HoldState]:
+            audit.target = target
+            self._expire_due((username, target))
+            caller = self._existing(username)
+            _check_version(caller, expected_version)
+            if target not in self._accounts:
+                raise AccountNotFound(f"Account {target} does not exist.")
+            if target == username:
+                raise InvalidInput("same_account", "The payer and the payee are the same account.")
+            _check_funds(username, caller, amount)
+            caller.held += amount
+            caller.version += 1
+            _check_account(username, caller)
+            state = HoldState(hold_id, username, target, amount, self._clock() + timeout_s, utc_now_iso())
+            self._holds.add(state)
+            return caller.view(username), state
+
+        result = self._run_hold(OperationType.HOLD, username, amount, deadline, apply, target=target)
+        self._sweeper.schedule(self._clock() + timeout_s, hold_id)
+        return result
+
+    def capture_hold(
+        self,
+        username: str,
+        hold_id: str,
+        amount: int | None,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> HoldResult:
+        """Move ``amount`` (default: all) of a pending hold to its payee; release the rest."""
+        if amount is not None and not 1 <= amount <= MAX_AMOUNT:
+            raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
+
+        def apply(audit: _AuditFields) -> tuple[AccountView, HoldState]:
+            state = self._pending_hold_of(username, hold_id, audit, expected_version)
+            captured = state.amount if amount is None else amount
+            audit.amount = captured
+            if captured > state.amount:
+                raise InvalidInput(
+                    "invalid_amount", f"The hold is for {state.amount} coins, {captured} requested."
+                )
+            source, target = self._accounts[state.source], self._accounts[state.target]
+            _check_credit(state.target, target, captured)
+            source.held -= state.amount
+            source.balance -= captured
+            source.version += 1
+            target.balance += captured
+            target.version += 1
+            _check_account(state.source, source)
+            self._holds.settle(state, HoldStatus.CAPTURED, captured)
+            return self._accounts[username].view(username), state
+
+        return self._run_hold(OperationType.CAPTURE, username, amount or 0, deadline, apply)
+
+    def void_hold(
+        self, username: str, hold_id: str, *, deadline: Deadline, expected_version: int | None = None
+    ) -> HoldResult:
+        """Release the whole of a pending hold."""
+
+        def apply(audit: _AuditFields) -> tuple[AccountView, HoldState]:
+            state = self._pending_hold_of(username, hold_id, audit, expected_version)
+            self._release(state, HoldStatus.VOIDED)
+            return self._accounts[username].view(username), state
+
+        return self._run_hold(OperationType.VOID, username, 0, deadline, apply)
+
+    def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
+        if self._has_due_holds(username, deadline):
+            self._expire_now((username,), deadline)
+        lock = self._rw.gen_rlock()
+        waited_s = self._acquire(lock, deadline, "hold_read")
+        outcome = "success"
+        try:
+            state = self._holds.get(hold_id)
+            if state is None or username not in (state.source, state.target):
+                outcome = HoldNotFound.code
+                raise HoldNotFound(f"No hold {hold_id} of yours.")
+            return state.view()
+        finally:
+            lock.release()
+            self._count("hold_read", outcome, waited_s)
+
+    def sweep_expired(self, *, deadline: Deadline) -> int:
+        """Expire every pending hold whose time is up; how many were."""
+        lock = self._rw.gen_wlock()
+        self._acquire(lock, deadline, OperationType.EXPIRE.value)
+        try:
+            return self._expire(self._holds.all_due(self._clock()))
+        finally:
+            lock.release()
+
+    def close(self) -> None:
+        """Stop the background sweeper (the ledger itself needs no closing)."""
+        self._sweeper.stop()
+
+    def _sweep_due(self) -> None:
+        self.sweep_expired(deadline=Deadline.after_ms(SWEEP_LOCK_TIMEOUT_MS))
+
+    def _pending_hold_of(
+        self, username: str, hold_id: str, audit: _AuditFields, expected_version: int | None
+    ) -> HoldState:
+        """The caller's pending hold; ``expected_version`` (If-Match) is the caller's account's."""
+        state = self._holds.get(hold_id)
+        if state is None or username not in (state.source, state.target):
+            raise HoldNotFound(f"No hold {hold_id} of yours.")
+        audit.source, audit.target = state.source, state.target
+        audit.amount = state.amount
+        self._expire_due((state.source, state.target))
+        if state.status is not HoldStatus.PENDING:
+            raise HoldNotPending(f"The hold is {state.status.value}, no longer PENDING.")
+        _check_version(self._accounts[username], expected_version)
+        return state
+
+    def _release(self, state: HoldState, status: HoldStatus) -> None:
+        source = self._accounts[state.source]
+        source.held -= state.amount
+        source.version += 1
+        _check_account(state.source, source)
+        self._holds.settle(state, status)
+
+    def _expire_due(self, names: Iterable[str | None]) -> int:
+        """Expire what is due among these accounts' holds (the caller holds the write lock)."""
+        return self._expire(self._holds.due(names, self._clock()))
+
+    def _expire(self, states: Sequence[HoldState]) -> int:
+        for state in states:
+            self._release(state, HoldStatus.EXPIRED)
+            parties = (state.source, state.target)
+            self._append(OperationType.EXPIRE, state.source, state.target, state.amount, parties, None)
+            self._count(OperationType.EXPIRE.value, "success", 0.0)
+        return len(states)
+
+    def _has_due_holds(self, username: str, deadline: Deadline) -> bool:
+        lock = self._rw.gen_rlock()
+        self._acquire(lock, deadline, "balance")
+        try:
+            return bool(self._holds.due((username,), self._clock()))
+        finally:
+            lock.release()
+
+    def _expire_now(self, names: tuple[str, ...], deadline: Deadline) -> None:
+        lock = self._rw.gen_wlock()
+        self._acquire(lock, deadline, OperationType.EXPIRE.value)
+        try:
+            self._expire_due(names)
+        finally:
+            lock.release()
+
+    def _run_hold(
+        self,
+        kind: OperationType,
+        username: str,
+        amount: int,
+        deadline: Deadline,
+        apply: Callable[[_AuditFields], tuple[AccountView, HoldState]],
+        target: str | None = None,
+    ) -> HoldResult:
+        """Like ``_run_write``, for hold operations whose parties are known only once found."""
+        audit = _AuditFields(username, target, amount)
+        lock = self._rw.gen_wlock()
+        try:
+            waited_s = self._acquire(lock, deadline, kind.value)
+        except OperationTimeout as error:
+            error.transaction = self._append(
+                kind, audit.source, audit.target, audit.amount, (username,), error.code
+            )
+            raise
+        outcome = "success"
+        try:
+            try:
+                account, state = apply(audit)
+            except LedgerError as error:
+                outcome = error.code
+                error.transaction = self._append(
+                    kind, audit.source, audit.target, audit.amount, (username,), error.code
+                )
+                raise
+            parties = tuple(name for name in (audit.source, audit.target) if name is not None)
+            record = self._append(kind, audit.source, audit.target, audit.amount, parties, None)
+            hold = state.view()
+        finally:
+            lock.release()
+            self._count(kind.value, outcome, waited_s)
+        return HoldResult(hold, account, record)
+
     # -- history --------------------------------------------------------------
 
     def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
@@ -372,11 +616,12 @@ class MockDB:
                 name: AccountSnapshot(account.balance, account.held)
                 for name, account in self._accounts.items()
             }
+            holds = self._holds.snapshot()
             with self._audit_lock:
                 records = list(self._audit)
         finally:
             lock.release()
-        report = verify_ledger(accounts, records)
+        report = verify_ledger(accounts, records, holds)
         with self._audit_lock:
             self._chain_problem = None if report.ok else report.problems[0]
         return report

@@ -25,6 +25,10 @@ class OperationType(StrEnum):
     DEPOSIT = "deposit"
     WITHDRAWAL = "withdrawal"
     TRANSFER = "transfer"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    VOID = "void"
+    EXPIRE = "expire"
 
 
 class Status(StrEnum):
@@ -158,3 +162,43 @@ class BatchResult:
     account: AccountView
     atomic: bool
     failed_index: int | None = None
+
+
+#: Bounds of a hold's lifetime (``timeout_s``) and its default.
+MIN_HOLD_TIMEOUT_S = 1
+MAX_HOLD_TIMEOUT_S = 604_800
+DEFAULT_HOLD_TIMEOUT_S = 3600
+
+
+class HoldStatus(StrEnum):
+    PENDING = "PENDING"
+    CAPTURED = "CAPTURED"
+    VOIDED = "VOIDED"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A copy of one hold: money of ``source`` reserved for ``target``."""
+
+    id: str
+    source: str
+    target: str
+    amount: int
+    captured: int
+    status: HoldStatus
+    expires_at: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """The outcome of a hold operation: the hold, the caller's account, the audit record."""
+
+    hold: Hold
+    account: AccountView
+    transaction: Transaction
+
+
+def iso_from_epoch(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="microseconds")[:-6] + "Z"

@@ -12,7 +12,16 @@ from typing import Protocol
 
 from app.ledger.audit import Verification
 from app.ledger.idempotency import Outcome, Result
-from app.ledger.model import AccountView, BatchItem, BatchResult, Deadline, OperationResult, Page
+from app.ledger.model import (
+    AccountView,
+    BatchItem,
+    BatchResult,
+    Deadline,
+    Hold,
+    HoldResult,
+    OperationResult,
+    Page,
+)
 
 #: Upper bounds (seconds) of the lock-wait histogram's buckets; +Inf is implied.
 LOCK_WAIT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -112,6 +121,45 @@ class LedgerStore(Protocol):
 
         ``expected_version`` is checked once, before the first item.
         """
+        ...
+
+    def create_hold(
+        self,
+        username: str,
+        target: str,
+        amount: int,
+        *,
+        timeout_s: int,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> HoldResult:
+        """Reserve ``amount`` of the caller's available money for ``target``."""
+        ...
+
+    def capture_hold(
+        self,
+        username: str,
+        hold_id: str,
+        amount: int | None,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> HoldResult:
+        """Move ``amount`` (default: all) of a pending hold to its payee; release the rest."""
+        ...
+
+    def void_hold(
+        self, username: str, hold_id: str, *, deadline: Deadline, expected_version: int | None = None
+    ) -> HoldResult: ...
+
+    def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold: ...
+
+    def sweep_expired(self, *, deadline: Deadline) -> int:
+        """Expire every pending hold whose time is up."""
+        ...
+
+    def close(self) -> None:
+        """Release background resources (threads, connections)."""
         ...
 
     def history(self, username: str, *, limit: int, cursor: str | None) -> Page:

@@ -1,0 +1,174 @@
+"""Holds of ``MockDB``, and the background sweeper that expires idle ones.
+
+``HoldBook`` has no lock of its own: it is part of the ledger's state and every
+method must be called with ``MockDB._rw`` held for writing (reads: for reading).
+
+``ExpirySweeper`` is a single daemon thread with a deadline-ordered heap. Its
+condition variable guards only the heap; it is never held while the thread takes
+the ledger's lock (the sweeper pops what is due, releases the condition, then asks
+the store to expire), so it adds no lock-order edge.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from app.ledger.model import Hold, HoldStatus, iso_from_epoch
+
+_log = logging.getLogger("goledger.holds")
+
+
+class HoldState:
+    """Mutable state of one hold (under the owner's write lock only)."""
+
+    __slots__ = ("amount", "captured", "created_at", "expires_at_s", "id", "source", "status", "target")
+
+    def __init__(
+        self, hold_id: str, source: str, target: str, amount: int, expires_at_s: float, created_at: str
+    ) -> None:
+        self.id = hold_id
+        self.source = source
+        self.target = target
+        self.amount = amount
+        self.captured = 0
+        self.status = HoldStatus.PENDING
+        self.expires_at_s = expires_at_s
+        self.created_at = created_at
+
+    def view(self) -> Hold:
+        return Hold(
+            self.id,
+            self.source,
+            self.target,
+            self.amount,
+            self.captured,
+            self.status,
+            iso_from_epoch(self.expires_at_s),
+            self.created_at,
+        )
+
+
+class HoldBook:
+    """Every hold by id, and the pending ones by account (both parties)."""
+
+    def __init__(self) -> None:
+        self._holds: dict[str, HoldState] = {}
+        self._pending: dict[str, set[str]] = {}
+
+    def add(self, state: HoldState) -> None:
+        self._holds[state.id] = state
+        for name in (state.source, state.target):
+            self._pending.setdefault(name, set()).add(state.id)
+
+    def get(self, hold_id: str) -> HoldState | None:
+        return self._holds.get(hold_id)
+
+    def settle(self, state: HoldState, status: HoldStatus, captured: int = 0) -> None:
+        """Resolve a pending hold exactly once."""
+        state.status = status
+        state.captured = captured
+        for name in (state.source, state.target):
+            pending = self._pending.get(name)
+            if pending is not None:
+                pending.discard(state.id)
+                if not pending:
+                    del self._pending[name]
+
+    def due(self, names: Iterable[str | None], now_s: float) -> list[HoldState]:
+        """Pending holds of these accounts whose time is up, oldest deadline first."""
+        found: dict[str, HoldState] = {}
+        for name in names:
+            if name is None:
+                continue
+            for hold_id in self._pending.get(name, ()):
+                state = self._holds[hold_id]
+                if state.expires_at_s <= now_s:
+                    found[hold_id] = state
+        return sorted(found.values(), key=lambda state: (state.expires_at_s, state.id))
+
+    def all_due(self, now_s: float) -> list[HoldState]:
+        return self.due(list(self._pending), now_s)
+
+    def snapshot(self) -> list[Hold]:
+        return [state.view() for state in self._holds.values()]
+
+
+class ExpirySweeper:
+    """Calls ``expire`` soon after the earliest scheduled deadline passes.
+
+    ``clock`` is the same wall clock the store uses for deadlines (injectable for
+    tests); waits are on the real monotonic clock, bounded by ``max_wait_s`` so that
+    a jump of the wall clock is noticed within that bound.
+    """
+
+    def __init__(
+        self,
+        expire: Callable[[], None],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_wait_s: float = 1.0,
+    ) -> None:
+        self._expire = expire
+        self._clock = clock
+        self._max_wait_s = max_wait_s
+        self._condition = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, str]] = []
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, due_s: float, hold_id: str) -> None:
+        with self._condition:
+            if self._stopped:
+                return
+            heapq.heappush(self._heap, (due_s, hold_id))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="goledger-hold-sweeper", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def wake(self) -> None:
+        """Look at the heap again now (tests advance their clock, then wake the sweeper)."""
+        with self._condition:
+            self._condition.notify()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with self._condition:
+            self._stopped = True
+            thread = self._thread
+            self._condition.notify()
+        if thread is not None:
+            thread.join(timeout=timeout_s)
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._stopped and not self._is_due():
+                    self._condition.wait(self._wait_s())
+                if self._stopped:
+                    return
+                now_s = self._clock()
+                while self._heap and self._heap[0][0] <= now_s:
+                    heapq.heappop(self._heap)
+            try:
+                self._expire()
+            except Exception:  # the sweeper must survive a bad moment (e.g. a lock timeout)
+                _log.exception("hold sweeper: expiring due holds failed; will retry")
+                with self._condition:
+                    heapq.heappush(self._heap, (self._clock() + self._max_wait_s, ""))
+
+    def _is_due(self) -> bool:
+        return bool(self._heap) and self._heap[0][0] <= self._clock()
+
+    def _wait_s(self) -> float | None:
+        if not self._heap:
+            return None
+        return min(self._max_wait_s, max(0.0, self._heap[0][0] - self._clock()))
