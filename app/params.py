@@ -101,6 +101,8 @@ def read_body(request: Request) -> bytes:
     """
     limit = request.max_content_length
     declared = request.content_length
+    if declared == 0:
+        return b""
     if declared is not None:
         data = request.get_data(cache=True)  # Werkzeug answers 413 past the limit
         if len(data) != declared:

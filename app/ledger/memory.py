@@ -225,19 +225,32 @@ class MockDB:
             return self._credentials.get(username)
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
-        if self._has_due_holds(username, deadline):
+        view = self._read_account(username, deadline, expire_first=True)
+        if view is None:
+            # A hold of this account is due: expire it under the write lock, read again.
             self._expire_now((username,), deadline)
+            view = self._read_account(username, deadline, expire_first=False)
+        if view is None:
+            raise StoreInvariantBroken("only the first read of an account may defer to expiry")
+        return view
+
+    def _read_account(self, username: str, deadline: Deadline, *, expire_first: bool) -> AccountView | None:
+        """The account under the read lock; ``None`` if holds must expire first."""
         lock = self._rw.gen_rlock()
         waited_s = self._acquire(lock, deadline, "balance")
         outcome = "success"
         try:
+            if expire_first and self._holds.due((username,), self._clock()):
+                outcome = "deferred"
+                return None
             return self._existing(username).view(username)
         except LedgerError as error:
             outcome = error.code
             raise
         finally:
             lock.release()
-            self._count("balance", outcome, waited_s)
+            if outcome != "deferred":
+                self._count("balance", outcome, waited_s)
 
     # -- money ----------------------------------------------------------------
 
