@@ -16,6 +16,11 @@ from typing import Any
 from app.config import Config, ConfigError
 
 MAX_THREADS = 1024
+#: gthread worker threads by default. Chosen from benchmarks/thread_sweep.py: on two
+#: cores 4 and 8 threads carried 8-14 % more transfers/s than 16 in three full runs
+#: (more threads than the cores can run cost throughput under the GIL); 8 keeps room
+#: for slow clients and lock waits, which tie threads up without using the CPU.
+DEFAULT_THREADS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +36,9 @@ def gunicorn_settings(environ: Mapping[str, str]) -> GunicornSettings:
     return GunicornSettings(
         bind=environ.get("GUNICORN_BIND") or f"0.0.0.0:{config.port}",
         workers=_count("GUNICORN_WORKERS", environ.get("GUNICORN_WORKERS", "1"), 64),
-        threads=_count("GUNICORN_THREADS", environ.get("GUNICORN_THREADS", "16"), MAX_THREADS),
+        threads=_count(
+            "GUNICORN_THREADS", environ.get("GUNICORN_THREADS", str(DEFAULT_THREADS)), MAX_THREADS
+        ),
     )
 
 

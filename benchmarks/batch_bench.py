@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks.common import (
     CLIENT_CPU,
+    DEFAULT_THREADS,
     PoolUser,
     Server,
     Spread,
@@ -175,7 +176,7 @@ def render(settings: Settings, results: Sequence[SizeResult], problems: Sequence
         f"Non-atomic batches of N 1-coin transfers from a random user to random users of a pool "
         f"of {settings.pool_size}; wrk, one thread on CPU 1, {settings.connections} connections; "
         f"{settings.rounds} alternated runs of {settings.seconds:g} s of batches and of single "
-        "`POST /account/coins/transfer` requests on the same server (gthread, 16 threads, "
+        f"`POST /account/coins/transfer` requests on the same server (gthread, {DEFAULT_THREADS} threads, "
         "`LEDGER_LOG_LEVEL=WARNING`). Each size was first checked with one request: 200, "
         "`succeeded == N`, `failed == 0`.",
     ]

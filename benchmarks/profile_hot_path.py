@@ -4,7 +4,7 @@ Two tools (``--tool auto``, the default, runs both when py-spy is installed, els
 cProfile alone):
 
 * ``py-spy`` (``pip install py-spy``; not a project dependency): samples the real
-  gunicorn worker (``wsgi:app``, 16 threads, ``LEDGER_LOG_LEVEL=WARNING``, CPU 0)
+  gunicorn worker (``wsgi:app``, the default thread count, ``LEDGER_LOG_LEVEL=WARNING``, CPU 0)
   while wrk (CPU 1) drives transfers, then balance reads. Only samples of the thread
   holding the GIL count (``--gil``): on one core that is where the CPU goes.
 * ``cprofile`` (standard library): the Flask test client in this process, no
@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``app`
 
 from benchmarks.common import (
     CLIENT_CPU,
+    DEFAULT_THREADS,
     ROOT,
     SERVER_CPU,
     VENV_BIN,
@@ -183,7 +184,7 @@ def profile_py_spy(seconds: float) -> dict[str, Profile]:
                 areas,
                 "py-spy",
                 "innermost frame outside the standard library",
-                f"gunicorn worker (16 threads) under wrk with 16 connections, sampled at "
+                f"gunicorn worker ({DEFAULT_THREADS} threads) under wrk with 16 connections, sampled at "
                 f"{SAMPLE_RATE_HZ} Hz for {seconds:g} s; {total:,} samples caught a thread holding the "
                 f"GIL ({100 * total / (SAMPLE_RATE_HZ * seconds):.0f} % of the attempts) and only "
                 "those count",

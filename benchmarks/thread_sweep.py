@@ -2,7 +2,7 @@
 
 For each thread count, a fresh service (``wsgi:app``, the project's
 ``gunicorn.conf.py``, ``LEDGER_LOG_LEVEL=WARNING``) runs on CPU 0 beside a
-reference service with the shipped default (16 threads) that stays up for the
+reference service with the shipped default (8 threads) that stays up for the
 whole sweep; wrk (one thread on CPU 1, more connections than most settings have
 threads, so that requests queue as they would under load) sends 1-coin transfers
 between random pool users to each in turn, alternating. Each setting is compared
