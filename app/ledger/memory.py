@@ -46,6 +46,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from readerwriterlock import rwlock
 
@@ -96,6 +97,8 @@ from app.ledger.model import (
     utc_now_iso,
 )
 from app.ledger.store import LOCK_WAIT_BUCKETS_S, Health, Stats
+
+T = TypeVar("T")
 
 #: A lock wait that ran past its deadline this recently makes health "degraded".
 LOCK_TROUBLE_WINDOW_S = 60.0
@@ -564,32 +567,16 @@ class MockDB:
         apply: Callable[[_AuditFields], tuple[AccountView, HoldState]],
         target: str | None = None,
     ) -> HoldResult:
-        """Like ``_run_write``, for hold operations whose parties are known only once found."""
+        """``_run_audited`` for hold operations, whose parties are known only once found."""
         audit = _AuditFields(username, target, amount)
-        lock = self._rw.gen_wlock()
-        try:
-            waited_s = self._acquire(lock, deadline, kind.value)
-        except OperationTimeout as error:
-            error.transaction = self._append(
-                kind, audit.source, audit.target, audit.amount, (username,), error.code
-            )
-            raise
-        outcome = "success"
-        try:
-            try:
-                account, state = apply(audit)
-            except LedgerError as error:
-                outcome = error.code
-                error.transaction = self._append(
-                    kind, audit.source, audit.target, audit.amount, (username,), error.code
-                )
-                raise
-            parties = tuple(name for name in (audit.source, audit.target) if name is not None)
-            record = self._append(kind, audit.source, audit.target, audit.amount, parties, None)
-            hold = state.view()
-        finally:
-            lock.release()
-            self._count(kind.value, outcome, waited_s)
+
+        def apply_and_copy() -> tuple[AccountView, Hold]:
+            account, state = apply(audit)
+            return account, state.view()  # copied under the lock
+
+        (account, hold), record = self._run_audited(
+            kind, username, audit, deadline, apply_and_copy, (username,)
+        )
         return HoldResult(hold, account, record)
 
     # -- history --------------------------------------------------------------
@@ -750,7 +737,7 @@ class MockDB:
         apply: Callable[[], AccountView],
         failure_parties: tuple[str, ...] | None = None,
     ) -> OperationResult:
-        """Apply ``apply`` under the write lock and audit the outcome either way.
+        """``_run_audited`` for operations whose ``from``/``to``/amount are known up front.
 
         A failure is shown in the history of ``failure_parties`` (default: the caller
         alone, never a recipient who had no part in it).
@@ -759,27 +746,49 @@ class MockDB:
             # The web layer validates amounts; the core checks again rather than trust it.
             raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
         failed_for = (username,) if failure_parties is None else failure_parties
+        audit = _AuditFields(source, target, amount)
+        account, record = self._run_audited(kind, username, audit, deadline, apply, failed_for)
+        return OperationResult(record, account)
+
+    def _run_audited(
+        self,
+        kind: OperationType,
+        username: str,
+        audit: _AuditFields,
+        deadline: Deadline,
+        apply: Callable[[], T],
+        failed_for: tuple[str, ...],
+    ) -> tuple[T, Transaction]:
+        """Run ``apply`` under the write lock and audit the outcome either way.
+
+        ``audit`` holds the record's ``from``/``to``/amount; ``apply`` may fill them
+        in as it finds them. A timeout applied nothing, so its record needs only the
+        audit lock. ``apply`` must copy out whatever it returns: it runs under the lock.
+        """
         lock = self._rw.gen_wlock()
         try:
             waited_s = self._acquire(lock, deadline, kind.value)
         except OperationTimeout as error:
-            # Nothing was applied; the record only needs the audit lock.
-            error.transaction = self._append(kind, source, target, amount, failed_for, error.code)
+            error.transaction = self._append(
+                kind, audit.source, audit.target, audit.amount, failed_for, error.code
+            )
             raise
         outcome = "success"
         try:
             try:
-                account = apply()
+                result = apply()
             except LedgerError as error:
                 outcome = error.code
-                error.transaction = self._append(kind, source, target, amount, failed_for, error.code)
+                error.transaction = self._append(
+                    kind, audit.source, audit.target, audit.amount, failed_for, error.code
+                )
                 raise
-            parties = tuple(name for name in (source, target) if name is not None)
-            record = self._append(kind, source, target, amount, parties, None)
+            parties = tuple(name for name in (audit.source, audit.target) if name is not None)
+            record = self._append(kind, audit.source, audit.target, audit.amount, parties, None)
         finally:
             lock.release()
             self._count(kind.value, outcome, waited_s)
-        return OperationResult(record, account)
+        return result, record
 
     def _append(
         self,
