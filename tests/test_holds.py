@@ -961,8 +961,8 @@ def test_the_stores_sweeper_expires_an_idle_hold_without_any_touch(
     sweeper_threads: list[str] = []
     expire = store._sweeper._expire
 
-    def expire_and_tell() -> None:
-        expire()
+    def expire_and_tell(hold_ids: list[str]) -> None:
+        expire(hold_ids)
         sweeper_threads.append(threading.current_thread().name)
         swept.set()
 
@@ -1000,10 +1000,12 @@ class _Calls:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.at: list[float] = []
+        self.ids: list[list[str]] = []
         self._made = threading.Semaphore(0)
 
-    def __call__(self) -> None:
+    def __call__(self, hold_ids: list[str]) -> None:
         self.at.append(self.clock())
+        self.ids.append(list(hold_ids))
         self._made.release()
 
     def wait(self) -> bool:
@@ -1059,6 +1061,7 @@ def test_the_sweeper_runs_when_woken_after_the_clock_passes_a_deadline(
     sweeper.wake()
     assert calls.wait(), "not run after the second deadline"
     assert calls.at == [START_S + 30, START_S + 90]
+    assert calls.ids == [["hold_a"], ["hold_b"]]
 
     sweeper.stop(timeout_s=JOIN_TIMEOUT_S)
     assert not sweeper.running
@@ -1072,7 +1075,8 @@ def test_the_sweeper_survives_a_failing_pass_and_tries_again() -> None:
     attempts: list[float] = []
     attempted = threading.Semaphore(0)
 
-    def expire() -> None:
+    def expire(hold_ids: list[str]) -> None:
+        assert hold_ids == ["hold_a"]  # the failed pass's ids come back on the retry
         attempts.append(clock())
         attempted.release()
         if len(attempts) == 1:
@@ -1228,3 +1232,29 @@ def test_a_failed_hold_read_is_counted_as_failed() -> None:
     text = client.get("/metrics").get_data(as_text=True)
     assert 'goledger_operations_total{operation="hold_read",outcome="hold_not_found"} 1.0' in text
     assert 'operation="hold_read",outcome="success"' not in text
+
+
+def test_a_sweep_pass_looks_only_at_the_holds_it_is_given(store_on_clock: MockDB, clock: FakeClock) -> None:
+    store = store_on_clock
+    store._sweeper.stop(timeout_s=JOIN_TIMEOUT_S)
+    first = store.create_hold("aaron", "bryan", 10, timeout_s=5, deadline=patient()).hold
+    second = store.create_hold("aaron", "carol", 20, timeout_s=5, deadline=patient()).hold
+    clock.advance(5)
+    store._sweep_due([first.id, "hold_" + "0" * 32])  # an unknown id is skipped
+    assert store._holds.get(first.id).status is HoldStatus.EXPIRED  # type: ignore[union-attr]
+    assert store._holds.get(second.id).status is HoldStatus.PENDING  # type: ignore[union-attr]
+    assert store.verify().ok
+
+
+def test_a_hold_the_sweeper_pops_too_early_is_scheduled_again(
+    store_on_clock: MockDB, clock: FakeClock
+) -> None:
+    """The wall clock stepped back between the sweeper's pop and the store's check."""
+    store = store_on_clock
+    store._sweeper.stop(timeout_s=JOIN_TIMEOUT_S)
+    hold = store.create_hold("aaron", "bryan", 10, timeout_s=5, deadline=patient()).hold
+    rescheduled: list[tuple[float, str]] = []
+    store._sweeper.schedule = lambda due_s, hold_id: rescheduled.append((due_s, hold_id))  # type: ignore[method-assign]
+    store._sweep_due([hold.id])  # not due yet on the store's clock
+    assert store._holds.get(hold.id).status is HoldStatus.PENDING  # type: ignore[union-attr]
+    assert rescheduled == [(START_S + 5, hold.id)]

@@ -98,7 +98,12 @@ class HoldBook:
 
 
 class ExpirySweeper:
-    """Calls ``expire`` soon after the earliest scheduled deadline passes.
+    """Calls ``expire(ids)`` with the holds whose scheduled deadline has passed.
+
+    Only the ids popped from the heap are handed over, so a pass costs what is due,
+    not a scan of every pending hold under the ledger's write lock. An id whose
+    hold is already resolved is simply skipped by the callback, which may also
+    ``schedule`` a hold again (the wall clock stepped back: not due after all).
 
     ``clock`` is the same wall clock the store uses for deadlines (injectable for
     tests); waits are on the real monotonic clock, bounded by ``max_wait_s`` so that
@@ -107,7 +112,7 @@ class ExpirySweeper:
 
     def __init__(
         self,
-        expire: Callable[[], None],
+        expire: Callable[[list[str]], None],
         *,
         clock: Callable[[], float] = time.time,
         max_wait_s: float = 1.0,
@@ -156,14 +161,17 @@ class ExpirySweeper:
                 if self._stopped:
                     return
                 now_s = self._clock()
+                due_ids = []
                 while self._heap and self._heap[0][0] <= now_s:
-                    heapq.heappop(self._heap)
+                    due_ids.append(heapq.heappop(self._heap)[1])
             try:
-                self._expire()
+                self._expire(due_ids)
             except Exception:  # the sweeper must survive a bad moment (e.g. a lock timeout)
                 _log.exception("hold sweeper: expiring due holds failed; will retry")
                 with self._condition:
-                    heapq.heappush(self._heap, (self._clock() + self._max_wait_s, ""))
+                    retry_at_s = self._clock() + self._max_wait_s
+                    for hold_id in due_ids:
+                        heapq.heappush(self._heap, (retry_at_s, hold_id))
 
     def _is_due(self) -> bool:
         return bool(self._heap) and self._heap[0][0] <= self._clock()

@@ -505,8 +505,33 @@ class MockDB:
         """Stop the background sweeper (the ledger itself needs no closing)."""
         self._sweeper.stop()
 
-    def _sweep_due(self) -> None:
-        self.sweep_expired(deadline=Deadline.after_ms(SWEEP_LOCK_TIMEOUT_MS))
+    def _sweep_due(self, hold_ids: list[str]) -> None:
+        """The sweeper's pass: expire these holds if still pending and due.
+
+        Looks up only the given ids (no scan of every pending hold under the write
+        lock). A hold that is not due after all, because the wall clock stepped back, is
+        scheduled again, so that the sweeper cannot lose it.
+        """
+        lock = self._rw.gen_wlock()
+        self._acquire(lock, Deadline.after_ms(SWEEP_LOCK_TIMEOUT_MS), OperationType.EXPIRE.value)
+        try:
+            now_s = self._clock()
+            pending = [
+                state
+                for state in (self._holds.get(hold_id) for hold_id in hold_ids)
+                if state is not None and state.status is HoldStatus.PENDING
+            ]
+            due = sorted(
+                (state for state in pending if state.expires_at_s <= now_s),
+                key=lambda state: (state.expires_at_s, state.id),
+            )
+            self._expire(due)
+            # Lock order: _rw, then the sweeper's condition (never the other way round).
+            for state in pending:
+                if state.expires_at_s > now_s:
+                    self._sweeper.schedule(state.expires_at_s, state.id)
+        finally:
+            lock.release()
 
     def _pending_hold_of(
         self, username: str, hold_id: str, audit: _AuditFields, expected_version: int | None
