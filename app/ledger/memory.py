@@ -228,32 +228,36 @@ class MockDB:
             return self._credentials.get(username)
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
-        view = self._read_account(username, deadline, expire_first=True)
-        if view is None:
-            # A hold of this account is due: expire it under the write lock, read again.
-            self._expire_now((username,), deadline)
-            view = self._read_account(username, deadline, expire_first=False)
-        if view is None:
-            raise StoreInvariantBroken("only the first read of an account may defer to expiry")
-        return view
+        return self._read_after_expiry(
+            username, deadline, "balance", lambda: self._existing(username).view(username)
+        )
 
-    def _read_account(self, username: str, deadline: Deadline, *, expire_first: bool) -> AccountView | None:
-        """The account under the read lock; ``None`` if holds must expire first."""
-        lock = self._rw.gen_rlock()
-        waited_s = self._acquire(lock, deadline, "balance")
-        outcome = "success"
-        try:
-            if expire_first and self._holds.due((username,), self._clock()):
-                outcome = "deferred"
-                return None
-            return self._existing(username).view(username)
-        except LedgerError as error:
-            outcome = error.code
-            raise
-        finally:
-            lock.release()
-            if outcome != "deferred":
-                self._count("balance", outcome, waited_s)
+    def _read_after_expiry(self, username: str, deadline: Deadline, kind: str, read: Callable[[], T]) -> T:
+        """``read`` under the read lock, once no hold of ``username`` is due.
+
+        Whether a hold is due is checked under the same read lock as the read; only
+        when one is does the read step aside, expire it under the write lock and try
+        again (a second time nothing of this account can be due before the clock moves,
+        and expiry is idempotent if it has).
+        """
+        for attempt in range(2):
+            lock = self._rw.gen_rlock()
+            waited_s = self._acquire(lock, deadline, kind)
+            outcome = "success"
+            try:
+                if attempt == 0 and self._holds.due((username,), self._clock()):
+                    outcome = "deferred"
+                else:
+                    return read()
+            except LedgerError as error:
+                outcome = error.code
+                raise
+            finally:
+                lock.release()
+                if outcome != "deferred":
+                    self._count(kind, outcome, waited_s)
+            self._expire_now((username,), deadline)
+        raise StoreInvariantBroken("only the first read of an account may defer to expiry")
 
     # -- money ----------------------------------------------------------------
 
@@ -477,20 +481,13 @@ class MockDB:
         return self._run_hold(OperationType.VOID, username, 0, deadline, apply)
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
-        if self._has_due_holds(username, deadline):
-            self._expire_now((username,), deadline)
-        lock = self._rw.gen_rlock()
-        waited_s = self._acquire(lock, deadline, "hold_read")
-        outcome = "success"
-        try:
+        def read() -> Hold:
             state = self._holds.get(hold_id)
             if state is None or username not in (state.source, state.target):
-                outcome = HoldNotFound.code
                 raise HoldNotFound(f"No hold {hold_id} of yours.")
             return state.view()
-        finally:
-            lock.release()
-            self._count("hold_read", outcome, waited_s)
+
+        return self._read_after_expiry(username, deadline, "hold_read", read)
 
     def sweep_expired(self, *, deadline: Deadline) -> int:
         """Expire every pending hold whose time is up; how many were."""
@@ -566,14 +563,6 @@ class MockDB:
             self._append(OperationType.EXPIRE, state.source, state.target, state.amount, parties, None)
             self._count(OperationType.EXPIRE.value, "success", 0.0)
         return len(states)
-
-    def _has_due_holds(self, username: str, deadline: Deadline) -> bool:
-        lock = self._rw.gen_rlock()
-        self._acquire(lock, deadline, "balance")
-        try:
-            return bool(self._holds.due((username,), self._clock()))
-        finally:
-            lock.release()
 
     def _expire_now(self, names: tuple[str, ...], deadline: Deadline) -> None:
         lock = self._rw.gen_wlock()
@@ -829,22 +818,39 @@ class MockDB:
         created_at = utc_now_iso()
         status = Status.SUCCESS if failure is None else Status.FAILED
         with self._audit_lock:
-            record = sealed_record(
-                self._last_hash,
-                len(self._audit) + 1,
-                transaction_id,
-                kind,
-                source,
-                target,
-                amount,
-                status,
-                failure,
-                created_at,
+            return self._chain(
+                transaction_id, kind, source, target, amount, status, failure, created_at, parties
             )
-            self._audit.append(record)
-            self._last_hash = record.hash
-            for name in parties:
-                self._records_by_account.setdefault(name, []).append(record.sequence)
+
+    def _chain(
+        self,
+        transaction_id: str,
+        kind: OperationType,
+        source: str | None,
+        target: str | None,
+        amount: int,
+        status: Status,
+        reason: str | None,
+        created_at: str,
+        parties: tuple[str, ...],
+    ) -> Transaction:
+        """Seal the next record onto the chain and index it (the caller holds ``_audit_lock``)."""
+        record = sealed_record(
+            self._last_hash,
+            len(self._audit) + 1,
+            transaction_id,
+            kind,
+            source,
+            target,
+            amount,
+            status,
+            reason,
+            created_at,
+        )
+        self._audit.append(record)
+        self._last_hash = record.hash
+        for name in parties:
+            self._records_by_account.setdefault(name, []).append(record.sequence)
         return record
 
     def _count(self, kind: str, outcome: str, lock_wait_s: float) -> None:
@@ -874,23 +880,19 @@ class MockDB:
             for transaction_id, (item, source, target, status, reason, parties) in zip(
                 ids, entries, strict=True
             ):
-                record = sealed_record(
-                    self._last_hash,
-                    len(self._audit) + 1,
-                    transaction_id,
-                    item.kind,
-                    source,
-                    target,
-                    item.amount,
-                    status,
-                    reason,
-                    created_at,
+                records.append(
+                    self._chain(
+                        transaction_id,
+                        item.kind,
+                        source,
+                        target,
+                        item.amount,
+                        status,
+                        reason,
+                        created_at,
+                        parties,
+                    )
                 )
-                self._audit.append(record)
-                self._last_hash = record.hash
-                for name in parties:
-                    self._records_by_account.setdefault(name, []).append(record.sequence)
-                records.append(record)
         return records
 
     def _count_items(
