@@ -72,11 +72,35 @@ def _build_store(config: Config) -> Any:
     from app.ledger.memory import MockDB
 
     if config.uses_memory_store:
-        return MockDB(
-            idempotency=IdempotencyTable(max_keys=config.idempotency_max_keys),
-            lock_trouble_after_s=config.op_timeout_ms / 1000,
-        )
+        options: dict[str, Any] = {
+            "idempotency": IdempotencyTable(max_keys=config.idempotency_max_keys),
+            "lock_trouble_after_s": config.op_timeout_ms / 1000,
+        }
+        if config.data_dir is None:
+            return MockDB(**options)
+        return _open_data_dir(config.data_dir, config.snapshot_bytes, options)
     raise ConfigError("The PostgreSQL store is not available in this version; use LEDGER_STORE=memory.")
+
+
+def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> Any:
+    from app.ledger.journal import JournalError
+    from app.ledger.memory import MockDB
+
+    try:
+        store = MockDB.open(data_dir, snapshot_bytes=snapshot_bytes, **options)
+    except JournalError as error:
+        # A clear sentence for the operator, not a traceback: the start stops here.
+        raise ConfigError(f"LEDGER_DATA_DIR: {error}") from None
+    recovered = store.recovery
+    if recovered is not None:
+        _log.info(
+            "LEDGER_DATA_DIR %s: snapshot %s, %d journal entries replayed, %d audit records",
+            data_dir,
+            "none" if recovered.snapshot is None else recovered.snapshot.path.name,
+            sum(len(segment.frames) for segment in recovered.segments),
+            store.stats().audit_records,
+        )
+    return store
 
 
 def _seed_demo(app: Flask) -> None:

@@ -30,6 +30,8 @@ class Config:
     max_body_bytes: int = MAX_BODY_BYTES
     log_level: str = "INFO"
     idempotency_max_keys: int = 1_000_000
+    #: With ``data_dir``: snapshot once the journal's current segment grows past this (0: never).
+    snapshot_bytes: int = 64 * 1024 * 1024
 
     @property
     def uses_memory_store(self) -> bool:
@@ -60,6 +62,12 @@ class Config:
                 environ.get("LEDGER_IDEMPOTENCY_MAX_KEYS", "1000000"),
                 1,
                 100_000_000,
+            ),
+            snapshot_bytes=_integer(
+                "LEDGER_SNAPSHOT_BYTES",
+                environ.get("LEDGER_SNAPSHOT_BYTES", str(64 * 1024 * 1024)),
+                0,
+                2**33,
             ),
         )
         return dataclasses.replace(config, **dict(overrides or {}))
