@@ -274,9 +274,12 @@ def read_directory(directory: Path, snapshot_lsn_of: Callable[[Frame], int]) -> 
 class DataDirectory:
     """Exclusive ownership of a data directory, through an OS file lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
-        path.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        elif not path.is_dir():
+            raise JournalError(f"The data directory {path} does not exist.")
         lock_path = path / "LOCK"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -361,6 +364,7 @@ class Journal:
         self._durable_sequence = last_sequence
         self._leader_active = False
         self._failure: str | None = None
+        self._last_segment = segment  # the newest segment number queued
         # Only the leader touches these (one leader at a time):
         self._segment = segment
         self._fd = self._open_segment(segment)
@@ -418,9 +422,9 @@ class Journal:
         with self._condition:
             if self._failure is not None:
                 raise JournalUnavailable(self._failure)
-            number = self._segment + sum(1 for item in self._queue if isinstance(item, _Rotation)) + 1
-            self._queue.append(_Rotation(number))
-            return number
+            self._last_segment += 1
+            self._queue.append(_Rotation(self._last_segment))
+            return self._last_segment
 
     def wait_durable(self, lsn: int) -> None:
         """Return once frame ``lsn`` is on disk; ``JournalUnavailable`` if it never will be."""

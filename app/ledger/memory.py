@@ -314,7 +314,7 @@ class MockDB:
         grows past this many bytes (0: never). ``sync``/``write``: the system calls the
         journal uses (tests inject failing ones).
         """
-        directory = journal_files.DataDirectory(Path(data_dir))
+        directory = journal_files.DataDirectory(Path(data_dir), create=not read_only)
         try:
             store = cls(**options)
             store._directory = directory
