@@ -203,7 +203,8 @@ def snapshot_payloads(
     yield encode({**header, "format": SNAPSHOT_FORMAT})
     counts: dict[str, int] = {}
     for name, rows in sections:
-        counts[name] = counts.get(name, 0) + len(rows)
+        if rows:
+            counts[name] = counts.get(name, 0) + len(rows)
         for start in range(0, len(rows), CHUNK_ROWS):
             yield encode([name, rows[start : start + CHUNK_ROWS]])
     yield encode({"end": True, "counts": counts})
