@@ -365,6 +365,7 @@ class Journal:
         self._leader_active = False
         self._failure: str | None = None
         self._last_segment = segment  # the newest segment number queued
+        self._counters = {"syncs": 0, "frames": 0, "bytes": 0}
         # Only the leader touches these (one leader at a time):
         self._segment = segment
         self._fd = self._open_segment(segment)
@@ -399,6 +400,11 @@ class Journal:
         """The last audit record that is on disk."""
         with self._condition:
             return self._durable_sequence
+
+    def counters(self) -> dict[str, int]:
+        """Syncs, frames and bytes written so far, and whether the journal has failed."""
+        with self._condition:
+            return {**self._counters, "failed": int(self._failure is not None)}
 
     def append(self, payload: bytes, sequence: int) -> int:
         """Queue one frame whose last audit record is ``sequence``; its lsn.
@@ -482,6 +488,10 @@ class Journal:
         _write_all(self._write, self._fd, data)
         self._sync(self._fd)
         self._segment_bytes += len(data)
+        with self._condition:  # the leader runs without the mutex; the counters are under it
+            self._counters["syncs"] += 1
+            self._counters["frames"] += len(chunk)
+            self._counters["bytes"] += len(data)
 
     def _switch_segment(self, number: int) -> None:
         fd = self._open_segment(number)

@@ -17,10 +17,15 @@ Four locks, each the only owner of its data, always taken in this order:
    the one before it.
 4. ``_counters_lock`` guards the health and metrics counters.
 
-Idempotency keys live in an ``IdempotencyTable`` with its own mutex, which is
-never held together with any of the four above. Holds live in a ``HoldBook`` under
-``_rw``; the expiry sweeper's heap has its own condition, never held while the
-sweeper takes ``_rw``.
+Idempotency keys live in an ``IdempotencyTable`` with its own mutex. With a
+journal, the store hands a key's outcome to the table while it holds
+``_audit_lock`` (so that a snapshot sees every journaled key), so the table's mutex
+comes after ``_audit_lock``; the table never calls back into the store while it
+holds its mutex. The journal's own mutex (``Journal._condition``) is taken last of
+all, only to queue a frame or to wait for a sync, and is never held across the
+write or the sync itself. ``_snapshot_lock`` (one snapshot at a time) is taken
+before ``_rw``. Holds live in a ``HoldBook`` under ``_rw``; the expiry sweeper's
+heap has its own condition, never held while the sweeper takes ``_rw``.
 
 Holds expire no later than the next operation that touches either of their
 accounts (each write, and a balance read, expires what is due first) or the
@@ -349,11 +354,11 @@ class MockDB:
         now_s = self._clock()
         for state in self._holds.pending():
             self._sweeper.schedule(max(state.expires_at_s, now_s), state.id)
-        problems = check_chain(self._audit, GENESIS_HASH, 1)
-        if problems:
-            self._chain_problem = problems[0]
-        else:
+        # Every record's hash was checked as it was read (_restore_record).
+        if self._chain_problem is None:
             self._chain_checked = len(self._audit)
+        else:
+            _log.error("the audit trail read from %s is broken: %s", recovered.directory, self._chain_problem)
 
     def _replay(
         self, entry: dict[str, Any], found: journal_files.Frame, recovered: journal_files.Recovered
@@ -378,13 +383,22 @@ class MockDB:
                 segment.path, found.offset, f"entry {found.lsn} cannot be replayed: {error!r}"
             ) from None
 
-    def _restore_record(self, row: persistence.Row) -> None:
-        record, parties = persistence.record_from_row(row)
+    def _restore_record(self, row: persistence.Row, parties: Sequence[str] | None = None) -> None:
+        """Append a record read from disk, checking its place in the chain and its hash.
+
+        A record out of sequence, or not linked to the one before, is structural
+        damage (``ValueError``: the start stops). A record whose content does not
+        match its hash was edited: the trail is marked broken (health unhealthy,
+        ``verify`` lists it) but the ledger starts, so that it can be examined.
+        """
+        record, row_parties = persistence.record_from_row(row)
         if record.sequence != len(self._audit) + 1 or record.previous_hash != self._last_hash:
             raise ValueError(f"audit record {record.sequence} does not follow record {len(self._audit)}")
+        if self._chain_problem is None and not persistence.row_hash_matches(row):
+            self._chain_problem = f"record {record.sequence} ({record.id}) does not match its hash"
         self._audit.append(record)
         self._last_hash = record.hash
-        for name in parties:
+        for name in row_parties if parties is None else parties:
             self._records_by_account.setdefault(name, []).append(record.sequence)
 
     def _restore_key(self, row: persistence.Row) -> None:
@@ -426,7 +440,10 @@ class MockDB:
         elif name == "holds":
             self._holds.put(_hold_state(row))
         elif name == "records":
-            self._restore_record(row)
+            self._restore_record(row, ())
+        elif name == "index":
+            username, sequences = row
+            self._records_by_account[username] = sequences
         elif name == "keys":
             self._restore_key(row)
 
@@ -550,17 +567,11 @@ class MockDB:
             finally:
                 lock.release()
             lock_held_s = time.perf_counter() - started
-            parties: dict[int, list[str]] = {}
-            for name, sequences in index.items():
-                for sequence in sequences:
-                    parties.setdefault(sequence, []).append(name)
             sections: list[tuple[str, Sequence[persistence.Row]]] = [
                 ("accounts", accounts),
                 ("holds", holds),
-                (
-                    "records",
-                    [persistence.record_row(record, parties.get(record.sequence, ())) for record in records],
-                ),
+                ("records", [persistence.record_row(record, ()) for record in records]),
+                ("index", [[name, sequences] for name, sequences in index.items()]),
                 (
                     "keys",
                     [
@@ -1180,6 +1191,7 @@ class MockDB:
             accounts=accounts,
             audit_records=audit_records,
             idempotency_keys=len(self._idempotency),
+            journal={} if self._journal is None else self._journal.counters(),
         )
 
     def _check_new_records(self) -> bool:
