@@ -455,3 +455,36 @@ def test_a_read_only_open_changes_nothing(tmp_path: Path) -> None:
         reader.close()
     after = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.name != "LOCK"}
     assert after == before
+
+
+def test_a_failed_automatic_snapshot_is_not_retried_on_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ledger import journal as journal_files
+
+    attempts: list[int] = []
+
+    def full_disk(*args: object) -> None:
+        attempts.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_files, "write_snapshot", full_disk)
+    store = _open(tmp_path, snapshot_bytes=2000)
+    try:
+        _seed(store, balance=10_000)
+        for _ in range(20):
+            store.transfer("alice", "bob", 1, deadline=_deadline())
+            thread = store._snapshot_thread
+            if thread is not None:
+                thread.join(JOIN_TIMEOUT_S)
+        assert attempts == [1]  # one attempt; the next waits SNAPSHOT_RETRY_S
+        # The journal itself is unharmed: writes go on and survive a restart.
+        assert store.transfer("alice", "bob", 1, deadline=_deadline()).account.balance == 10_000 - 21
+    finally:
+        store.close()
+    reopened = _open(tmp_path)
+    try:
+        assert reopened.account("alice", deadline=_deadline()).balance == 10_000 - 21
+        assert reopened.verify().ok
+    finally:
+        reopened.close()

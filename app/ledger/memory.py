@@ -148,6 +148,8 @@ VERIFY_LOCK_TIMEOUT_MS = 10_000
 SNAPSHOT_LOCK_TIMEOUT_MS = 30_000
 #: The journal size past which the store snapshots itself (``LEDGER_SNAPSHOT_BYTES``).
 DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
+#: How long after a failed automatic snapshot the next one may start.
+SNAPSHOT_RETRY_S = 60.0
 #: The lsn of an account whose last change could not be journaled: never durable.
 _NEVER_DURABLE = 2**62
 
@@ -290,8 +292,10 @@ class MockDB:
         self._journal: Journal | None = None
         self._snapshot_bytes = 0
         self._written = threading.local()  # the lsn the current write must wait for
-        self._snapshot_lock = threading.Lock()  # one snapshot at a time; never with the others
+        self._snapshot_lock = threading.Lock()  # one snapshot at a time; taken before _rw
+        self._snapshot_starter = threading.Lock()  # guards the two below; held for an instant
         self._snapshot_thread: threading.Thread | None = None
+        self._snapshot_retry_at = 0.0  # after a failed automatic snapshot (monotonic clock)
         self.recovery: journal_files.Recovered | None = None
         #: Why writes are refused before they start (``None``: they are not).
         self._refusal: str | None = None
@@ -331,6 +335,8 @@ class MockDB:
                 return store
             if recovered.torn is not None:
                 journal_files.cut_torn_tail(recovered.torn)
+            # What a crash between a snapshot's rename and its clean-up left behind.
+            journal_files.remove_before(directory.path, recovered.first_segment)
             store._journal = Journal(
                 directory.path,
                 recovered.last_segment,
@@ -497,10 +503,10 @@ class MockDB:
                     persistence.outcome_row(result),
                 ]
                 self._idempotency.record(claim.username, claim.key, result)
+        lsn = _NEVER_DURABLE
         try:
             lsn = self._journal.append(persistence.encode(entry), records[-1][0].sequence)
         except JournalUnavailable as error:
-            lsn = _NEVER_DURABLE
             raise StorageUnavailable(
                 f"The ledger cannot keep new operations ({error}); the operation was not acknowledged."
             ) from None
@@ -598,9 +604,14 @@ class MockDB:
         return SnapshotReport(str(path), size, len(records), len(accounts), lock_held_s, seconds)
 
     def _snapshot_in_background(self) -> None:
-        """Start one snapshot thread unless one is running (the journal outgrew its bound)."""
-        with self._snapshot_lock:
-            if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
+        """Start one snapshot thread unless one is running (the journal outgrew its bound).
+
+        Called by writers: it only ever takes ``_snapshot_starter``, never the lock a
+        running snapshot holds while it writes its file.
+        """
+        with self._snapshot_starter:
+            running = self._snapshot_thread is not None and self._snapshot_thread.is_alive()
+            if running or time.monotonic() < self._snapshot_retry_at:
                 return
             self._snapshot_thread = threading.Thread(
                 target=self._snapshot_logged, name="goledger-snapshot", daemon=True
@@ -611,7 +622,12 @@ class MockDB:
         try:
             self.snapshot()
         except Exception:
-            _log.exception("automatic snapshot failed; the journal keeps growing until one succeeds")
+            _log.exception(
+                "automatic snapshot failed; the journal keeps growing, next attempt in %d s",
+                SNAPSHOT_RETRY_S,
+            )
+            with self._snapshot_starter:
+                self._snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY_S
 
     # -- accounts -------------------------------------------------------------
 
