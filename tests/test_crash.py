@@ -23,7 +23,6 @@ import pytest
 import requests
 
 from app.auth import token_digest
-from app.ledger.journal import JournalCorrupt
 from app.ledger.memory import MockDB
 from app.ledger.model import Deadline
 from tests.servers import RunningServer, gunicorn_process
@@ -349,8 +348,8 @@ def crash_cycles(data_dir: Path, cycles: list[dict[str, str]], *, with_hold: boo
 def test_acknowledged_operations_survive_sigkill_under_load(tmp_path: Path) -> None:
     """Three kill/restart cycles; the second snapshots under load, the later starts load a snapshot.
 
-    The ledger holds a pending hold throughout (see the xfail test below for why
-    this test needs one to get past its snapshot cycle).
+    The ledger holds a pending hold throughout, so that its snapshots carry every
+    section; the test below covers snapshots with empty sections.
     """
     stderr = crash_cycles(
         tmp_path / "ledger", [{}, {SNAPSHOT_BYTES: SMALL_SNAPSHOT_BYTES}, {}], with_hold=True
@@ -358,25 +357,13 @@ def test_acknowledged_operations_survive_sigkill_under_load(tmp_path: Path) -> N
     assert "snapshot snapshot-" in stderr  # the last start loaded a snapshot
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,  # gunicorn_process: the restart's worker failed to boot
-    reason="BUG: a snapshot with an empty section (no holds, or no idempotency keys) cannot be "
-    "loaded: persistence.snapshot_payloads counts the empty section as 0 in the trailer, "
-    "MockDB._load_snapshot only counts sections it saw a chunk of, so the start fails with "
-    "'the snapshot is incomplete (no matching trailer)'",
-)
 def test_a_crash_after_snapshots_of_a_ledger_without_holds(tmp_path: Path) -> None:
+    """Regression: a snapshot with an empty section (no holds) must load again."""
     crash_cycles(tmp_path / "ledger", [{SNAPSHOT_BYTES: SMALL_SNAPSHOT_BYTES}], with_hold=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=JournalCorrupt,
-    reason="BUG: MockDB._load_snapshot rejects the trailer of a snapshot whose holds or keys "
-    "section is empty (counts {'holds': 0} in the trailer, no 'holds' entry when loading)",
-)
 def test_a_snapshot_without_holds_or_keys_loads_again(tmp_path: Path) -> None:
+    """Regression: the trailer counts only the sections that have rows."""
     store = MockDB.open(tmp_path)
     store.create_account("alice", token_digest("alice"), 100, deadline=Deadline.after_ms(5000))
     report = store.snapshot()
