@@ -24,8 +24,9 @@ from app.ledger.errors import (
     StorageUnavailable,
 )
 from app.ledger.journal import DataDirLocked, JournalCorrupt, read_directory
-from app.ledger.memory import MockDB, _snapshot_lsn
+from app.ledger.memory import MockDB
 from app.ledger.model import BatchItem, Deadline, HoldStatus, OperationType
+from app.ledger.recovery import snapshot_lsn
 from tests.threads import JOIN_TIMEOUT_S, run_together
 
 NAMES = ("alice", "bob", "carol", "dave")
@@ -417,7 +418,7 @@ def test_an_edited_journal_breaks_the_chain_and_verify_says_so(tmp_path: Path) -
     store.transfer("alice", "bob", 10, deadline=_deadline())
     store.close()
     segment = tmp_path / journal_files.segment_name(1)
-    recovered = read_directory(tmp_path, _snapshot_lsn)
+    recovered = read_directory(tmp_path, snapshot_lsn)
     frames = list(recovered.frames())
     rebuilt = journal_files.SEGMENT_MAGIC + b"".join(
         journal_files.frame(

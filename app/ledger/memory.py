@@ -77,7 +77,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from readerwriterlock import rwlock
 
 from app.ledger import journal as journal_files
-from app.ledger import persistence
+from app.ledger import persistence, recovery
+from app.ledger.accounts import AccountState
 from app.ledger.audit import (
     GENESIS_HASH,
     AccountSnapshot,
@@ -103,7 +104,7 @@ from app.ledger.errors import (
 )
 from app.ledger.holds import ExpirySweeper, HoldBook, HoldState
 from app.ledger.idempotency import NOT_KEPT, IdempotencyTable, Outcome, Result
-from app.ledger.journal import Journal, JournalCorrupt, JournalError, JournalUnavailable
+from app.ledger.journal import Journal, JournalUnavailable
 from app.ledger.model import (
     MAX_AMOUNT,
     MAX_BALANCE,
@@ -195,33 +196,6 @@ _HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
 _AUDIT_CURSOR = re.compile(r"a:([1-9][0-9]{0,18})")
 
 
-class _Account:
-    """Mutable account state; only ever touched under ``MockDB._rw``."""
-
-    __slots__ = ("balance", "held", "lsn", "version")
-
-    def __init__(self, balance: int) -> None:
-        self.balance = balance
-        self.held = 0
-        self.version = 0
-        #: The journal frame that last changed this account (0: durable from the start).
-        self.lsn = 0
-
-    def view(self, username: str) -> AccountView:
-        return AccountView(username, self.balance, self.version, self.held)
-
-    def copy(self) -> _Account:
-        twin = _Account(self.balance)
-        twin.take(self)
-        return twin
-
-    def take(self, other: _Account) -> None:
-        """Adopt another copy's state (an atomic batch writing back its result)."""
-        self.balance = other.balance
-        self.held = other.held
-        self.version = other.version
-
-
 class _AuditFields:
     """What an operation's audit record and journal entry will carry, filled in as found.
 
@@ -257,7 +231,7 @@ class MockDB:
         ``clock``: the wall clock that holds expire by (injectable for tests).
         """
         self._rw = rwlock.RWLockFair()
-        self._accounts: dict[str, _Account] = {}
+        self._accounts: dict[str, AccountState] = {}
         self._holds = HoldBook()  # guarded by _rw, like the balances it reserves
         self._clock = clock
         self._sweeper = ExpirySweeper(self._sweep_due, clock=clock)
@@ -327,7 +301,7 @@ class MockDB:
         try:
             store = cls(**options)
             store._directory = directory
-            recovered = journal_files.read_directory(directory.path, _snapshot_lsn)
+            recovered = journal_files.read_directory(directory.path, recovery.snapshot_lsn)
             store.recovery = recovered
             store._restore(recovered)
             if read_only:
@@ -352,106 +326,23 @@ class MockDB:
         return store
 
     def _restore(self, recovered: journal_files.Recovered) -> None:
-        """Load the snapshot and replay the journal after it (before the store is shared)."""
-        if recovered.snapshot is not None:
-            self._load_snapshot(recovered.snapshot)
-        for found in recovered.frames():
-            self._replay(persistence.decode(found.payload), found, recovered)
+        """Adopt what the data directory holds (before the store is shared)."""
+        state = recovery.load(recovered, self._idempotency)
+        self._accounts = state.accounts
+        self._credentials = state.credentials
+        self._holds = state.holds
+        self._audit = state.audit
+        self._records_by_account = state.records_by_account
+        self._last_hash = state.last_hash
+        self._chain_problem = state.chain_problem
         now_s = self._clock()
-        for state in self._holds.pending():
-            self._sweeper.schedule(max(state.expires_at_s, now_s), state.id)
-        # Every record's hash was checked as it was read (_restore_record).
+        for hold in self._holds.pending():
+            self._sweeper.schedule(max(hold.expires_at_s, now_s), hold.id)
+        # Every record's hash was checked as it was read.
         if self._chain_problem is None:
             self._chain_checked = len(self._audit)
         else:
             _log.error("the audit trail read from %s is broken: %s", recovered.directory, self._chain_problem)
-
-    def _replay(
-        self, entry: dict[str, Any], found: journal_files.Frame, recovered: journal_files.Recovered
-    ) -> None:
-        try:
-            for row in entry.get("r", ()):
-                self._restore_record(row)
-            for name, (balance, held, version) in entry.get("a", {}).items():
-                account = self._accounts.get(name)
-                if account is None:
-                    account = self._accounts[name] = _Account(balance)
-                account.balance, account.held, account.version = balance, held, version
-            for name, digest in entry.get("c", {}).items():
-                self._credentials[name] = bytes.fromhex(digest)
-            for row in entry.get("h", ()):
-                self._holds.put(_hold_state(row))
-            if "i" in entry:
-                self._restore_key(entry["i"])
-        except (KeyError, TypeError, ValueError) as error:
-            segment = next(scan for scan in recovered.segments if found in scan.frames)
-            raise JournalCorrupt(
-                segment.path, found.offset, f"entry {found.lsn} cannot be replayed: {error!r}"
-            ) from None
-
-    def _restore_record(self, row: persistence.Row, parties: Sequence[str] | None = None) -> None:
-        """Append a record read from disk, checking its place in the chain and its hash.
-
-        A record out of sequence, or not linked to the one before, is structural
-        damage (``ValueError``: the start stops). A record whose content does not
-        match its hash was edited: the trail is marked broken (health unhealthy,
-        ``verify`` lists it) but the ledger starts, so that it can be examined.
-        """
-        record, row_parties = persistence.record_from_row(row)
-        if record.sequence != len(self._audit) + 1 or record.previous_hash != self._last_hash:
-            raise ValueError(f"audit record {record.sequence} does not follow record {len(self._audit)}")
-        if self._chain_problem is None and not persistence.row_hash_matches(row):
-            self._chain_problem = f"record {record.sequence} ({record.id}) does not match its hash"
-        self._audit.append(record)
-        self._last_hash = record.hash
-        for name in row_parties if parties is None else parties:
-            self._records_by_account.setdefault(name, []).append(record.sequence)
-
-    def _restore_key(self, row: persistence.Row) -> None:
-        username, key, fingerprint, created_at, outcome = row
-        result = persistence.outcome_from_row(outcome, lambda sequence: self._audit[sequence - 1])
-        self._idempotency.restore(username, key, fingerprint, created_at, result)
-
-    def _load_snapshot(self, scan: journal_files.FileScan) -> None:
-        header = persistence.decode(scan.frames[0].payload)
-        counts: dict[str, int] = {}
-        trailer: dict[str, Any] | None = None
-        for found in scan.frames[1:]:
-            if trailer is not None:
-                raise JournalCorrupt(scan.path, found.offset, "data after the snapshot's trailer")
-            chunk = persistence.decode(found.payload)
-            if isinstance(chunk, dict):
-                trailer = chunk
-                continue
-            name, rows = chunk
-            counts[name] = counts.get(name, 0) + len(rows)
-            try:
-                for row in rows:
-                    self._restore_section_row(name, row)
-            except (KeyError, TypeError, ValueError) as error:
-                raise JournalCorrupt(
-                    scan.path, found.offset, f"snapshot chunk cannot be loaded: {error!r}"
-                ) from None
-        if trailer is None or trailer.get("counts") != counts:
-            raise JournalCorrupt(scan.path, scan.size, "the snapshot is incomplete (no matching trailer)")
-        if header.get("format") != persistence.SNAPSHOT_FORMAT or header.get("last_hash") != self._last_hash:
-            raise JournalCorrupt(scan.path, 0, "the snapshot's header does not match its records")
-
-    def _restore_section_row(self, name: str, row: persistence.Row) -> None:
-        if name == "accounts":
-            username, balance, held, version, digest = row
-            account = self._accounts[username] = _Account(balance)
-            account.held, account.version = held, version
-            self._credentials[username] = bytes.fromhex(digest)
-        elif name == "holds":
-            self._holds.put(_hold_state(row))
-        elif name == "records":
-            self._restore_record(row, ())
-        elif name == "index":
-            username, sequences = row
-            self._records_by_account[username] = sequences
-        elif name == "keys":
-            self._restore_key(row)
 
     # -- durability -----------------------------------------------------------
 
@@ -486,11 +377,11 @@ class MockDB:
             "r": [persistence.record_row(record, parties) for record, parties in records],
         }
         if names:
-            entry["a"] = {name: _state_row(self._accounts[name]) for name in names}
+            entry["a"] = {name: self._accounts[name].row() for name in names}
         if audit is not None and audit.credential is not None and audit.target is not None:
             entry["c"] = {audit.target: audit.credential.hex()}
         if audit is not None and audit.hold is not None:
-            entry["h"] = [_hold_row(audit.hold)]
+            entry["h"] = [recovery.hold_row(audit.hold)]
         claim = _CLAIM.get()
         if claim is not None and outcome is not None:
             result = outcome([record for record, _ in records])
@@ -566,7 +457,7 @@ class MockDB:
                         [name, account.balance, account.held, account.version, self._credentials[name].hex()]
                         for name, account in self._accounts.items()
                     ]
-                    holds = [_hold_row(state) for state in self._holds.all()]
+                    holds = [recovery.hold_row(state) for state in self._holds.all()]
                     records = list(self._audit)
                     index = {name: list(sequences) for name, sequences in self._records_by_account.items()}
                     keys = self._idempotency.kept()
@@ -644,7 +535,7 @@ class MockDB:
                 raise AccountExists(f"Account {username} already exists.")
             if not 0 <= balance <= MAX_BALANCE:
                 raise StoreInvariantBroken(f"opening balance {balance} out of range")
-            account = _Account(balance)
+            account = AccountState(balance)
             self._accounts[username] = account
             with self._credentials_lock:
                 self._credentials[username] = token_digest
@@ -826,9 +717,9 @@ class MockDB:
     def _apply_atomically(
         self, username: str, items: Sequence[BatchItem]
     ) -> tuple[list[LedgerError | None], int | None]:
-        copies: dict[str, _Account] = {}
+        copies: dict[str, AccountState] = {}
 
-        def copy_of(name: str) -> _Account | None:
+        def copy_of(name: str) -> AccountState | None:
             if name not in copies:
                 account = self._accounts.get(name)
                 if account is None:
@@ -1226,7 +1117,7 @@ class MockDB:
 
     # -- internals ------------------------------------------------------------
 
-    def _existing(self, username: str) -> _Account:
+    def _existing(self, username: str) -> AccountState:
         account = self._accounts.get(username)
         if account is None:
             raise AccountNotFound(f"Account {username} does not exist.")
@@ -1488,59 +1379,23 @@ def _batch_result(
     return BatchResult(outcomes, account, atomic, failed_index)
 
 
-def _state_row(account: _Account) -> persistence.Row:
-    return [account.balance, account.held, account.version]
-
-
-def _hold_row(state: HoldState) -> persistence.Row:
-    return [
-        state.id,
-        state.source,
-        state.target,
-        state.amount,
-        state.captured,
-        state.status.value,
-        state.expires_at_s,
-        state.created_at,
-    ]
-
-
-def _hold_state(row: persistence.Row) -> HoldState:
-    hold_id, source, target, amount, captured, status, expires_at_s, created_at = row
-    state = HoldState(hold_id, source, target, amount, expires_at_s, created_at)
-    state.captured = captured
-    state.status = HoldStatus(status)
-    return state
-
-
-def _snapshot_lsn(header: journal_files.Frame) -> int:
-    """The journal frame a snapshot covers up to, from its header frame."""
-    try:
-        lsn = persistence.decode(header.payload)["lsn"]
-    except (ValueError, KeyError, TypeError):
-        lsn = None
-    if not isinstance(lsn, int) or lsn < 0:
-        raise JournalError(f"snapshot header at offset {header.offset} has no valid lsn")
-    return lsn
-
-
-def _check_version(account: _Account, expected_version: int | None) -> None:
+def _check_version(account: AccountState, expected_version: int | None) -> None:
     if expected_version is not None and account.version != expected_version:
         raise VersionConflict(f"The account is at version {account.version}, not {expected_version}.")
 
 
-def _check_funds(username: str, account: _Account, amount: int) -> None:
+def _check_funds(username: str, account: AccountState, amount: int) -> None:
     available = account.balance - account.held
     if amount > available:
         raise InsufficientFunds(f"{username} has {available} coins, {amount} requested")
 
 
-def _check_credit(username: str, account: _Account, amount: int) -> None:
+def _check_credit(username: str, account: AccountState, amount: int) -> None:
     if account.balance > MAX_BALANCE - amount:
         raise BalanceOverflow(f"Crediting {amount} coins would overflow the balance of {username}.")
 
 
-def _check_account(username: str, account: _Account) -> None:
+def _check_account(username: str, account: AccountState) -> None:
     """The invariants every account keeps after every change."""
     if account.balance < 0 or account.held < 0 or account.held > account.balance:
         raise StoreInvariantBroken(
@@ -1557,7 +1412,7 @@ def _roles(username: str, item: BatchItem) -> tuple[str | None, str | None]:
     return username, item.target
 
 
-def _apply_item(lookup: Callable[[str], _Account | None], username: str, item: BatchItem) -> None:
+def _apply_item(lookup: Callable[[str], AccountState | None], username: str, item: BatchItem) -> None:
     """Check, then apply, one money operation; a failing check raises before any change."""
     caller = lookup(username)
     if caller is None:
