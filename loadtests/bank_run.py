@@ -22,7 +22,7 @@ import gevent.event  # type: ignore[import-untyped]
 from locust import constant, task
 
 from loadtests.common import Check, FinalState, Scenario, ScenarioUser, current, shielded
-from loadtests.conservation import check_debit_chain, check_payouts
+from loadtests.conservation import Outcome, check_debit_chain, check_payouts, outcome_of
 
 LARGEST_PAYOUT = 1_000
 
@@ -44,6 +44,8 @@ class BankRunUser(ScenarioUser):
         payout = self.move(run.book, "transfer", run.bank, amount, to=customer)
         if payout.error == "insufficient_funds":
             run.refused.append(amount)
+        elif outcome_of(payout.status) is Outcome.UNKNOWN:
+            run.unanswered += amount
         if payout.status != 200:
             return
         transaction = payout.body["transaction"]
@@ -68,6 +70,8 @@ class BankRun(Scenario):
         #: Acknowledged payouts as (sequence, amount, the bank's balance after).
         self.payouts: list[tuple[int, int, int]] = []
         self.refused: list[int] = []
+        #: Payouts whose answer never came: they may or may not have been paid.
+        self.unanswered = 0
         self.failed_cash_outs = 0
 
     def all_spawned(self) -> None:
@@ -86,12 +90,12 @@ class BankRun(Scenario):
         return [
             Check(
                 "payouts",
-                check_payouts(funds, paid, left, self.refused),
+                check_payouts(funds, paid, left, self.refused, self.unanswered),
                 f"the bank paid {len(self.payouts):,} payouts, {paid:,} of its {funds:,} coins, and {state}",
             ),
             Check(
                 "payout chain",
-                check_debit_chain(funds, self.payouts),
+                check_debit_chain(funds, self.payouts, self.unanswered),
                 "in the ledger's order, the bank's balance after each payout is the one before less it",
             ),
             Check(

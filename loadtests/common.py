@@ -18,7 +18,6 @@ before it reads the balances.
 from __future__ import annotations
 
 import functools
-import logging
 import secrets
 import time
 from collections import Counter
@@ -35,8 +34,6 @@ from locust.contrib.fasthttp import ResponseContextManager
 from locust.exception import StopUser
 
 from loadtests.conservation import Book, HoldNote, Outcome, outcome_of
-
-_log = logging.getLogger("goledger.loadtest")
 
 #: Client-side deadline of every request (the server's own default is 2 s).
 REQUEST_TIMEOUT_S = 10.0
