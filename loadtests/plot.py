@@ -147,7 +147,9 @@ def plot_latency(series: dict[str, Series], title: str, path: Path) -> Path:
 
 
 def plot_failures(failures: Counter[str], refusals: Counter[str], title: str, path: Path) -> Path:
-    figure, axes = _figure(f"{title}: failures and expected refusals by kind")
+    figure, axes = _figure(
+        f"{title}: {failures.total():,} failures, {refusals.total():,} expected refusals, by kind"
+    )
     bars = [(f"failure: {kind}", count, "tab:red") for kind, count in failures.most_common()]
     bars += [(f"expected: {kind}", count, "tab:gray") for kind, count in refusals.most_common()]
     if not bars:
