@@ -34,7 +34,8 @@ def _token_of(username: object) -> str | None:
         return _tokens.get(username) if isinstance(username, str) else None
 
 
-@schemathesis.auth(refresh_interval=None, retry_on=[])
+# Only the routes that take a token; health, metrics and the docs are called without one.
+@schemathesis.auth(refresh_interval=None, retry_on=[]).apply_to(path_regex="^/(account|admin)/")
 class GoLedgerAuth:
     """The caller of each request: (username or None for admin, token)."""
 
@@ -57,7 +58,13 @@ class GoLedgerAuth:
             case.body = {**case.body, "username": username}
 
 
-_PARTIES = ("from", "to")
+#: The parameters each money operation requires (``to`` is filled with a real account).
+_REQUIRED = {
+    "/account/coins/add": {"amount": 100},
+    "/account/coins/withdraw": {"amount": 100},
+    "/account/coins/transfer": {"to": "", "amount": 100},
+    "/account/holds": {"to": "", "amount": 100},
+}
 
 
 def _counterpart(username: str) -> str:
@@ -80,19 +87,25 @@ def _aim(fields: dict[str, Any], username: str) -> dict[str, Any]:
 def before_call(context: Any, case: Any, kwargs: Any) -> None:
     """Aim the request at real accounts, and give query and body the same values.
 
-    Random senders and recipients would stop almost every transfer at 403 or 404,
-    and a field given differently in the query and the body at 400
-    conflicting_parameters; those answers are covered by the unit tests. Here the
-    requests should reach the ledger.
+    Random senders and recipients would stop almost every transfer at 403 or 404, a
+    missing one or a missing amount at 400, and a field given differently in the query
+    and the body at 400 conflicting_parameters; those answers are covered by the unit
+    tests. Here the requests should reach the ledger.
     """
     query = case.query if isinstance(case.query, dict) else {}
     username = query.get("username")
     if not isinstance(username, str) or case.operation.path.startswith("/admin/"):
         return
     case.query = _aim(query, username)
-    if not isinstance(case.body, dict):
+    body = case.body if isinstance(case.body, dict) else None
+    # A recipient and an amount are required in the query or the body, which the document
+    # cannot make either one require: without them most money operations would stop at 400.
+    for name, value in _REQUIRED.get(case.operation.path, {}).items():
+        if name not in case.query and (body is None or name not in body):
+            case.query[name] = _counterpart(username) if name == "to" else value
+    if body is None:
         return
-    body = _aim(case.body, username)
+    body = _aim(body, username)
     body.update({name: value for name, value in case.query.items() if name in body})
     operations = body.get("operations")
     if isinstance(operations, list):

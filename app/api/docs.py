@@ -72,6 +72,7 @@ _CONTENT_SECURITY_POLICY = (
 )
 
 
+@functools.cache
 def swagger_ui_version() -> str:
     """The bundled Swagger UI's version, such as ``5.34.0``."""
     return (SWAGGER_UI_DIR / "VERSION").read_text(encoding="utf-8").strip().removeprefix("v")

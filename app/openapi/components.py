@@ -138,7 +138,7 @@ def parameters() -> dict[str, Any]:
         ),
         "If-Match": header(
             "If-Match",
-            {"type": "string"},
+            {"type": "string", "pattern": '^(\\*|"[0-9]{1,19}"|[0-9]{1,19})$'},
             'Apply only if the caller\'s account is at this version (`"7"`), else 412 version_conflict. '
             "`*` means any version; a value naming no version is also 412.",
             '"7"',
