@@ -26,14 +26,27 @@ DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
     from app import cli, errors
-    from app.api import admin, balance, batch, deposit, health, history, holds, metrics, transfer, withdraw
+    from app.api import (
+        admin,
+        balance,
+        batch,
+        deposit,
+        docs,
+        health,
+        history,
+        holds,
+        metrics,
+        transfer,
+        withdraw,
+    )
     from app.auth import token_digest
     from app.jsonio import OrjsonProvider
     from app.observability import Observability, configure_logging
 
     config = Config.from_env(os.environ, test_config)
     configure_logging(config.log_level)
-    app = Flask(__name__)
+    # No static folder: every route is one of the contract's (and in the OpenAPI document).
+    app = Flask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     # OPTIONS is answered like any other unsupported method: a JSON 405 with Allow.
@@ -46,7 +59,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ledger_observability"] = Observability(app, app.extensions["ledger"])
 
     errors.init_app(app)
-    for module in (balance, deposit, withdraw, transfer, batch, holds, history, health, metrics, admin):
+    for module in (balance, deposit, withdraw, transfer, batch, holds, history, health, metrics, admin, docs):
         app.register_blueprint(module.bp)
     cli.init_app(app)
 
