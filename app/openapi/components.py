@@ -23,7 +23,8 @@ _STATUS_DESCRIPTIONS = {
     413: "The body is over 1 MiB.",
     422: "Refused for a business reason; nothing was applied (audited as FAILED).",
     500: "A bug: `An unexpected error occurred.`; details go to the log only.",
-    503: "The operation could not finish within its deadline; nothing was applied. See `Retry-After`.",
+    503: "The operation could not finish within its deadline (`timeout`: nothing was applied), or the "
+    "journal cannot write (`storage_unavailable`). See `Retry-After`.",
 }
 
 # Messages of real answers, for the examples.

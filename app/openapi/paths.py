@@ -69,7 +69,8 @@ def _account_errors(codes_400: list[str], more: dict[int, list[str]] | None = No
         405: ["method_not_allowed"],
         413: ["payload_too_large"],
         500: ["internal_error"],
-        503: ["timeout"],
+        # storage_unavailable: the account's last change never reached a failed journal.
+        503: ["timeout", "storage_unavailable"],
     }
     return errors({**statuses, **(more or {})})
 
@@ -86,7 +87,7 @@ def _money_errors(
         412: ["version_conflict"],
         413: ["payload_too_large"],
         500: ["internal_error"],
-        503: ["timeout", "idempotency_store_full"],
+        503: ["timeout", "idempotency_store_full", "storage_unavailable"],
     }
     return errors({**statuses, **more}, replayable=True, shapes=shapes)
 
@@ -295,7 +296,8 @@ def _account_paths() -> dict[str, Any]:
                 parameters=[*_ACCOUNT_PARAMETERS, "limit", "cursor"],
                 responses={
                     "200": answer("One page of records.", ref("History")),
-                    **_account_errors([*_READ_400, "invalid_limit", "invalid_cursor"]),
+                    # History ends at the last durable record: never storage_unavailable.
+                    **_account_errors([*_READ_400, "invalid_limit", "invalid_cursor"], {503: ["timeout"]}),
                 },
             )
         },
@@ -327,7 +329,7 @@ def _admin_paths() -> dict[str, Any]:
                             400: create_400,
                             409: ["account_exists"],
                             413: ["payload_too_large"],
-                            503: ["timeout"],
+                            503: ["timeout", "storage_unavailable"],
                         }
                     ),
                 },

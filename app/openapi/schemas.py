@@ -66,6 +66,8 @@ ERROR_CODES: dict[str, str] = {
     "batch_failed": "an item of an atomic batch not applied because another item failed (GoLedger)",
     "timeout": "the operation could not finish within its deadline; nothing was applied",
     "idempotency_store_full": "every idempotency slot holds a key younger than 24 hours (GoLedger)",
+    "storage_unavailable": "the journal of LEDGER_DATA_DIR cannot write: writes are refused until a restart, "
+    "and an operation caught by the failure was not acknowledged (GoLedger)",
     "internal_error": "a bug; details go to the log only",
 }
 
