@@ -133,6 +133,7 @@ class RestartResult:
     journal_bytes: int
     replay_s: float
     snapshot_s: float
+    snapshot_pause_s: float
     snapshot_bytes: int
     snapshot_open_s: float
 
@@ -166,7 +167,7 @@ def restart(operations: int) -> RestartResult:
         store = MockDB.open(path, snapshot_bytes=0)
         replay_s = time.perf_counter() - started
         started = time.perf_counter()
-        store.snapshot()
+        report = store.snapshot()
         snapshot_s = time.perf_counter() - started
         store.close()
         snapshot_bytes = _directory_bytes(path, "snapshot-")
@@ -176,7 +177,14 @@ def restart(operations: int) -> RestartResult:
         MockDB.open(path, snapshot_bytes=0).close()
         snapshot_open_s = time.perf_counter() - started
     return RestartResult(
-        operations, fill_s, journal_bytes, replay_s, snapshot_s, snapshot_bytes, snapshot_open_s
+        operations,
+        fill_s,
+        journal_bytes,
+        replay_s,
+        snapshot_s,
+        report.lock_held_s,
+        snapshot_bytes,
+        snapshot_open_s,
     )
 
 
@@ -186,7 +194,7 @@ def render(
     per_sync: float,
     verified: str,
     restarts: Sequence[RestartResult],
-    command: str,
+    machine: str,
 ) -> str:
     throughput_table = markdown_table(
         [
@@ -216,7 +224,7 @@ def render(
             "operations",
             "journal MB",
             "open: replay the journal s",
-            "snapshot s",
+            "snapshot s (writers paused s)",
             "snapshot MB",
             "open: from the snapshot s",
         ],
@@ -225,7 +233,7 @@ def render(
                 f"{result.operations:,}",
                 f"{result.journal_bytes / 1e6:.0f}",
                 f"{result.replay_s:.2f}",
-                f"{result.snapshot_s:.2f}",
+                f"{result.snapshot_s:.2f} ({result.snapshot_pause_s:.2f})",
                 f"{result.snapshot_bytes / 1e6:.0f}",
                 f"{result.snapshot_open_s:.2f}",
             ]
@@ -235,7 +243,7 @@ def render(
     return "\n\n".join(
         [
             "### Durability: the journal's cost",
-            machine_markdown(command),
+            machine,
             f"{settings.rounds} alternated rounds of {settings.seconds:g} s, wrk with {settings.connections} "
             f"connections, 1-coin transfers between {settings.pool_size} accounts.",
             throughput_table,
@@ -253,16 +261,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip-restart", action="store_true")
+    parser.add_argument("--skip-restart", action="store_true", help="only the throughput part")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the restart part")
     args = parser.parse_args(argv)
     settings = Settings.defaults(args.quick)
     command = ".venv/bin/python -m benchmarks.durability_bench" + (" --quick" if args.quick else "")
-    pair, per_sync, verified = throughput(settings)
+    machine = machine_markdown(command)  # before pinning: nproc counts the CPUs this process may use
+    pair, per_sync, verified = (Pair(), 0.0, "not run") if args.skip_throughput else throughput(settings)
     restarts: list[RestartResult] = []
     if not args.skip_restart:
         pin_to_cpu("0")
         restarts = [restart(operations) for operations in settings.restart_operations]
-    print(render(settings, pair, per_sync, verified, restarts, command))
+    print(render(settings, pair, per_sync, verified, restarts, machine))
     return 0
 
 

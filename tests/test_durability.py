@@ -436,6 +436,16 @@ def test_an_edited_journal_breaks_the_chain_and_verify_says_so(tmp_path: Path) -
         assert not tampered.health().audit_log
     finally:
         tampered.close()
+    # A server started on it serves, but its boot-time chain check marks the trail broken.
+    started = MockDB.open(tmp_path)
+    try:
+        assert started.chain_check is not None
+        started.chain_check.join(JOIN_TIMEOUT_S)
+        assert not started.chain_check.is_alive()
+        assert not started.health().audit_log
+        assert started.account("alice", deadline=_deadline()).balance == 990
+    finally:
+        started.close()
 
 
 def test_a_read_only_open_changes_nothing(tmp_path: Path) -> None:

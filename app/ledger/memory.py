@@ -247,6 +247,10 @@ class MockDB:
         # verification that failed marks the trail broken until the next one passes.
         self._chain_checked = 0
         self._chain_problem: str | None = None
+        # One incremental check at a time (taken before _audit_lock, with no other lock).
+        self._chain_check_lock = threading.Lock()
+        #: The hash check of a trail read from disk, running from ``open`` on.
+        self.chain_check: threading.Thread | None = None
 
         self._counters_lock = threading.Lock()
         self._operation_count = 0
@@ -306,7 +310,7 @@ class MockDB:
             store._restore(recovered)
             if read_only:
                 store._refusal = f"{data_dir} is open read-only (offline verification)"
-                return store
+                return store  # ``verify`` checks the whole chain itself
             if recovered.torn is not None:
                 journal_files.cut_torn_tail(recovered.torn)
             # What a crash between a snapshot's rename and its clean-up left behind.
@@ -323,6 +327,7 @@ class MockDB:
         except BaseException:
             directory.release()
             raise
+        store._check_chain_in_background()
         return store
 
     def _restore(self, recovered: journal_files.Recovered) -> None:
@@ -334,15 +339,9 @@ class MockDB:
         self._audit = state.audit
         self._records_by_account = state.records_by_account
         self._last_hash = state.last_hash
-        self._chain_problem = state.chain_problem
         now_s = self._clock()
         for hold in self._holds.pending():
             self._sweeper.schedule(max(hold.expires_at_s, now_s), hold.id)
-        # Every record's hash was checked as it was read.
-        if self._chain_problem is None:
-            self._chain_checked = len(self._audit)
-        else:
-            _log.error("the audit trail read from %s is broken: %s", recovered.directory, self._chain_problem)
 
     # -- durability -----------------------------------------------------------
 
@@ -467,7 +466,7 @@ class MockDB:
             sections: list[tuple[str, Sequence[persistence.Row]]] = [
                 ("accounts", accounts),
                 ("holds", holds),
-                ("records", [persistence.record_row(record, ()) for record in records]),
+                ("records", [persistence.snapshot_record_row(record) for record in records]),
                 ("index", [[name, sequences] for name, sequences in index.items()]),
                 (
                     "keys",
@@ -1101,8 +1100,37 @@ class MockDB:
             journal={} if self._journal is None else self._journal.counters(),
         )
 
-    def _check_new_records(self) -> bool:
-        """Check the stretch of the chain appended since the last check (health's share)."""
+    def _check_chain_in_background(self) -> None:
+        """Hash-check the trail read from disk while the ledger already serves.
+
+        Replay checks every record's place in the chain; recomputing every hash
+        (a second per million records) is health's incremental check, started here
+        at once instead of at the first probe. A broken record marks the trail
+        broken: health answers 503 and ``verify`` lists it.
+        """
+
+        def check() -> None:
+            if not self._check_new_records(wait=True):
+                _log.error("the audit trail read from disk is broken: %s", self._chain_problem)
+
+        self.chain_check = threading.Thread(target=check, name="goledger-chain-check", daemon=True)
+        self.chain_check.start()
+
+    def _check_new_records(self, *, wait: bool = False) -> bool:
+        """Check the stretch of the chain appended since the last check (health's share).
+
+        While another check runs (the one started at boot over a long trail), a
+        health probe does not wait for it unless ``wait``: it reports what is known.
+        """
+        if not self._chain_check_lock.acquire(blocking=wait):
+            with self._audit_lock:
+                return self._chain_problem is None
+        try:
+            return self._check_chain_stretch()
+        finally:
+            self._chain_check_lock.release()
+
+    def _check_chain_stretch(self) -> bool:
         with self._audit_lock:
             start = self._chain_checked
             fresh = self._audit[start:]

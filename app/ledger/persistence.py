@@ -33,7 +33,6 @@ from typing import Any
 
 import orjson
 
-from app.ledger.audit import digest as chain_digest
 from app.ledger.errors import LedgerError
 from app.ledger.idempotency import Result
 from app.ledger.model import (
@@ -49,7 +48,7 @@ from app.ledger.model import (
     Transaction,
 )
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 #: Rows per snapshot chunk: big enough to amortise framing, small enough to stream.
 CHUNK_ROWS = 20_000
 
@@ -76,6 +75,23 @@ class ReplayedError(LedgerError):
         self.headers = dict(headers)
 
 
+def snapshot_record_row(record: Transaction) -> Row:
+    """A record as a snapshot keeps it: no ``previous_hash`` (the record before has
+    it) and no parties (the snapshot's ``index`` has them)."""
+    return [
+        record.sequence,
+        record.id,
+        record.type.value,
+        record.source,
+        record.target,
+        record.amount,
+        record.status.value,
+        record.reason,
+        record.created_at,
+        record.hash,
+    ]
+
+
 def record_row(record: Transaction, parties: Sequence[str]) -> Row:
     return [
         record.sequence,
@@ -98,31 +114,54 @@ _TYPES = {kind.value: kind for kind in OperationType}
 _STATUSES = {status.value: status for status in Status}
 
 
-def record_from_row(row: Row) -> tuple[Transaction, list[str]]:
-    record = Transaction(
-        row[1],
-        row[0],
-        _TYPES[row[2]],
-        row[3],
-        row[4],
-        row[5],
-        _STATUSES[row[6]],
-        row[7],
-        row[8],
-        row[9],
-        row[10],
+_TRANSACTION_SLOTS = tuple(
+    getattr(Transaction, name).__set__
+    for name in (
+        "id",
+        "sequence",
+        "type",
+        "source",
+        "target",
+        "amount",
+        "status",
+        "reason",
+        "created_at",
+        "previous_hash",
+        "hash",
     )
-    return record, row[11]
+)
+_new_object = object.__new__
 
 
-def row_hash_matches(row: Row) -> bool:
-    """Whether a record row's hash covers its content and the hash before it.
+def record_from_row(row: Row) -> tuple[Transaction, list[str]]:
+    """The record a journal row holds, and the accounts whose history shows it."""
+    return _record(row, row[9], row[10]), row[11]
 
-    The row's first nine fields are, in order, exactly what the chain hashes
-    (``app.ledger.audit.canonical_encoding``), so the check needs no re-encoding
-    of a ``Transaction``.
-    """
-    return bool(chain_digest(row[9], encode(row[:9])) == row[10])
+
+def record_from_snapshot_row(row: Row, previous_hash: str) -> Transaction:
+    """The record a snapshot row holds; ``previous_hash`` is the hash of the record before."""
+    return _record(row, previous_hash, row[9])
+
+
+def _record(row: Row, previous_hash: str, record_hash: str) -> Transaction:
+    """Replay builds millions of records: the slots are filled through their descriptors
+    (what the frozen dataclass's ``__init__`` does through ``object.__setattr__``, at
+    1.1 µs instead of 2.7 µs a record)."""
+    record = _new_object(Transaction)
+    (set_id, set_sequence, set_type, set_source, set_target, set_amount, set_status, set_reason,
+     set_created_at, set_previous, set_hash) = _TRANSACTION_SLOTS  # fmt: skip
+    set_id(record, row[1])
+    set_sequence(record, row[0])
+    set_type(record, _TYPES[row[2]])
+    set_source(record, row[3])
+    set_target(record, row[4])
+    set_amount(record, row[5])
+    set_status(record, _STATUSES[row[6]])
+    set_reason(record, row[7])
+    set_created_at(record, row[8])
+    set_previous(record, previous_hash)
+    set_hash(record, record_hash)
+    return record
 
 
 def _account_row(account: AccountView) -> Row:
