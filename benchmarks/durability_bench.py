@@ -249,8 +249,9 @@ def render(
             throughput_table,
             f"With the journal / without (median of the paired ratios): **{fmt_spread(ratio, fmt_ratio)}**; "
             f"transfers per sync (group commit): {per_sync:.1f}; errors: {fmt_int(pair.errors())}; "
-            f"ledger after the runs: {verified}.",
-            "Restart (in-process, CPU 0): open = lock, read, replay, check the whole hash chain.",
+            f"ledger after the runs: {verified}",
+            "Restart (in-process, CPU 0): open = lock, read, load the snapshot and replay the journal "
+            "after it (every record's hash is then checked in the background while the ledger serves).",
             restart_table,
         ]
     )

@@ -305,9 +305,10 @@ class MockDB:
         try:
             store = cls(**options)
             store._directory = directory
-            recovered = journal_files.read_directory(directory.path, recovery.snapshot_lsn)
-            store.recovery = recovered
-            store._restore(recovered)
+            with recovery.collector_paused():
+                recovered = journal_files.read_directory(directory.path, recovery.snapshot_lsn)
+                store.recovery = recovered
+                store._restore(recovered)
             if read_only:
                 store._refusal = f"{data_dir} is open read-only (offline verification)"
                 return store  # ``verify`` checks the whole chain itself

@@ -8,6 +8,8 @@ format is ``app.ledger.persistence``'s; the files are ``app.ledger.journal``'s.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,27 +34,33 @@ class LedgerState:
     last_hash: str = GENESIS_HASH
 
 
-def load(recovered: Recovered, idempotency: IdempotencyTable) -> LedgerState:
-    """The state a data directory holds; kept idempotency keys go back into ``idempotency``.
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a data directory is read and loaded.
 
-    The cyclic garbage collector is paused meanwhile: a load allocates millions of
-    lists and records, none of them garbage, and would otherwise trigger ever longer
-    full collections (a million records took 10 s instead of 4). What was loaded is
-    then frozen out of later collections: the ledger keeps it for good.
+    A load allocates millions of frames, lists and records, none of them garbage,
+    and would otherwise trigger ever longer full collections (a million records
+    took 10 s instead of 4). What was loaded is then frozen out of later
+    collections: the ledger keeps it for good.
     """
     collecting = gc.isenabled()
     gc.disable()
     try:
-        loader = _Loader(idempotency)
-        if recovered.snapshot is not None:
-            loader.load_snapshot(recovered.snapshot)
-        for segment in recovered.segments:
-            for found in segment.frames:
-                loader.replay(found, segment)
+        yield
     finally:
         if collecting:
             gc.enable()
     gc.freeze()
+
+
+def load(recovered: Recovered, idempotency: IdempotencyTable) -> LedgerState:
+    """The state a data directory holds; kept idempotency keys go back into ``idempotency``."""
+    loader = _Loader(idempotency)
+    if recovered.snapshot is not None:
+        loader.load_snapshot(recovered.snapshot)
+    for segment in recovered.segments:
+        for found in segment.frames:
+            loader.replay(found, segment)
     return loader.state
 
 
