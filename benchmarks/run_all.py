@@ -27,12 +27,13 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks.common import ROOT, machine_markdown, progress, require_tool
 
-PARTS = ("store", "http", "batch", "sweep", "profile")
+PARTS = ("store", "http", "batch", "sweep", "durability", "profile")
 _MODULES = {
     "store": "benchmarks.store_bench",
     "http": "benchmarks.http_bench",
     "batch": "benchmarks.batch_bench",
     "sweep": "benchmarks.thread_sweep",
+    "durability": "benchmarks.durability_bench",
     "profile": "benchmarks.profile_hot_path",
 }
 #: Extra arguments of each part in --quick mode.
@@ -41,10 +42,11 @@ _QUICK = {
     "http": ["--quick"],
     "batch": ["--quick"],
     "sweep": ["--quick", "--threads", "1", "4", "16", "32"],
+    "durability": ["--quick"],
     "profile": ["--seconds", "3", "--requests", "2000"],
 }
 #: Bounds on each part, far above their normal length: a hung part fails the run.
-_PART_TIMEOUT_S = {"store": 300, "http": 900, "batch": 900, "sweep": 900, "profile": 300}
+_PART_TIMEOUT_S = {"store": 300, "http": 900, "batch": 900, "sweep": 900, "durability": 1200, "profile": 300}
 
 
 def run_part(part: str, quick: bool) -> str:
