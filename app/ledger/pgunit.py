@@ -1,0 +1,314 @@
+"""One transaction of the PostgreSQL store: lock, expire due holds, write, chain, commit.
+
+Lock order
+----------
+Every writing transaction takes its locks in one order, so two of them can never
+wait for each other in a cycle:
+
+1. the rows of ``accounts`` it touches, all in one statement, sorted by username
+   (``FOR NO KEY UPDATE``: foreign-key checks of new holds are not blocked);
+2. holds are never locked themselves: a hold row is only changed by a transaction
+   that holds both of its parties' account rows, so those locks protect it;
+3. the single ``chain_head`` row, last, just before commit. That row is the
+   global serialisation point (it makes sequences gap-free and the chain linear),
+   so the section between taking it and committing is one round trip: the audit
+   inserts and the ``COMMIT`` are sent together in one pipeline.
+
+A due hold found among the locked accounts whose other party is not locked makes
+the transaction start again with that party added (``Restart``), rather than take
+a lock out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from app.ledger.audit import sealed_record
+from app.ledger.model import Deadline, HoldStatus, OperationType, Status, Transaction, new_id, utc_now_iso
+from app.ledger.rules import AccountState, check_account
+
+_log = logging.getLogger("goledger.postgres")
+
+_LOCK_ACCOUNTS = (
+    "SELECT username, balance, held, version FROM accounts WHERE username = ANY(%s) "
+    "ORDER BY username FOR NO KEY UPDATE"
+)
+_DUE_HOLDS = (
+    "SELECT id, source, target, amount FROM holds WHERE status = 'PENDING' AND expires_at_s <= %s "
+    "AND (source = ANY(%s) OR target = ANY(%s)) ORDER BY expires_at_s, id"
+)
+_WRITE_ACCOUNTS = (
+    "UPDATE accounts AS a SET balance = v.balance, held = v.held, version = v.version "
+    "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+    "AS v(username, balance, held, version) "
+    "WHERE a.username = v.username"
+)
+_INSERT_HOLDS = (
+    "INSERT INTO holds (id, source, target, amount, captured, status, expires_at_s, created_at) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], "
+    "%s::float8[], %s::text[])"
+)
+_SETTLE_HOLDS = (
+    "UPDATE holds AS h SET status = v.status, captured = v.captured "
+    "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS v(id, status, captured) WHERE h.id = v.id"
+)
+_LOCK_CHAIN = "SELECT sequence, hash FROM chain_head FOR NO KEY UPDATE"
+_APPEND = (
+    "WITH records AS (INSERT INTO audit (sequence, id, type, source, target, amount, status, reason, "
+    "created_at, previous_hash, hash) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])), "
+    "parties AS (INSERT INTO audit_parties (username, sequence) "
+    "SELECT * FROM unnest(%s::text[], %s::bigint[])) "
+    "UPDATE chain_head SET sequence = %s, hash = %s"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSpec:
+    """An audit record still to be sealed: ``failure`` is its reason (``None``: SUCCESS);
+    ``parties`` are the accounts whose history shows it."""
+
+    kind: OperationType
+    source: str | None
+    target: str | None
+    amount: int
+    failure: str | None
+    parties: tuple[str, ...]
+
+
+def success(kind: OperationType, source: str | None, target: str | None, amount: int) -> RecordSpec:
+    parties = tuple(name for name in (source, target) if name is not None)
+    return RecordSpec(kind, source, target, amount, None, parties)
+
+
+@dataclass(slots=True)
+class HoldRow:
+    id: str
+    source: str
+    target: str
+    amount: int
+    captured: int
+    status: HoldStatus
+    expires_at_s: float
+    created_at: str
+
+
+class Restart(Exception):
+    """The transaction must start again with more accounts locked (never out of order)."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__(f"restart locking {sorted(names)}")
+        self.names = names
+
+
+class Unit:
+    """The state of one transaction on one connection.
+
+    ``commit``: whether ``append`` commits (a standalone operation) or leaves that to
+    the caller (an operation inside an idempotency key's transaction).
+    """
+
+    def __init__(
+        self,
+        connection: psycopg.Connection[TupleRow],
+        *,
+        now_s: float,
+        commit: bool,
+        url: str,
+        extra: set[str],
+    ) -> None:
+        self.connection = connection
+        #: Accounts a restart found it must lock besides the operation's own.
+        self.extra = extra
+        self.began = False
+        self.now_s = now_s
+        self.commit = commit
+        self.committed = False
+        self.accounts: dict[str, AccountState] = {}
+        self._original: dict[str, tuple[int, int, int]] = {}
+        self.records: list[RecordSpec] = []
+        self.outcomes: list[tuple[str, str]] = []
+        self.new_holds: list[HoldRow] = []
+        self.settled: dict[str, HoldRow] = {}
+        self.lock_wait_s = 0.0
+        self._url = url
+
+    # -- locking ----------------------------------------------------------------
+
+    def begin(self, deadline: Deadline, names: Iterable[str]) -> None:
+        """Begin, bound every wait by the deadline, lock ``names`` and expire their due holds."""
+        wanted = sorted({*names, *self.extra})
+        self.began = True
+        timeout_ms = str(max(1, int(deadline.remaining_s() * 1000)))
+        connection = self.connection
+        started = time.perf_counter()
+        with connection.pipeline():
+            if self.commit:
+                connection.execute("BEGIN")
+                connection.execute(
+                    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                    (timeout_ms, timeout_ms),
+                )
+            locked = connection.execute(_LOCK_ACCOUNTS, (wanted,))
+            due = connection.execute(_DUE_HOLDS, (self.now_s, wanted, wanted))
+        self.lock_wait_s = time.perf_counter() - started
+        for username, balance, held, version in locked.fetchall():
+            self._adopt(AccountState(str(username), int(balance), int(held), int(version)))
+        due_holds = [(str(h), str(s), str(t), int(a)) for h, s, t, a in due.fetchall()]
+        missing = {name for _, source, target, _ in due_holds for name in (source, target)} - set(wanted)
+        if missing:
+            raise Restart(set(wanted) | missing)
+        for hold_id, source, target, amount in due_holds:
+            if hold_id in self.settled:
+                continue
+            self.release(
+                HoldRow(hold_id, source, target, amount, 0, HoldStatus.PENDING, 0.0, ""), HoldStatus.EXPIRED
+            )
+            self.records.append(success(OperationType.EXPIRE, source, target, amount))
+            self.outcomes.append((OperationType.EXPIRE.value, "success"))
+
+    def finish(self) -> None:
+        """Commit a standalone transaction that wrote nothing (``append`` commits the others)."""
+        if self.commit and self.began and not self.committed:
+            self.connection.execute("COMMIT")
+            self.committed = True
+
+    def _adopt(self, account: AccountState) -> None:
+        self.accounts[account.username] = account
+        self._original[account.username] = account.key()
+
+    def release(self, hold: HoldRow, status: HoldStatus, captured: int = 0) -> None:
+        """Settle a pending hold (its source's account is locked): free its money, record its status."""
+        source = self.accounts[hold.source]
+        source.held -= hold.amount
+        source.version += 1
+        check_account(source)
+        hold.status = status
+        hold.captured = captured
+        self.settled[hold.id] = hold
+
+    # -- writing ----------------------------------------------------------------
+
+    def append(self, specs: Sequence[RecordSpec]) -> list[Transaction]:
+        """Write the changed accounts and holds, chain every pending record, commit if standalone.
+
+        Returns the records of ``specs`` (the expiries before them are chained too).
+        """
+        connection = self.connection
+        self.records.extend(specs)
+        changed = [
+            account for name, account in self.accounts.items() if account.key() != self._original[name]
+        ]
+        with connection.pipeline():
+            if changed:
+                connection.execute(
+                    _WRITE_ACCOUNTS,
+                    (
+                        [account.username for account in changed],
+                        [account.balance for account in changed],
+                        [account.held for account in changed],
+                        [account.version for account in changed],
+                    ),
+                )
+            if self.new_holds:
+                connection.execute(_INSERT_HOLDS, _columns(self.new_holds))
+            if self.settled:
+                held = list(self.settled.values())
+                connection.execute(
+                    _SETTLE_HOLDS,
+                    (
+                        [hold.id for hold in held],
+                        [hold.status.value for hold in held],
+                        [h.captured for h in held],
+                    ),
+                )
+            head = connection.execute(_LOCK_CHAIN)
+        row = head.fetchone()
+        if row is None:
+            raise RuntimeError("the chain_head row is missing: the schema was not migrated")
+        sequence, previous_hash = int(row[0]), str(row[1])
+        created_at = utc_now_iso()
+        sealed = []
+        for spec in self.records:
+            sequence += 1
+            record = sealed_record(
+                previous_hash,
+                sequence,
+                new_id("tx_"),
+                spec.kind,
+                spec.source,
+                spec.target,
+                spec.amount,
+                Status.SUCCESS if spec.failure is None else Status.FAILED,
+                spec.failure,
+                created_at,
+            )
+            previous_hash = record.hash
+            sealed.append((record, spec.parties))
+        self._write_records(sealed, sequence, previous_hash)
+        self.records = []
+        self._original = {name: account.key() for name, account in self.accounts.items()}
+        self.new_holds = []
+        self.settled = {}
+        return [record for record, _ in sealed[len(sealed) - len(specs) :]]
+
+    def _write_records(
+        self, sealed: list[tuple[Transaction, tuple[str, ...]]], last_sequence: int, last_hash: str
+    ) -> None:
+        records = [record for record, _ in sealed]
+        parties = [(name, record.sequence) for record, names in sealed for name in names]
+        parameters = (
+            [r.sequence for r in records],
+            [r.id for r in records],
+            [r.type.value for r in records],
+            [r.source for r in records],
+            [r.target for r in records],
+            [r.amount for r in records],
+            [r.status.value for r in records],
+            [r.reason for r in records],
+            [r.created_at for r in records],
+            [r.previous_hash for r in records],
+            [r.hash for r in records],
+            [name for name, _ in parties],
+            [sequence for _, sequence in parties],
+            last_sequence,
+            last_hash,
+        )
+        connection = self.connection
+        try:
+            with connection.pipeline():
+                connection.execute(_APPEND, parameters)
+                if self.commit:
+                    connection.execute("COMMIT")
+        except psycopg.OperationalError:
+            if not (self.commit and connection.broken and records and self._landed(records[-1].id)):
+                raise
+            _log.warning("the connection broke during COMMIT, but the transaction had landed")
+        self.committed = self.commit
+
+    def _landed(self, record_id: str) -> bool:
+        """Whether a transaction whose COMMIT went unanswered is in the database after all."""
+        try:
+            with psycopg.connect(self._url, autocommit=True, connect_timeout=2) as probe:
+                return probe.execute("SELECT 1 FROM audit WHERE id = %s", (record_id,)).fetchone() is not None
+        except psycopg.Error:
+            return False
+
+
+def _columns(holds: list[HoldRow]) -> tuple[list[object], ...]:
+    return (
+        [hold.id for hold in holds],
+        [hold.source for hold in holds],
+        [hold.target for hold in holds],
+        [hold.amount for hold in holds],
+        [hold.captured for hold in holds],
+        [hold.status.value for hold in holds],
+        [hold.expires_at_s for hold in holds],
+        [hold.created_at for hold in holds],
+    )
