@@ -148,16 +148,20 @@ class Unit:
         timeout_ms = str(max(1, int(deadline.remaining_s() * 1000)))
         connection = self.connection
         started = time.perf_counter()
-        with connection.pipeline():
-            if self.commit:
-                connection.execute("BEGIN")
-                connection.execute(
-                    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                    (timeout_ms, timeout_ms),
-                )
-            locked = connection.execute(_LOCK_ACCOUNTS, (wanted,))
-            due = connection.execute(_DUE_HOLDS, (self.now_s, wanted, wanted))
-        self.lock_wait_s = time.perf_counter() - started
+        try:
+            with connection.pipeline():
+                if self.commit:
+                    connection.execute("BEGIN")
+                    connection.execute(
+                        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                        (timeout_ms, timeout_ms),
+                    )
+                if not wanted:  # e.g. a FAILED record alone: no lock on the accounts table at all
+                    return
+                locked = connection.execute(_LOCK_ACCOUNTS, (wanted,))
+                due = connection.execute(_DUE_HOLDS, (self.now_s, wanted, wanted))
+        finally:
+            self.lock_wait_s = time.perf_counter() - started
         for username, balance, held, version in locked.fetchall():
             self._adopt(AccountState(str(username), int(balance), int(held), int(version)))
         due_holds = [(str(h), str(s), str(t), int(a)) for h, s, t, a in due.fetchall()]

@@ -236,6 +236,11 @@ class PostgresStore:
         self._figures_seen = (0, 0, 0)
         self._sweeper = _Sweeper(self, sweep_interval_s) if sweep_interval_s else None
 
+    @property
+    def url(self) -> str:
+        """The database this store works on."""
+        return self._url
+
     # -- the transaction runner --------------------------------------------------
 
     def _write(
