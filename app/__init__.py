@@ -92,9 +92,8 @@ def _build_store(config: Config) -> Any:
 
 def _seed_demo(app: Flask) -> None:
     from app.auth import token_digest
-    from app.ledger.model import Deadline
-
     from app.ledger.errors import AccountExists
+    from app.ledger.model import Deadline
 
     ledger = app.extensions["ledger"]
     if not ledger.is_empty():

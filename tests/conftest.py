@@ -97,7 +97,13 @@ def store_url(store_kind: str, request: pytest.FixtureRequest) -> str:
 
 def app_config(store_url: str, **overrides: object) -> dict[str, object]:
     """A test config for ``create_app`` on the given store."""
-    return {"admin_token": ADMIN_TOKEN, "demo": True, "store": store_url, "pg_pool_size": TEST_POOL_SIZE, **overrides}
+    return {
+        "admin_token": ADMIN_TOKEN,
+        "demo": True,
+        "store": store_url,
+        "pg_pool_size": TEST_POOL_SIZE,
+        **overrides,
+    }
 
 
 @pytest.fixture

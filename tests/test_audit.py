@@ -111,7 +111,7 @@ def test_a_balance_that_disagrees_with_the_trail_is_detected(app: Flask, client:
     assert any("money is not conserved" in problem for problem in problems)
 
 
-@pytest.mark.memory_only  # PostgreSQL refuses it: test_postgres.py::test_the_schema_refuses_a_negative_balance
+@pytest.mark.memory_only  # PostgreSQL refuses it (test_postgres.py)
 def test_a_negative_balance_is_detected(app: Flask, client: FlaskClient) -> None:
     ledger_of(app)._accounts["bryan"].balance = -5
     problems = client.get("/admin/verify", headers=ADMIN).json["problems"]

@@ -21,7 +21,7 @@ def test_health_needs_no_token(client: FlaskClient) -> None:
     assert client.get("/system/health", headers={"Authorization": "wrong"}).status_code == 200
 
 
-@pytest.mark.memory_only  # MockDB's balance lock; PostgreSQL: test_health_reports_a_database_that_does_not_answer
+@pytest.mark.memory_only  # MockDB's balance lock; PostgreSQL: test_postgres.py
 def test_health_is_unhealthy_when_the_balance_lock_is_wedged(client: FlaskClient) -> None:
     from app.api.common import store
 

@@ -25,7 +25,6 @@ from werkzeug.test import TestResponse
 from app.ledger.errors import HoldNotPending
 from app.ledger.holds import ExpirySweeper
 from app.ledger.memory import MockDB
-from app.ledger.store import LedgerStore
 from app.ledger.model import (
     DEFAULT_HOLD_TIMEOUT_S,
     MAX_BALANCE,
@@ -36,6 +35,7 @@ from app.ledger.model import (
     OperationType,
     Status,
 )
+from app.ledger.store import LedgerStore
 from tests.conftest import ADMIN_TOKEN, empty_postgres, new_store, open_account, stop_sweeper
 from tests.tampering import adjust
 from tests.threads import JOIN_TIMEOUT_S, holding_write_lock
@@ -102,7 +102,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(autouse=True)
-def ledger(app: Flask, clock: FakeClock) -> Iterator[LedgerStore]:
+def ledger(app: Flask, clock: FakeClock) -> LedgerStore:
     """The app's store on the fake clock, without its background sweeper.
 
     With the sweeper stopped, a due hold over HTTP is expired only by the next
@@ -111,7 +111,7 @@ def ledger(app: Flask, clock: FakeClock) -> Iterator[LedgerStore]:
     store: LedgerStore = app.extensions["ledger"]
     stop_sweeper(store)
     store._clock = clock  # type: ignore[attr-defined]
-    yield store
+    return store
 
 
 @pytest.fixture

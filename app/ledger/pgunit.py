@@ -69,6 +69,16 @@ _APPEND = (
 )
 
 
+def begin_within(connection: psycopg.Connection[TupleRow], deadline: Deadline) -> None:
+    """Begin a transaction whose every lock wait and statement ends by the deadline."""
+    timeout_ms = str(max(1, int(deadline.remaining_s() * 1000)))  # 0 would mean "no limit"
+    connection.execute("BEGIN")
+    connection.execute(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+        (timeout_ms, timeout_ms),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RecordSpec:
     """An audit record still to be sealed: ``failure`` is its reason (``None``: SUCCESS);
@@ -145,17 +155,12 @@ class Unit:
         """Begin, bound every wait by the deadline, lock ``names`` and expire their due holds."""
         wanted = sorted({*names, *self.extra})
         self.began = True
-        timeout_ms = str(max(1, int(deadline.remaining_s() * 1000)))
         connection = self.connection
         started = time.perf_counter()
         try:
             with connection.pipeline():
                 if self.commit:
-                    connection.execute("BEGIN")
-                    connection.execute(
-                        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                        (timeout_ms, timeout_ms),
-                    )
+                    begin_within(connection, deadline)
                 if not wanted:  # e.g. a FAILED record alone: no lock on the accounts table at all
                     return
                 locked = connection.execute(_LOCK_ACCOUNTS, (wanted,))

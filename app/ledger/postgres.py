@@ -85,7 +85,7 @@ from app.ledger.model import (
     utc_now_iso,
 )
 from app.ledger.pgcodec import decode_outcome, encode_outcome
-from app.ledger.pgunit import HoldRow, RecordSpec, Restart, Unit, success
+from app.ledger.pgunit import HoldRow, RecordSpec, Restart, Unit, begin_within, success
 from app.ledger.rules import (
     AUDIT_CURSOR,
     HISTORY_CURSOR,
@@ -253,6 +253,7 @@ class PostgresStore:
             return self._write_inside(ambient, label, work, timeout_specs)
         extra: set[str] = set()
         waited_s = 0.0
+        started = time.perf_counter()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             connection: Connection | None = None
             try:
@@ -269,8 +270,7 @@ class PostgresStore:
             except Restart as restart:
                 extra |= restart.names
             except PoolTimeout:
-                # No connection to write a FAILED record with either: not audited.
-                raise self._timed_out(label, (), deadline.expires_at) from None
+                raise self._timed_out(label, timeout_specs, time.perf_counter() - started) from None
             except psycopg.Error as error:
                 if (
                     not _retryable(error, connection)
@@ -793,13 +793,8 @@ class PostgresStore:
         deadline: Deadline,
         operation: Callable[[], Result],
     ) -> Outcome:
-        timeout_ms = str(max(1, int(deadline.remaining_s() * 1000)))
         with connection.pipeline():
-            connection.execute("BEGIN")
-            connection.execute(
-                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                (timeout_ms, timeout_ms),
-            )
+            begin_within(connection, deadline)
             # Waits on the unique index while another transaction holds the same key.
             claimed = connection.execute(
                 "INSERT INTO idempotency_keys (username, key, fingerprint) VALUES (%s, %s, %s) "
