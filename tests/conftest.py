@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -78,6 +80,24 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         with psycopg.connect(f"{LOCAL_SERVER}/postgres", autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def server_url(url: str, dbname: str) -> str:
+    """The URL of another database on the same server as ``url`` (a postgresql:// URL)."""
+    return urlsplit(url)._replace(path=f"/{dbname}").geturl()
+
+
+@contextmanager
+def scratch_database(url: str) -> Iterator[str]:
+    """A brand-new, empty database beside ``url``'s, dropped afterwards."""
+    name = f"goledger_scratch_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url(url, "postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server_url(url, name)
+    finally:
+        with psycopg.connect(server_url(url, "postgres"), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -35,6 +35,7 @@ PostgreSQL's: an operation is answered only after its transaction committed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -115,6 +116,7 @@ MAX_ATTEMPTS = 5
 #: Lock budget of the FAILED record written after a timeout (outside the deadline).
 TIMEOUT_RECORD_BUDGET_MS = 1000
 SWEEP_INTERVAL_S = 1.0
+RECONNECT_TIMEOUT_S = 10.0
 SWEEP_DEADLINE_MS = 1000
 #: Due holds expired per sweep transaction.
 SWEEP_BATCH = 500
@@ -124,7 +126,9 @@ KEY_PURGE_INTERVAL_S = 60.0
 HEALTH_CHAIN_BATCH = 10_000
 HEALTH_TIMEOUT_S = 1.0
 STATS_TIMEOUT_MS = 500
-VERIFY_CONNECTION_TIMEOUT_S = 10.0
+VERIFY_TIMEOUT_S = 10.0
+#: The bound of reads that have no deadline of their own (authentication, pages, verify).
+READ_TIMEOUT_S = 2.0
 
 # Queries are built from these constants only (never from input), hence the S608 waivers.
 _RECORD = (
@@ -160,7 +164,10 @@ class _Abort(Exception):
 
 
 def _retryable(error: psycopg.Error, connection: Connection | None) -> bool:
-    """Whether a failed attempt may run again (``False``: it ran out of time)."""
+    """Whether a failed attempt may run again (``False``: it ran out of time).
+
+    Anything else is a bug and raised as it is (a 500).
+    """
     if isinstance(error, pg_errors.CheckViolation):
         raise StoreInvariantBroken(
             f"the database refused a write that broke an invariant: {error}"
@@ -224,6 +231,9 @@ class PostgresStore:
             kwargs={"autocommit": True, "application_name": "goledger"},
             open=False,
             name="goledger",
+            # Give up a failing reconnection after this long: the next request starts a fresh
+            # one, so the pool comes back within seconds of an outage, however long it was.
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
         )
         self._pool.open(wait=True, timeout=10.0)
         self._clock = clock
@@ -272,13 +282,34 @@ class PostgresStore:
             except PoolTimeout:
                 raise self._timed_out(label, timeout_specs, time.perf_counter() - started) from None
             except psycopg.Error as error:
-                if (
-                    not _retryable(error, connection)
-                    or attempt == MAX_ATTEMPTS
-                    or not _pause(deadline, attempt)
-                ):
+                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
                     raise self._timed_out(label, timeout_specs, waited_s) from None
         raise self._timed_out(label, timeout_specs, waited_s)
+
+    def _read(self, query: Callable[[Connection], T], deadline: Deadline | None = None) -> T:
+        """Run a read on a pooled connection; lost connections are retried within the deadline
+        (default ``READ_TIMEOUT_S``), then it is an ``OperationTimeout`` (503), never a 500."""
+        deadline = deadline or Deadline.after_ms(int(READ_TIMEOUT_S * 1000))
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            connection: Connection | None = None
+            try:
+                with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
+                    return query(connection)
+            except PoolTimeout:
+                break
+            except psycopg.Error as error:
+                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
+                    break
+        raise OperationTimeout("The database did not answer within the deadline.")
+
+    def _again(self, connection: Connection | None, deadline: Deadline, attempt: int) -> bool:
+        """Whether another attempt may start (after a short pause). A lost connection first has
+        the pool test its idle ones, so that the next attempt does not pick up another dead one."""
+        if attempt == MAX_ATTEMPTS:
+            return False
+        if connection is None or connection.broken:
+            self._pool.check()
+        return _pause(deadline, attempt)
 
     def _write_inside(
         self,
@@ -313,10 +344,12 @@ class PostgresStore:
         return error
 
     def _append_alone(self, specs: Sequence[RecordSpec], deadline: Deadline) -> list[Transaction]:
-        with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
+        def append(connection: Connection) -> list[Transaction]:
             unit = Unit(connection, now_s=self._clock(), commit=True, url=self._url, extra=set())
             unit.begin(deadline, ())
             return unit.append(specs)
+
+        return self._read(append, deadline)
 
     def _fail(self, unit: Unit, label: str, error: LedgerError, spec: RecordSpec) -> LedgerError:
         """Audit a business failure in the operation's transaction; the error, carrying its record."""
@@ -327,8 +360,7 @@ class PostgresStore:
     # -- accounts -----------------------------------------------------------------
 
     def is_empty(self) -> bool:
-        with self._pool.connection(timeout=VERIFY_CONNECTION_TIMEOUT_S) as connection:
-            row = connection.execute("SELECT NOT EXISTS (SELECT 1 FROM accounts)").fetchone()
+        row = self._read(lambda c: c.execute("SELECT NOT EXISTS (SELECT 1 FROM accounts)").fetchone())
         return bool(row and row[0])
 
     def create_account(
@@ -358,14 +390,15 @@ class PostgresStore:
         return self._write("open", deadline, work, [timeout])
 
     def token_digest(self, username: str) -> bytes | None:
-        with self._pool.connection(timeout=VERIFY_CONNECTION_TIMEOUT_S) as connection:
-            row = connection.execute(
+        row = self._read(
+            lambda c: c.execute(
                 "SELECT token_digest FROM accounts WHERE username = %s", (username,)
             ).fetchone()
+        )
         return None if row is None else bytes(row[0])
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
-        def read(connection: Connection, now_s: float) -> tuple[AccountView, bool]:
+        def read(now_s: float, connection: Connection) -> tuple[AccountView, bool]:
             row = connection.execute(_READ_ACCOUNT, (now_s, username, username, username)).fetchone()
             if row is None:
                 raise AccountNotFound(f"Account {username} does not exist.")
@@ -378,19 +411,17 @@ class PostgresStore:
         username: str,
         deadline: Deadline,
         kind: str,
-        read: Callable[[Connection, float], tuple[T, bool]],
+        read: Callable[[float, Connection], tuple[T, bool]],
     ) -> T:
         """``read`` once no hold of ``username`` is due (``read`` tells whether one is)."""
         for attempt in range(2):
             started = time.perf_counter()
+            now_s = self._clock()
             try:
-                with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
-                    value, due = read(connection, self._clock())
+                value, due = self._read(functools.partial(read, now_s), deadline)
             except LedgerError as error:
                 self._counters.count([(kind, error.code)], time.perf_counter() - started)
                 raise
-            except (PoolTimeout, psycopg.OperationalError):
-                raise self._timed_out(kind, (), time.perf_counter() - started) from None
             if not due or attempt:
                 self._counters.count([(kind, "success")], time.perf_counter() - started)
                 return value
@@ -650,7 +681,7 @@ class PostgresStore:
         return self._write(label, deadline, work, [timeout])
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
-        def read(connection: Connection, now_s: float) -> tuple[Hold, bool]:
+        def read(now_s: float, connection: Connection) -> tuple[Hold, bool]:
             row = connection.execute(_READ_HOLD, (now_s, username, username, hold_id)).fetchone()
             if row is None or username not in (row[1], row[2]):
                 raise HoldNotFound(f"No hold {hold_id} of yours.")
@@ -662,12 +693,7 @@ class PostgresStore:
         """Expire every pending hold whose time is up (oldest deadline first); how many were."""
         expired = 0
         while True:
-            with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
-                rows = connection.execute(
-                    "SELECT source, target FROM holds WHERE status = 'PENDING' AND expires_at_s <= %s "
-                    "ORDER BY expires_at_s, id LIMIT %s",
-                    (self._clock(), SWEEP_BATCH),
-                ).fetchall()
+            rows = self._read(functools.partial(_due_parties, self._clock()), deadline)
             if not rows:
                 return expired
             expired += self._expire_now({name for row in rows for name in row}, deadline)
@@ -690,6 +716,13 @@ class PostgresStore:
             self._sweeper.stop()
         self._pool.close()
 
+    def wait_until_connected(self, timeout_s: float) -> None:
+        """Block until the pool holds its minimum of live connections (after a start or an outage).
+
+        ``PoolTimeout`` (and a closed pool) if that takes longer than ``timeout_s``.
+        """
+        self._pool.wait(timeout=timeout_s)
+
     def stop_sweeper(self) -> None:
         """Stop only the background sweeper (tests that expire holds by touch alone)."""
         if self._sweeper is not None:
@@ -697,22 +730,21 @@ class PostgresStore:
 
     def purge_keys(self) -> int:
         """Drop idempotency keys past their 24 hours; how many were."""
-        with self._pool.connection(timeout=VERIFY_CONNECTION_TIMEOUT_S) as connection:
-            cursor = connection.execute(
-                "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"
+        return self._read(
+            lambda connection: (
+                connection.execute(
+                    "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"
+                ).rowcount
             )
-            return cursor.rowcount
+        )
 
     # -- history --------------------------------------------------------------------
 
     def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
         check_limit(limit)
         before = None if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
-        with self._pool.connection(timeout=VERIFY_CONNECTION_TIMEOUT_S) as connection:
-            rows = connection.execute(
-                _HISTORY,
-                (username, before if before is not None else 2**63 - 1, limit + 1),
-            ).fetchall()
+        newest = before if before is not None else 2**63 - 1
+        rows = self._read(lambda c: c.execute(_HISTORY, (username, newest, limit + 1)).fetchall())
         records = tuple(_record(row) for row in rows[:limit])
         next_cursor = encode_cursor("h", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
@@ -720,30 +752,30 @@ class PostgresStore:
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         check_limit(limit)
         after = 0 if cursor is None else decode_cursor(cursor, AUDIT_CURSOR)
-        with self._pool.connection(timeout=VERIFY_CONNECTION_TIMEOUT_S) as connection:
-            rows = connection.execute(
-                _RECORDS_AFTER,
-                (after, limit + 1),
-            ).fetchall()
+        rows = self._read(lambda c: c.execute(_RECORDS_AFTER, (after, limit + 1)).fetchall())
         records = tuple(_record(row) for row in rows[:limit])
         next_cursor = encode_cursor("a", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
 
     def verify(self) -> Verification:
         """Check every invariant on one consistent snapshot (a repeatable-read transaction)."""
-        with (
-            self._pool.connection(timeout=VERIFY_CONNECTION_TIMEOUT_S) as connection,
-            connection.transaction(),
-        ):
-            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            accounts = {
-                username: AccountSnapshot(balance, held)
-                for username, balance, held in connection.execute(
-                    "SELECT username, balance, held FROM accounts"
-                )
-            }
-            holds = [_hold_view(_hold_row(row)) for row in connection.execute(_ALL_HOLDS)]
-            records = [_record(row) for row in connection.execute(_ALL_RECORDS)]
+
+        def snapshot(
+            connection: Connection,
+        ) -> tuple[dict[str, AccountSnapshot], list[Hold], list[Transaction]]:
+            with connection.transaction():
+                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                accounts = {
+                    username: AccountSnapshot(balance, held)
+                    for username, balance, held in connection.execute(
+                        "SELECT username, balance, held FROM accounts"
+                    )
+                }
+                holds = [_hold_view(_hold_row(row)) for row in connection.execute(_ALL_HOLDS)]
+                records = [_record(row) for row in connection.execute(_ALL_RECORDS)]
+            return accounts, holds, records
+
+        accounts, holds, records = self._read(snapshot, Deadline.after_ms(int(VERIFY_TIMEOUT_S * 1000)))
         report = verify_ledger(accounts, records, holds)
         with self._health_lock:
             self._chain_problem = None if report.ok else report.problems[0]
@@ -769,16 +801,12 @@ class PostgresStore:
                 with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
                     return self._keyed(connection, username, key, fingerprint, deadline, operation)
             except _Abort as abort:
-                if not abort.retry or attempt == MAX_ATTEMPTS or not _pause(deadline, attempt):
+                if not (abort.retry and self._again(connection, deadline, attempt)):
                     raise self._timed_out(abort.label, abort.specs, abort.waited_s) from None
             except PoolTimeout:
                 raise OperationTimeout("The operation could not finish within its deadline.") from None
             except psycopg.Error as error:
-                if (
-                    not _retryable(error, connection)
-                    or attempt == MAX_ATTEMPTS
-                    or not _pause(deadline, attempt)
-                ):
+                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
                     raise OperationTimeout(
                         "A request with this Idempotency-Key is still in flight; retry to get its outcome."
                     ) from None
@@ -921,6 +949,15 @@ def _existing(unit: Unit, username: str) -> AccountState:
     if account is None:
         raise AccountNotFound(f"Account {username} does not exist.")
     return account
+
+
+def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
+    """The parties of (at most ``SWEEP_BATCH``) pending holds due at ``now_s``, oldest first."""
+    return connection.execute(
+        "SELECT source, target FROM holds WHERE status = 'PENDING' AND expires_at_s <= %s "
+        "ORDER BY expires_at_s, id LIMIT %s",
+        (now_s, SWEEP_BATCH),
+    ).fetchall()
 
 
 def _find_hold(connection: Connection, hold_id: str) -> HoldRow | None:
