@@ -27,13 +27,14 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks.common import ROOT, machine_markdown, progress, require_tool
 
-PARTS = ("store", "http", "batch", "sweep", "profile")
+PARTS = ("store", "http", "batch", "sweep", "profile", "postgres")
 _MODULES = {
     "store": "benchmarks.store_bench",
     "http": "benchmarks.http_bench",
     "batch": "benchmarks.batch_bench",
     "sweep": "benchmarks.thread_sweep",
     "profile": "benchmarks.profile_hot_path",
+    "postgres": "benchmarks.pg_bench",
 }
 #: Extra arguments of each part in --quick mode.
 _QUICK = {
@@ -42,9 +43,10 @@ _QUICK = {
     "batch": ["--quick"],
     "sweep": ["--quick", "--threads", "1", "4", "16", "32"],
     "profile": ["--seconds", "3", "--requests", "2000"],
+    "postgres": ["--quick"],
 }
 #: Bounds on each part, far above their normal length: a hung part fails the run.
-_PART_TIMEOUT_S = {"store": 300, "http": 900, "batch": 900, "sweep": 900, "profile": 300}
+_PART_TIMEOUT_S = {"store": 300, "http": 900, "batch": 900, "sweep": 900, "profile": 300, "postgres": 900}
 
 
 def run_part(part: str, quick: bool) -> str:

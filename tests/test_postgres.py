@@ -262,7 +262,9 @@ def test_opposite_transfers_from_two_workers_never_deadlock(
     for name in ("alice", "bob", "carol"):
         open_account(first, name, 10_000)
     # Every pair both ways: each account's lock is wanted first and second, by both workers.
-    routes = [(source, target) for source in ("alice", "bob", "carol") for target in ("alice", "bob", "carol")]
+    routes = [
+        (source, target) for source in ("alice", "bob", "carol") for target in ("alice", "bob", "carol")
+    ]
     routes = [(source, target) for source, target in routes if source != target]
 
     def mover(store: PostgresStore, source: str, target: str) -> Callable[[], int]:

@@ -38,8 +38,13 @@ class OperationCounters:
             self._lock_wait_buckets[bucket] += 1
             self._lock_wait_sum_s += lock_wait_s
 
-    def lock_timed_out(self, waited_s: float) -> None:
-        if waited_s >= self._lock_trouble_after_s:
+    def lock_timed_out(self, budget_s: float) -> None:
+        """An operation timed out that reached the store with ``budget_s`` of its deadline left.
+
+        It counts against health only if that was at least half the default deadline
+        (``lock_trouble_after_s``): a caller's own tight ``X-Timeout-Ms`` is theirs alone.
+        """
+        if budget_s * 2 >= self._lock_trouble_after_s:
             with self._lock:
                 self._last_lock_timeout_at = time.monotonic()
 

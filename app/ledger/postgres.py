@@ -155,12 +155,11 @@ _ALL_RECORDS = f"SELECT {_RECORD} FROM audit a ORDER BY a.sequence"  # noqa: S60
 class _Abort(Exception):
     """A database failure inside an idempotency key's transaction; the key's loop decides."""
 
-    def __init__(self, retry: bool, label: str, specs: Sequence[RecordSpec], waited_s: float) -> None:
+    def __init__(self, retry: bool, label: str, specs: Sequence[RecordSpec]) -> None:
         super().__init__(f"{label}: {'retry' if retry else 'timeout'}")
         self.retry = retry
         self.label = label
         self.specs = specs
-        self.waited_s = waited_s
 
 
 def _retryable(error: psycopg.Error, connection: Connection | None) -> bool:
@@ -262,8 +261,7 @@ class PostgresStore:
         if ambient is not None:
             return self._write_inside(ambient, label, work, timeout_specs)
         extra: set[str] = set()
-        waited_s = 0.0
-        started = time.perf_counter()
+        started, budget_s = time.perf_counter(), deadline.remaining_s()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             connection: Connection | None = None
             try:
@@ -273,18 +271,17 @@ class PostgresStore:
                         result = work(unit)
                         unit.finish()
                     finally:
-                        waited_s = unit.lock_wait_s
                         if unit.committed:
                             self._counters.count(unit.outcomes, unit.lock_wait_s)
                     return result
             except Restart as restart:
                 extra |= restart.names
             except PoolTimeout:
-                raise self._timed_out(label, timeout_specs, time.perf_counter() - started) from None
+                raise self._timed_out(label, timeout_specs, started, budget_s) from None
             except psycopg.Error as error:
                 if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
-                    raise self._timed_out(label, timeout_specs, waited_s) from None
-        raise self._timed_out(label, timeout_specs, waited_s)
+                    raise self._timed_out(label, timeout_specs, started, budget_s) from None
+        raise self._timed_out(label, timeout_specs, started, budget_s)
 
     def _read(self, query: Callable[[Connection], T], deadline: Deadline | None = None) -> T:
         """Run a read on a pooled connection; lost connections are retried within the deadline
@@ -324,16 +321,23 @@ class PostgresStore:
             result = work(unit)
         except Restart as restart:
             extra |= restart.names
-            raise _Abort(True, label, timeout_specs, unit.lock_wait_s) from None
+            raise _Abort(True, label, timeout_specs) from None
         except psycopg.Error as error:
-            raise _Abort(_retryable(error, connection), label, timeout_specs, unit.lock_wait_s) from None
+            raise _Abort(_retryable(error, connection), label, timeout_specs) from None
         finally:
             self._local.counts.append((unit.outcomes, unit.lock_wait_s))
         return result
 
-    def _timed_out(self, label: str, specs: Sequence[RecordSpec], waited_s: float) -> OperationTimeout:
-        """Count a timeout and audit it apart (it applied nothing); the error to raise."""
-        self._counters.lock_timed_out(waited_s)
+    def _timed_out(
+        self, label: str, specs: Sequence[RecordSpec], started: float, budget_s: float
+    ) -> OperationTimeout:
+        """Count a timeout and audit it apart (it applied nothing); the error to raise.
+
+        ``started``: when the operation reached the store; ``budget_s``: what was left
+        of its deadline then (health counts only timeouts with a generous budget).
+        """
+        waited_s = time.perf_counter() - started
+        self._counters.lock_timed_out(budget_s)
         self._counters.count([(label, OperationTimeout.code)], waited_s)
         error = OperationTimeout("The operation could not finish within its deadline.")
         if specs:
@@ -795,6 +799,7 @@ class PostgresStore:
         if getattr(self._local, "connection", None) is not None:
             raise StoreInvariantBroken("idempotent() does not nest")
         self._local.extra = set()
+        started, budget_s = time.perf_counter(), deadline.remaining_s()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             connection: Connection | None = None
             try:
@@ -802,7 +807,7 @@ class PostgresStore:
                     return self._keyed(connection, username, key, fingerprint, deadline, operation)
             except _Abort as abort:
                 if not (abort.retry and self._again(connection, deadline, attempt)):
-                    raise self._timed_out(abort.label, abort.specs, abort.waited_s) from None
+                    raise self._timed_out(abort.label, abort.specs, started, budget_s) from None
             except PoolTimeout:
                 raise OperationTimeout("The operation could not finish within its deadline.") from None
             except psycopg.Error as error:
@@ -836,7 +841,7 @@ class PostgresStore:
             ).fetchone()
             connection.execute("ROLLBACK")
             if row is None:  # purged in between: claim it afresh
-                raise _Abort(True, "idempotency", (), 0.0)
+                raise _Abort(True, "idempotency", ())
             if row[0] != fingerprint:
                 raise IdempotencyKeyReused("This Idempotency-Key was used with different parameters.")
             return Outcome(decode_outcome(row[1]), replayed=True)
