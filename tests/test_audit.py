@@ -163,3 +163,23 @@ def test_the_canonical_encoding_is_the_documented_compact_json_array(app: Flask,
             record.created_at,
         ]
         assert canonical_encoding(record) == json.dumps(fields, separators=(",", ":")).encode("ascii")
+
+
+def test_a_records_encoding_is_its_sequence_then_its_tail(app: Flask, client: FlaskClient) -> None:
+    """The split the PostgreSQL store hashes with in the database (goledger_append)."""
+    from app.ledger.audit import canonical_encoding, chain_hash, encoding_tail
+
+    some_traffic(client)
+    for record in ledger_of(app).audit_page(limit=500, cursor=None).transactions:
+        tail = encoding_tail(
+            record.id,
+            record.type,
+            record.source,
+            record.target,
+            record.amount,
+            record.status,
+            record.reason,
+            record.created_at,
+        )
+        assert b"[" + str(record.sequence).encode() + tail == canonical_encoding(record)
+        assert chain_hash(record.previous_hash, record) == record.hash

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import TupleRow
 
-from app.ledger.audit import sealed_record
+from app.ledger.audit import encoding_tail
 from app.ledger.model import Deadline, HoldStatus, OperationType, Status, Transaction, new_id, utc_now_iso
 from app.ledger.rules import AccountState, check_account
 
@@ -58,14 +58,9 @@ _SETTLE_HOLDS = (
     "UPDATE holds AS h SET status = v.status, captured = v.captured "
     "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS v(id, status, captured) WHERE h.id = v.id"
 )
-_LOCK_CHAIN = "SELECT sequence, hash FROM chain_head FOR NO KEY UPDATE"
 _APPEND = (
-    "WITH records AS (INSERT INTO audit (sequence, id, type, source, target, amount, status, reason, "
-    "created_at, previous_hash, hash) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])), "
-    "parties AS (INSERT INTO audit_parties (username, sequence) "
-    "SELECT * FROM unnest(%s::text[], %s::bigint[])) "
-    "UPDATE chain_head SET sequence = %s, hash = %s"
+    "SELECT * FROM goledger_append(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+    "%s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::integer[])"
 )
 
 
@@ -207,107 +202,128 @@ class Unit:
     def append(self, specs: Sequence[RecordSpec]) -> list[Transaction]:
         """Write the changed accounts and holds, chain every pending record, commit if standalone.
 
-        Returns the records of ``specs`` (the expiries before them are chained too).
+        One pipeline, one round trip: the writes, ``goledger_append`` (which takes the
+        chain head's lock, numbers and hashes the records in the database) and the
+        ``COMMIT``. Returns the records of ``specs`` (the expiries before them are
+        chained too, first).
         """
-        connection = self.connection
         self.records.extend(specs)
-        changed = [
-            account for name, account in self.accounts.items() if account.key() != self._original[name]
-        ]
-        with connection.pipeline():
-            if changed:
-                connection.execute(
-                    _WRITE_ACCOUNTS,
-                    (
-                        [account.username for account in changed],
-                        [account.balance for account in changed],
-                        [account.held for account in changed],
-                        [account.version for account in changed],
-                    ),
-                )
-            if self.new_holds:
-                connection.execute(_INSERT_HOLDS, _columns(self.new_holds))
-            if self.settled:
-                held = list(self.settled.values())
-                connection.execute(
-                    _SETTLE_HOLDS,
-                    (
-                        [hold.id for hold in held],
-                        [hold.status.value for hold in held],
-                        [h.captured for h in held],
-                    ),
-                )
-            head = connection.execute(_LOCK_CHAIN)
-        row = head.fetchone()
-        if row is None:
-            raise RuntimeError("the chain_head row is missing: the schema was not migrated")
-        sequence, previous_hash = int(row[0]), str(row[1])
         created_at = utc_now_iso()
-        sealed = []
-        for spec in self.records:
-            sequence += 1
-            record = sealed_record(
-                previous_hash,
-                sequence,
+        drafts = [
+            (
                 new_id("tx_"),
+                spec,
+                Status.SUCCESS if spec.failure is None else Status.FAILED,
+            )
+            for spec in self.records
+        ]
+        connection = self.connection
+        try:
+            with connection.pipeline():
+                self._write_changes()
+                cursor = connection.execute(_APPEND, _append_parameters(drafts, created_at))
+                if self.commit:
+                    connection.execute("COMMIT")
+            sealed = cursor.fetchall()
+        except psycopg.OperationalError:
+            sealed = self._landed([record_id for record_id, _, _ in drafts]) if self.commit else []
+            if not sealed:
+                raise
+            _log.warning("the connection broke during COMMIT, but the transaction had landed")
+        self.committed = self.commit
+        records = [
+            Transaction(
+                record_id,
+                sequence,
                 spec.kind,
                 spec.source,
                 spec.target,
                 spec.amount,
-                Status.SUCCESS if spec.failure is None else Status.FAILED,
+                status,
                 spec.failure,
                 created_at,
+                previous_hash,
+                digest,
             )
-            previous_hash = record.hash
-            sealed.append((record, spec.parties))
-        self._write_records(sealed, sequence, previous_hash)
+            for (record_id, spec, status), (sequence, previous_hash, digest) in zip(
+                drafts, sealed, strict=True
+            )
+        ]
         self.records = []
         self._original = {name: account.key() for name, account in self.accounts.items()}
         self.new_holds = []
         self.settled = {}
-        return [record for record, _ in sealed[len(sealed) - len(specs) :]]
+        return records[len(records) - len(specs) :]
 
-    def _write_records(
-        self, sealed: list[tuple[Transaction, tuple[str, ...]]], last_sequence: int, last_hash: str
-    ) -> None:
-        records = [record for record, _ in sealed]
-        parties = [(name, record.sequence) for record, names in sealed for name in names]
-        parameters = (
-            [r.sequence for r in records],
-            [r.id for r in records],
-            [r.type.value for r in records],
-            [r.source for r in records],
-            [r.target for r in records],
-            [r.amount for r in records],
-            [r.status.value for r in records],
-            [r.reason for r in records],
-            [r.created_at for r in records],
-            [r.previous_hash for r in records],
-            [r.hash for r in records],
-            [name for name, _ in parties],
-            [sequence for _, sequence in parties],
-            last_sequence,
-            last_hash,
-        )
+    def _write_changes(self) -> None:
+        """Queue the writes of changed accounts, new holds and settled holds (in a pipeline)."""
         connection = self.connection
-        try:
-            with connection.pipeline():
-                connection.execute(_APPEND, parameters)
-                if self.commit:
-                    connection.execute("COMMIT")
-        except psycopg.OperationalError:
-            if not (self.commit and connection.broken and records and self._landed(records[-1].id)):
-                raise
-            _log.warning("the connection broke during COMMIT, but the transaction had landed")
-        self.committed = self.commit
+        changed = [
+            account for name, account in self.accounts.items() if account.key() != self._original[name]
+        ]
+        if changed:
+            connection.execute(
+                _WRITE_ACCOUNTS,
+                (
+                    [account.username for account in changed],
+                    [account.balance for account in changed],
+                    [account.held for account in changed],
+                    [account.version for account in changed],
+                ),
+            )
+        if self.new_holds:
+            connection.execute(_INSERT_HOLDS, _columns(self.new_holds))
+        if self.settled:
+            settled = list(self.settled.values())
+            connection.execute(
+                _SETTLE_HOLDS,
+                (
+                    [hold.id for hold in settled],
+                    [hold.status.value for hold in settled],
+                    [hold.captured for hold in settled],
+                ),
+            )
 
-    def _landed(self, record_id: str) -> bool:
-        """Whether a transaction whose COMMIT went unanswered is in the database after all."""
+    def _landed(self, record_ids: list[str]) -> list[TupleRow]:
+        """The sequences and hashes of a transaction whose ``COMMIT`` went unanswered, if it
+        landed after all (empty if it did not, or if that cannot be told)."""
+        if not self.connection.broken or not record_ids:
+            return []
         try:
             with psycopg.connect(self._url, autocommit=True, connect_timeout=2) as probe:
-                return probe.execute("SELECT 1 FROM audit WHERE id = %s", (record_id,)).fetchone() is not None
+                rows = probe.execute(
+                    "SELECT sequence, previous_hash, hash FROM audit WHERE id = ANY(%s) ORDER BY sequence",
+                    (record_ids,),
+                ).fetchall()
         except psycopg.Error:
-            return False
+            return []
+        return rows if len(rows) == len(record_ids) else []
+
+
+def _append_parameters(
+    drafts: Sequence[tuple[str, RecordSpec, Status]], created_at: str
+) -> tuple[list[object], ...]:
+    """``goledger_append``'s arguments: one array per column, each record's encoding tail,
+    and one (name, record position) pair per account whose history shows a record."""
+    parties = [(name, position) for position, (_, spec, _) in enumerate(drafts, 1) for name in spec.parties]
+    return (
+        [record_id for record_id, _, _ in drafts],
+        [spec.kind.value for _, spec, _ in drafts],
+        [spec.source for _, spec, _ in drafts],
+        [spec.target for _, spec, _ in drafts],
+        [spec.amount for _, spec, _ in drafts],
+        [status.value for _, _, status in drafts],
+        [spec.failure for _, spec, _ in drafts],
+        [created_at] * len(drafts),
+        [
+            encoding_tail(
+                record_id, spec.kind, spec.source, spec.target, spec.amount, status, spec.failure, created_at
+            )
+            for record_id, spec, status in drafts
+        ],
+        [name for name, _ in parties],
+        [position for _, position in parties],
+    )
 
 
 def _columns(holds: list[HoldRow]) -> tuple[list[object], ...]:
