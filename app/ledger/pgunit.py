@@ -12,7 +12,7 @@ wait for each other in a cycle:
 3. the single ``chain_head`` row, last, just before commit. That row is the
    global serialisation point (it makes sequences gap-free and the chain linear),
    so the section between taking it and committing is one round trip: the audit
-   inserts and the ``COMMIT`` are sent together in one pipeline.
+   inserts and the ``COMMIT`` are sent together in one message.
 
 A due hold found among the locked accounts whose other party is not locked makes
 the transaction start again with that party added (``Restart``), rather than take
@@ -64,14 +64,36 @@ _APPEND = (
 )
 
 
-def begin_within(connection: psycopg.Connection[TupleRow], deadline: Deadline) -> None:
+#: A statement and its parameters, one part of a ``Script``.
+Statement = tuple[str, tuple[object, ...]]
+_SET_TIMEOUTS = "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+
+
+def begin_within(deadline: Deadline) -> list[Statement]:
     """Begin a transaction whose every lock wait and statement ends by the deadline."""
     timeout_ms = str(max(1, int(deadline.remaining_s() * 1000)))  # 0 would mean "no limit"
-    connection.execute("BEGIN")
-    connection.execute(
-        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-        (timeout_ms, timeout_ms),
-    )
+    return [("BEGIN", ()), (_SET_TIMEOUTS, (timeout_ms, timeout_ms))]
+
+
+def run_script(
+    connection: psycopg.Connection[TupleRow], statements: Sequence[Statement]
+) -> list[list[TupleRow]]:
+    """Send ``statements`` to the server in one message (one round trip); the rows of each
+    statement that returns rows, in order.
+
+    Parameters are bound on the client (psycopg's ``ClientCursor`` quotes every value),
+    which is what lets several statements share one message. A failing statement stops
+    the rest, and leaves an open transaction aborted (the pool rolls it back).
+    """
+    cursor = psycopg.ClientCursor(connection)
+    query = "; ".join(text for text, _ in statements)
+    cursor.execute(query, tuple(value for _, values in statements for value in values))
+    results = []
+    while True:
+        if cursor.pgresult is not None and cursor.pgresult.status == psycopg.pq.ExecStatus.TUPLES_OK:
+            results.append(cursor.fetchall())
+        if not cursor.nextset():
+            return results
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,19 +174,21 @@ class Unit:
         self.began = True
         connection = self.connection
         started = time.perf_counter()
+        statements = begin_within(deadline) if self.commit else []
+        if wanted:  # (a FAILED record alone takes no lock on the accounts table at all)
+            statements += [(_LOCK_ACCOUNTS, (wanted,)), (_DUE_HOLDS, (self.now_s, wanted, wanted))]
+        if not statements:
+            return
         try:
-            with connection.pipeline():
-                if self.commit:
-                    begin_within(connection, deadline)
-                if not wanted:  # e.g. a FAILED record alone: no lock on the accounts table at all
-                    return
-                locked = connection.execute(_LOCK_ACCOUNTS, (wanted,))
-                due = connection.execute(_DUE_HOLDS, (self.now_s, wanted, wanted))
+            results = run_script(connection, statements)
         finally:
             self.lock_wait_s = time.perf_counter() - started
-        for username, balance, held, version in locked.fetchall():
+        if not wanted:
+            return
+        locked, due = results[-2:]
+        for username, balance, held, version in locked:
             self._adopt(AccountState(str(username), int(balance), int(held), int(version)))
-        due_holds = [(str(h), str(s), str(t), int(a)) for h, s, t, a in due.fetchall()]
+        due_holds = [(str(h), str(s), str(t), int(a)) for h, s, t, a in due]
         missing = {name for _, source, target, _ in due_holds for name in (source, target)} - set(wanted)
         if missing:
             raise Restart(set(wanted) | missing)
@@ -202,7 +226,7 @@ class Unit:
     def append(self, specs: Sequence[RecordSpec]) -> list[Transaction]:
         """Write the changed accounts and holds, chain every pending record, commit if standalone.
 
-        One pipeline, one round trip: the writes, ``goledger_append`` (which takes the
+        One message, one round trip: the writes, ``goledger_append`` (which takes the
         chain head's lock, numbers and hashes the records in the database) and the
         ``COMMIT``. Returns the records of ``specs`` (the expiries before them are
         chained too, first).
@@ -217,14 +241,11 @@ class Unit:
             )
             for spec in self.records
         ]
-        connection = self.connection
+        statements = [*self._changes(), (_APPEND, _append_parameters(drafts, created_at))]
+        if self.commit:
+            statements.append(("COMMIT", ()))
         try:
-            with connection.pipeline():
-                self._write_changes()
-                cursor = connection.execute(_APPEND, _append_parameters(drafts, created_at))
-                if self.commit:
-                    connection.execute("COMMIT")
-            sealed = cursor.fetchall()
+            *_, sealed = run_script(self.connection, statements)
         except psycopg.OperationalError:
             sealed = self._landed([record_id for record_id, _, _ in drafts]) if self.commit else []
             if not sealed:
@@ -255,34 +276,31 @@ class Unit:
         self.settled = {}
         return records[len(records) - len(specs) :]
 
-    def _write_changes(self) -> None:
-        """Queue the writes of changed accounts, new holds and settled holds (in a pipeline)."""
-        connection = self.connection
+    def _changes(self) -> list[Statement]:
+        """The writes of changed accounts, new holds and settled holds."""
+        statements: list[Statement] = []
         changed = [
             account for name, account in self.accounts.items() if account.key() != self._original[name]
         ]
         if changed:
-            connection.execute(
-                _WRITE_ACCOUNTS,
-                (
-                    [account.username for account in changed],
-                    [account.balance for account in changed],
-                    [account.held for account in changed],
-                    [account.version for account in changed],
-                ),
+            accounts: tuple[object, ...] = (
+                [account.username for account in changed],
+                [account.balance for account in changed],
+                [account.held for account in changed],
+                [account.version for account in changed],
             )
+            statements.append((_WRITE_ACCOUNTS, accounts))
         if self.new_holds:
-            connection.execute(_INSERT_HOLDS, _columns(self.new_holds))
+            statements.append((_INSERT_HOLDS, _columns(self.new_holds)))
         if self.settled:
             settled = list(self.settled.values())
-            connection.execute(
-                _SETTLE_HOLDS,
-                (
-                    [hold.id for hold in settled],
-                    [hold.status.value for hold in settled],
-                    [hold.captured for hold in settled],
-                ),
+            holds: tuple[object, ...] = (
+                [hold.id for hold in settled],
+                [hold.status.value for hold in settled],
+                [hold.captured for hold in settled],
             )
+            statements.append((_SETTLE_HOLDS, holds))
+        return statements
 
     def _landed(self, record_ids: list[str]) -> list[TupleRow]:
         """The sequences and hashes of a transaction whose ``COMMIT`` went unanswered, if it
@@ -302,7 +320,7 @@ class Unit:
 
 def _append_parameters(
     drafts: Sequence[tuple[str, RecordSpec, Status]], created_at: str
-) -> tuple[list[object], ...]:
+) -> tuple[object, ...]:
     """``goledger_append``'s arguments: one array per column, each record's encoding tail,
     and one (name, record position) pair per account whose history shows a record."""
     parties = [(name, position) for position, (_, spec, _) in enumerate(drafts, 1) for name in spec.parties]
@@ -326,7 +344,7 @@ def _append_parameters(
     )
 
 
-def _columns(holds: list[HoldRow]) -> tuple[list[object], ...]:
+def _columns(holds: list[HoldRow]) -> tuple[object, ...]:
     return (
         [hold.id for hold in holds],
         [hold.source for hold in holds],

@@ -86,7 +86,7 @@ from app.ledger.model import (
     utc_now_iso,
 )
 from app.ledger.pgcodec import decode_outcome, encode_outcome
-from app.ledger.pgunit import HoldRow, RecordSpec, Restart, Unit, begin_within, success
+from app.ledger.pgunit import HoldRow, RecordSpec, Restart, Unit, begin_within, run_script, success
 from app.ledger.rules import (
     AUDIT_CURSOR,
     HISTORY_CURSOR,
@@ -125,6 +125,8 @@ KEY_PURGE_INTERVAL_S = 60.0
 #: Audit records health checks per call (it resumes where it stopped).
 HEALTH_CHAIN_BATCH = 10_000
 HEALTH_TIMEOUT_S = 1.0
+#: Token digests one worker remembers (about 100 bytes each).
+DIGEST_CACHE_SIZE = 100_000
 STATS_TIMEOUT_MS = 500
 VERIFY_TIMEOUT_S = 10.0
 #: The bound of reads that have no deadline of their own (authentication, pages, verify).
@@ -243,6 +245,8 @@ class PostgresStore:
         self._chain_hash = GENESIS_HASH
         self._chain_problem: str | None = None
         self._figures_seen = (0, 0, 0)
+        #: username -> token digest (see ``token_digest``); dict operations are atomic under the GIL.
+        self._digests: dict[str, bytes] = {}
         self._sweeper = _Sweeper(self, sweep_interval_s) if sweep_interval_s else None
 
     @property
@@ -394,12 +398,28 @@ class PostgresStore:
         return self._write("open", deadline, work, [timeout])
 
     def token_digest(self, username: str) -> bytes | None:
+        """The account's token digest; known ones come from this process's cache.
+
+        A digest never changes and an account is never deleted (the API has no way to
+        do either), so a digest once read stays right: every authenticated request
+        after the first saves a round trip. Unknown names are not cached (the account
+        may be opened on another worker a moment later).
+        """
+        cached = self._digests.get(username)
+        if cached is not None:
+            return cached
         row = self._read(
             lambda c: c.execute(
                 "SELECT token_digest FROM accounts WHERE username = %s", (username,)
             ).fetchone()
         )
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        digest = bytes(row[0])
+        if len(self._digests) >= DIGEST_CACHE_SIZE:
+            self._digests.clear()  # crude but bounded; refilled one request at a time
+        self._digests[username] = digest
+        return digest
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
         def read(now_s: float, connection: Connection) -> tuple[AccountView, bool]:
@@ -826,15 +846,14 @@ class PostgresStore:
         deadline: Deadline,
         operation: Callable[[], Result],
     ) -> Outcome:
-        with connection.pipeline():
-            begin_within(connection, deadline)
-            # Waits on the unique index while another transaction holds the same key.
-            claimed = connection.execute(
-                "INSERT INTO idempotency_keys (username, key, fingerprint) VALUES (%s, %s, %s) "
-                "ON CONFLICT (username, key) DO NOTHING RETURNING 1",
-                (username, key, fingerprint),
-            )
-        if claimed.fetchone() is None:
+        # The INSERT waits on the unique index while another transaction holds the same key.
+        claim = (
+            "INSERT INTO idempotency_keys (username, key, fingerprint) VALUES (%s, %s, %s) "
+            "ON CONFLICT (username, key) DO NOTHING RETURNING 1",
+            (username, key, fingerprint),
+        )
+        *_, claimed = run_script(connection, [*begin_within(deadline), claim])
+        if not claimed:
             row = connection.execute(
                 "SELECT fingerprint, outcome FROM idempotency_keys WHERE username = %s AND key = %s",
                 (username, key),
@@ -857,12 +876,11 @@ class PostgresStore:
             self._local.connection = None
         stored = Jsonb(encode_outcome(result))
         try:
-            with connection.pipeline():
-                connection.execute(
-                    "UPDATE idempotency_keys SET outcome = %s WHERE username = %s AND key = %s",
-                    (stored, username, key),
-                )
-                connection.execute("COMMIT")
+            keep = (
+                "UPDATE idempotency_keys SET outcome = %s WHERE username = %s AND key = %s",
+                (stored, username, key),
+            )
+            run_script(connection, [keep, ("COMMIT", ())])
         except psycopg.OperationalError:
             if not (connection.broken and self._key_landed(username, key)):
                 raise
