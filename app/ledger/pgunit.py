@@ -170,13 +170,16 @@ class Unit:
 
     def begin(self, deadline: Deadline, names: Iterable[str]) -> None:
         """Begin, bound every wait by the deadline, lock ``names`` and expire their due holds."""
-        wanted = sorted({*names, *self.extra})
+        touched = sorted(set(names))
+        # Only the touched accounts' due holds expire (as in the embedded store); the
+        # other parties of those holds are locked too, since their rows change.
+        wanted = sorted({*touched, *self.extra})
         self.began = True
         connection = self.connection
         started = time.perf_counter()
         statements = begin_within(deadline) if self.commit else []
         if wanted:  # (a FAILED record alone takes no lock on the accounts table at all)
-            statements += [(_LOCK_ACCOUNTS, (wanted,)), (_DUE_HOLDS, (self.now_s, wanted, wanted))]
+            statements += [(_LOCK_ACCOUNTS, (wanted,)), (_DUE_HOLDS, (self.now_s, touched, touched))]
         if not statements:
             return
         try:
