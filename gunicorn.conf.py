@@ -44,8 +44,12 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """A worker died while serving (crash, OOM kill): with the memory store, stop."""
-    refuse_replacement(server, _config, f"worker {worker.pid} exited")
+    """A worker died while serving (crash, OOM kill): with the memory store, stop.
+
+    With LEDGER_DATA_DIR the replacement worker replays the journal, so it may start.
+    """
+    if _config.data_dir is None:
+        refuse_replacement(server, _config, f"worker {worker.pid} exited")
 
 
 def on_reload(server):  # type: ignore[no-untyped-def]

@@ -26,14 +26,27 @@ DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
     from app import cli, errors
-    from app.api import admin, balance, batch, deposit, health, history, holds, metrics, transfer, withdraw
+    from app.api import (
+        admin,
+        balance,
+        batch,
+        deposit,
+        docs,
+        health,
+        history,
+        holds,
+        metrics,
+        transfer,
+        withdraw,
+    )
     from app.auth import token_digest
     from app.jsonio import OrjsonProvider
     from app.observability import Observability, configure_logging
 
     config = Config.from_env(os.environ, test_config)
     configure_logging(config.log_level)
-    app = Flask(__name__)
+    # No static folder: every route is one of the contract's (and in the OpenAPI document).
+    app = Flask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     # OPTIONS is answered like any other unsupported method: a JSON 405 with Allow.
@@ -46,7 +59,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ledger_observability"] = Observability(app, app.extensions["ledger"])
 
     errors.init_app(app)
-    for module in (balance, deposit, withdraw, transfer, batch, holds, history, health, metrics, admin):
+    for module in (balance, deposit, withdraw, transfer, batch, holds, history, health, metrics, admin, docs):
         app.register_blueprint(module.bp)
     cli.init_app(app)
 
@@ -72,10 +85,13 @@ def _build_store(config: Config) -> Any:
         from app.ledger.idempotency import IdempotencyTable
         from app.ledger.memory import MockDB
 
-        return MockDB(
-            idempotency=IdempotencyTable(max_keys=config.idempotency_max_keys),
-            lock_trouble_after_s=config.op_timeout_ms / 1000,
-        )
+        options: dict[str, Any] = {
+            "idempotency": IdempotencyTable(max_keys=config.idempotency_max_keys),
+            "lock_trouble_after_s": config.op_timeout_ms / 1000,
+        }
+        if config.data_dir is None:
+            return MockDB(**options)
+        return _open_data_dir(config.data_dir, config.snapshot_bytes, options)
     import psycopg
 
     from app.ledger.postgres import PostgresStore
@@ -88,6 +104,27 @@ def _build_store(config: Config) -> Any:
         )
     except psycopg.OperationalError as error:
         raise ConfigError(f"Cannot reach the PostgreSQL store named by LEDGER_STORE: {error}") from error
+
+
+def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> Any:
+    from app.ledger.journal import JournalError
+    from app.ledger.memory import MockDB
+
+    try:
+        store = MockDB.open(data_dir, snapshot_bytes=snapshot_bytes, **options)
+    except JournalError as error:
+        # A clear sentence for the operator, not a traceback: the start stops here.
+        raise ConfigError(f"LEDGER_DATA_DIR: {error}") from None
+    recovered = store.recovery
+    if recovered is not None:
+        _log.info(
+            "LEDGER_DATA_DIR %s: snapshot %s, %d journal entries replayed, %d audit records",
+            data_dir,
+            "none" if recovered.snapshot is None else recovered.snapshot.path.name,
+            sum(len(segment.frames) for segment in recovered.segments),
+            store.stats().audit_records,
+        )
+    return store
 
 
 def _seed_demo(app: Flask) -> None:

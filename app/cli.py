@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 from flask import Flask
 from flask.cli import AppGroup
@@ -23,15 +26,87 @@ def health_command() -> None:
         raise SystemExit(1)
 
 
+_DATA_DIR_OPTION = click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Work on this data directory (no server may be running on it) instead of the app's store.",
+)
+
+
 @ledger_cli.command("verify")
-def verify_command() -> None:
+@_DATA_DIR_OPTION
+def verify_command(data_dir: Path | None) -> None:
     """Verify the ledger: balances, conservation, replay and the hash chain.
 
-    Exits 1 and lists the problems when anything is wrong.
+    With --data-dir, offline and read-only: the snapshot and journal are read and
+    checked (a torn tail is reported, not cut). Exits 1 and lists the problems when
+    anything is wrong.
     """
     from app.api.common import store
 
-    report = store().verify()
+    if data_dir is None:
+        _report(store().verify())
+        return
+    ledger = _open(data_dir, read_only=True)
+    try:
+        recovery = ledger.recovery
+        if recovery is not None:
+            snapshot = "none" if recovery.snapshot is None else recovery.snapshot.path.name
+            entries = sum(len(segment.frames) for segment in recovery.segments)
+            click.echo(
+                f"data_dir={data_dir} snapshot={snapshot} segments={len(recovery.segments)} entries={entries}"
+            )
+            torn = recovery.torn
+            if torn is not None:
+                click.echo(
+                    f"torn tail: {torn.path.name} from byte {torn.torn_at} ({torn.torn_reason}, "
+                    f"{torn.size - (torn.torn_at or 0)} bytes); it is cut off at the next start",
+                    err=True,
+                )
+        _report(ledger.verify())
+    finally:
+        ledger.close()
+
+
+@ledger_cli.command("snapshot")
+@_DATA_DIR_OPTION
+def snapshot_command(data_dir: Path | None) -> None:
+    """Snapshot the ledger and delete the journal the snapshot replaces.
+
+    Works on the app's store (LEDGER_DATA_DIR) or, with --data-dir, on that directory.
+    """
+    from app.api.common import store
+    from app.ledger.errors import StorageUnavailable
+    from app.ledger.memory import MockDB
+
+    ledger = store() if data_dir is None else _open(data_dir, read_only=False)
+    if not isinstance(ledger, MockDB):
+        raise click.ClickException("Only the embedded store (LEDGER_STORE=memory) keeps snapshots.")
+    try:
+        report = ledger.snapshot()
+    except StorageUnavailable as error:
+        raise click.ClickException(f"{error.message} Set LEDGER_DATA_DIR or pass --data-dir.") from None
+    finally:
+        if data_dir is not None:
+            ledger.close()
+    click.echo(
+        f"snapshot {report.path}: {report.records} records, {report.accounts} accounts, "
+        f"{report.bytes} bytes in {report.seconds:.2f} s"
+    )
+
+
+def _open(data_dir: Path, *, read_only: bool) -> Any:
+    from app.ledger.journal import JournalError
+    from app.ledger.memory import MockDB
+
+    try:
+        return MockDB.open(data_dir, read_only=read_only)
+    except JournalError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _report(report: Any) -> None:
     figures = " ".join(f"{name}={value}" for name, value in report.figures().items())
     if report.ok:
         click.echo(f"ok {figures}")

@@ -32,6 +32,8 @@ class Config:
     idempotency_max_keys: int = 1_000_000
     #: Connections each worker process may open to PostgreSQL (the pool's maximum).
     pg_pool_size: int = 10
+    #: With ``data_dir``: snapshot once the journal's current segment grows past this (0: never).
+    snapshot_bytes: int = 64 * 1024 * 1024
 
     @property
     def uses_memory_store(self) -> bool:
@@ -64,6 +66,12 @@ class Config:
                 100_000_000,
             ),
             pg_pool_size=_integer("LEDGER_PG_POOL_SIZE", environ.get("LEDGER_PG_POOL_SIZE", "10"), 1, 1000),
+            snapshot_bytes=_integer(
+                "LEDGER_SNAPSHOT_BYTES",
+                environ.get("LEDGER_SNAPSHOT_BYTES", str(64 * 1024 * 1024)),
+                0,
+                2**33,
+            ),
         )
         return dataclasses.replace(config, **dict(overrides or {}))
 

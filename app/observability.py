@@ -56,6 +56,21 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily(
             "goledger_idempotency_keys", "Idempotency keys currently kept.", value=stats.idempotency_keys
         )
+        if stats.journal:
+            for name, help_text in _JOURNAL_COUNTERS.items():
+                yield CounterMetricFamily(f"goledger_journal_{name}", help_text, value=stats.journal[name])
+            yield GaugeMetricFamily(
+                "goledger_journal_failed",
+                "1 once the journal has failed (writes refused until a restart).",
+                value=stats.journal["failed"],
+            )
+
+
+_JOURNAL_COUNTERS = {
+    "syncs": "fdatasync calls of the write-ahead journal (one per group commit).",
+    "frames": "Entries made durable by the journal.",
+    "bytes": "Bytes written to the journal.",
+}
 
 
 class Observability:

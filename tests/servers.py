@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import queue
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -11,12 +13,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
+#: How long a killed process may take to be gone (the kernel needs milliseconds).
+KILL_TIMEOUT_S = 10.0
+
+_WORKER_BOOTED = re.compile(r"Booting worker with pid: ([0-9]+)")
 
 
 def free_port() -> int:
@@ -37,12 +44,75 @@ def server_env(port: int, **variables: str) -> dict[str, str]:
     return env
 
 
+@dataclass
+class RunningServer:
+    """A started gunicorn: its address, its master process and what it wrote to stderr.
+
+    The master leads a process group of its own (``start_new_session``), so that the
+    whole server (master and worker) can be killed at once without touching anything
+    else on the machine.
+    """
+
+    url: str
+    process: subprocess.Popen[str]
+    worker_pid: int
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def stderr(self) -> str:
+        """Everything gunicorn and the app logged so far (``stop`` or ``kill`` makes it complete)."""
+        return "".join(self.output)
+
+    def kill(self) -> None:
+        """SIGKILL master and worker together (a power cut, as far as the app can tell).
+
+        Returns once neither process is running any more: the master is reaped here; the
+        worker (reparented once the master died) is waited for through a pidfd.
+        """
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=KILL_TIMEOUT_S)
+        wait_for_exit(self.worker_pid)
+        survivors = running_in_group(self.process.pid)
+        assert not survivors, f"processes of the killed server still run: {survivors}"
+
+
+def wait_for_exit(pid: int, timeout_s: float = KILL_TIMEOUT_S) -> None:
+    """Wait until process ``pid`` has exited (a zombie counts as exited), within a bound."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout_s)
+        assert readable, f"process {pid} still runs {timeout_s} s after SIGKILL"
+    finally:
+        os.close(pidfd)
+
+
+def running_in_group(group: int) -> list[int]:
+    """The pids of processes in process group ``group`` that are not zombies."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 @contextmanager
-def gunicorn_server(*extra: str, **variables: str) -> Iterator[str]:
-    """Start gunicorn, wait until it answers, yield its base URL, stop it at the end.
+def gunicorn_process(*extra: str, **variables: str) -> Iterator[RunningServer]:
+    """Start gunicorn, wait until its worker answers, yield it; stop it at the end unless killed.
 
     Readiness is not guessed with sleeps: gunicorn logs "Listening at" once its socket
-    is bound, and from then on a request waits in the backlog until a worker serves it.
+    is bound and the worker logs "Booting worker with pid" as it starts; from then on a
+    request waits in the backlog until the worker serves it.
     """
     port = free_port()
     process = subprocess.Popen(
@@ -52,6 +122,7 @@ def gunicorn_server(*extra: str, **variables: str) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
     output: list[str] = []
@@ -67,19 +138,37 @@ def gunicorn_server(*extra: str, **variables: str) -> Iterator[str]:
     reader.start()
     base_url = f"http://127.0.0.1:{port}"
     try:
-        while True:
+        listening = False
+        worker_pid = 0
+        while not (listening and worker_pid):
             line = lines.get(timeout=START_TIMEOUT_S)
             if line is None:
                 raise RuntimeError("gunicorn exited before listening:\n" + "".join(output))
-            if "Listening at" in line:
-                break
-        requests.get(f"{base_url}/system/health", timeout=START_TIMEOUT_S)
-        yield base_url
-    finally:
-        process.send_signal(signal.SIGTERM)
+            listening = listening or "Listening at" in line
+            booted = _WORKER_BOOTED.search(line)
+            if booted is not None:
+                worker_pid = int(booted.group(1))
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            requests.get(f"{base_url}/system/health", timeout=START_TIMEOUT_S)
+        except requests.ConnectionError as error:
+            # The worker died while starting: give its log (complete once gunicorn has exited).
+            process.wait(timeout=START_TIMEOUT_S)
+            reader.join(timeout=10)
+            raise RuntimeError(f"gunicorn did not serve ({error}):\n" + "".join(output)) from None
+        yield RunningServer(base_url, process, worker_pid, output)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=KILL_TIMEOUT_S)
         reader.join(timeout=10)
+
+
+@contextmanager
+def gunicorn_server(*extra: str, **variables: str) -> Iterator[str]:
+    """Start gunicorn, wait until it answers, yield its base URL, stop it at the end."""
+    with gunicorn_process(*extra, **variables) as server:
+        yield server.url

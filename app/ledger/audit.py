@@ -78,10 +78,11 @@ def canonical_encoding(record: Transaction) -> bytes:
 
 
 def chain_hash(previous_hash: str, record: Transaction) -> str:
-    return _digest(previous_hash, canonical_encoding(record))
+    return digest(previous_hash, canonical_encoding(record))
 
 
-def _digest(previous_hash: str, encoding: bytes) -> str:
+def digest(previous_hash: str, encoding: bytes) -> str:
+    """The chain hash of a record whose canonical encoding is ``encoding``."""
     return hashlib.sha256(previous_hash.encode("ascii") + encoding).hexdigest()
 
 
@@ -110,7 +111,7 @@ def sealed_record(
         reason,
         created_at,
         previous_hash,
-        _digest(previous_hash, encoding),
+        digest(previous_hash, encoding),
     )
 
 

@@ -83,6 +83,24 @@ class OperationTimeout(LedgerError):
         self.headers["Retry-After"] = "1"
 
 
+class StorageUnavailable(LedgerError):
+    """The journal cannot write: the ledger refuses writes until it is restarted.
+
+    Raised before anything is applied when the journal has already failed. Raised
+    after the fact for an operation whose journal entry was queued but could not be
+    made durable: that operation was not acknowledged and its outcome is unknown
+    until a restart replays the journal (a retry with the same ``Idempotency-Key``
+    after the restart answers it).
+    """
+
+    status = 503
+    code = "storage_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = "30"
+
+
 class StoreInvariantBroken(Exception):
     """An internal invariant failed: a bug, reported as a 500 and logged in full."""
 

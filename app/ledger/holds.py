@@ -64,6 +64,24 @@ class HoldBook:
         for name in (state.source, state.target):
             self._pending.setdefault(name, set()).add(state.id)
 
+    def put(self, state: HoldState) -> None:
+        """Set a hold as the journal or a snapshot has it (replay: new or changed)."""
+        self._holds[state.id] = state
+        for name in (state.source, state.target):
+            pending = self._pending.setdefault(name, set())
+            if state.status is HoldStatus.PENDING:
+                pending.add(state.id)
+            else:
+                pending.discard(state.id)
+                if not pending:
+                    del self._pending[name]
+
+    def all(self) -> list[HoldState]:
+        return list(self._holds.values())
+
+    def pending(self) -> list[HoldState]:
+        return [state for state in self._holds.values() if state.status is HoldStatus.PENDING]
+
     def get(self, hold_id: str) -> HoldState | None:
         return self._holds.get(hold_id)
 

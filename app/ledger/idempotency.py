@@ -12,7 +12,13 @@ What is kept
 The outcome of the first request with a key: its result, or its business failure
 (``insufficient_funds``, ``version_conflict``…), so that a retry gets the same status
 and body. A timeout or an unexpected error applied nothing and is *not* kept: the
-key is released and a retry runs afresh. Keys live at least ``ttl_s`` (24 hours);
+key is released and a retry runs afresh; so is an operation the journal could not
+make durable (``storage_unavailable``: no retry can run before a restart, which
+replays the key's outcome if the operation reached the disk after all).
+
+With a journal, the store writes a key's outcome in the same journal entry as the
+operation (so a crash cannot separate them), hands it to ``record`` under its audit
+lock, and on start puts every kept key back with ``restore``. Keys live at least ``ttl_s`` (24 hours);
 older ones are dropped as new ones arrive. The table holds at most ``max_keys``
 entries: when every slot holds a key younger than ``ttl_s``, new keys are refused
 (``503 idempotency_store_full``) rather than forgetting a promise early.
@@ -31,6 +37,7 @@ from app.ledger.errors import (
     IdempotencyStoreFull,
     LedgerError,
     OperationTimeout,
+    StorageUnavailable,
 )
 from app.ledger.model import BatchResult, Deadline, HoldResult, OperationResult
 
@@ -47,6 +54,10 @@ class Outcome:
 
     result: Result | LedgerError
     replayed: bool
+
+
+#: Failures that applied nothing durable: the key is released, not kept.
+NOT_KEPT = (OperationTimeout, StorageUnavailable)
 
 
 #: Shared by every finished entry, so that a kept key does not keep an Event
@@ -125,7 +136,7 @@ class IdempotencyTable:
     def _run_owned(self, slot: tuple[str, str], entry: _Entry, operation: Callable[[], Result]) -> Outcome:
         try:
             result: Result | LedgerError = operation()
-        except OperationTimeout:
+        except NOT_KEPT:
             self._release(slot, entry)
             raise
         except LedgerError as error:
@@ -136,6 +147,35 @@ class IdempotencyTable:
         entry.result = result
         _finish(entry)
         return Outcome(result, replayed=False)
+
+    def record(self, username: str, key: str, outcome: Result | LedgerError) -> None:
+        """Note a claimed key's outcome as soon as it is journaled, before it is answered.
+
+        A snapshot taken from then on keeps the key (waiters still wait for the answer).
+        """
+        with self._lock:
+            entry = self._entries.get((username, key))
+            if entry is not None and entry.result is None:
+                entry.result = outcome
+
+    def restore(
+        self, username: str, key: str, fingerprint: str, created_at: float, outcome: Result | LedgerError
+    ) -> None:
+        """Put back a key read from the journal or a snapshot (replay, in journal order)."""
+        entry = _Entry(fingerprint, created_at)
+        entry.result = outcome
+        _finish(entry)
+        with self._lock:
+            self._entries[(username, key)] = entry
+
+    def kept(self) -> list[tuple[str, str, str, float, Result | LedgerError]]:
+        """Every key with an outcome: ``(username, key, fingerprint, created_at, outcome)``."""
+        with self._lock:
+            return [
+                (username, key, entry.fingerprint, entry.created_at, entry.result)
+                for (username, key), entry in self._entries.items()
+                if entry.result is not None
+            ]
 
     def _release(self, slot: tuple[str, str], entry: _Entry) -> None:
         with self._lock:

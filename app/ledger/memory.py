@@ -17,10 +17,15 @@ Four locks, each the only owner of its data, always taken in this order:
    the one before it.
 4. ``_counters_lock`` guards the health and metrics counters.
 
-Idempotency keys live in an ``IdempotencyTable`` with its own mutex, which is
-never held together with any of the four above. Holds live in a ``HoldBook`` under
-``_rw``; the expiry sweeper's heap has its own condition, never held while the
-sweeper takes ``_rw``.
+Idempotency keys live in an ``IdempotencyTable`` with its own mutex. With a
+journal, the store hands a key's outcome to the table while it holds
+``_audit_lock`` (so that a snapshot sees every journaled key), so the table's mutex
+comes after ``_audit_lock``; the table never calls back into the store while it
+holds its mutex. The journal's own mutex (``Journal._condition``) is taken last of
+all, only to queue a frame or to wait for a sync, and is never held across the
+write or the sync itself. ``_snapshot_lock`` (one snapshot at a time) is taken
+before ``_rw``. Holds live in a ``HoldBook`` under ``_rw``; the expiry sweeper's
+heap has its own condition, never held while the sweeper takes ``_rw``.
 
 Holds expire no later than the next operation that touches either of their
 accounts (each write, and a balance read, expires what is due first) or the
@@ -34,7 +39,23 @@ list operations, never across I/O.
 
 Durability
 ----------
-None: everything lives in this process's memory and is lost when it exits.
+Without a data directory, none: everything lives in this process's memory.
+
+With one (``MockDB.open``), every state change is also written to a write-ahead
+journal (``app.ledger.journal``) as one entry holding the audit records it appends
+and the states it leaves behind (``app.ledger.persistence``): account creations,
+every money and hold operation, FAILED ones too, expiries, and the outcome of an
+idempotent request in the same entry as its operation. Entries are queued under
+``_audit_lock``, so the journal's order is the audit order; the fsync happens after
+every lock is released, shared by all requests waiting at that moment (group
+commit), and a write method returns only once its entries are durable. Reads never
+show a state that is not durable yet: a balance or hold read waits for the entry
+that last changed the account, history and audit pages stop at the last durable
+record. If the journal fails, writes are refused (``StorageUnavailable``) before
+anything is applied, and reads of accounts whose last change was not made durable
+are refused too; everything else keeps being served. ``snapshot`` writes the whole
+state and drops the journal before it, so that a start loads one file and replays
+a short tail.
 """
 
 from __future__ import annotations
@@ -42,14 +63,22 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import contextvars
+import functools
+import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from readerwriterlock import rwlock
 
+from app.ledger import journal as journal_files
+from app.ledger import persistence, recovery
+from app.ledger.accounts import AccountState
 from app.ledger.audit import (
     GENESIS_HASH,
     AccountSnapshot,
@@ -69,11 +98,13 @@ from app.ledger.errors import (
     InvalidInput,
     LedgerError,
     OperationTimeout,
+    StorageUnavailable,
     StoreInvariantBroken,
     VersionConflict,
 )
 from app.ledger.holds import ExpirySweeper, HoldBook, HoldState
-from app.ledger.idempotency import IdempotencyTable, Outcome, Result
+from app.ledger.idempotency import NOT_KEPT, IdempotencyTable, Outcome, Result
+from app.ledger.journal import Journal, JournalUnavailable
 from app.ledger.model import (
     MAX_AMOUNT,
     MAX_BALANCE,
@@ -99,6 +130,10 @@ from app.ledger.model import (
 from app.ledger.store import LOCK_WAIT_BUCKETS_S, Health, Stats
 
 T = TypeVar("T")
+R = TypeVar("R", bound=OperationResult | HoldResult)
+P = ParamSpec("P")
+
+_log = logging.getLogger("goledger.store")
 
 #: A lock wait that ran past its deadline this recently makes health "degraded".
 LOCK_TROUBLE_WINDOW_S = 60.0
@@ -110,44 +145,72 @@ STATS_LOCK_TIMEOUT_S = 0.5
 #: How long ``verify`` may wait for the balance lock.
 VERIFY_LOCK_TIMEOUT_MS = 10_000
 
+#: How long a snapshot may wait for the balance lock.
+SNAPSHOT_LOCK_TIMEOUT_MS = 30_000
+#: The journal size past which the store snapshots itself (``LEDGER_SNAPSHOT_BYTES``).
+DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
+#: How long after a failed automatic snapshot the next one may start.
+SNAPSHOT_RETRY_S = 60.0
+#: The lsn of an account whose last change could not be journaled: never durable.
+_NEVER_DURABLE = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """The idempotency key an operation runs under (set by ``MockDB.idempotent``)."""
+
+    username: str
+    key: str
+    fingerprint: str
+    created_at: float
+
+
+_CLAIM: contextvars.ContextVar[_Claim | None] = contextvars.ContextVar("goledger_claim", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReport:
+    path: str
+    bytes: int
+    records: int
+    accounts: int
+    lock_held_s: float
+    seconds: float
+
+
+def _durable(method: Callable[Concatenate[MockDB, P], T]) -> Callable[Concatenate[MockDB, P], T]:
+    """A write method that returns (or raises) only once its journal entries are durable."""
+
+    @functools.wraps(method)
+    def wrapper(self: MockDB, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        self._written.lsn = 0
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._await_written()
+
+    return wrapper
+
+
 _HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
 _AUDIT_CURSOR = re.compile(r"a:([1-9][0-9]{0,18})")
 
 
-class _Account:
-    """Mutable account state; only ever touched under ``MockDB._rw``."""
-
-    __slots__ = ("balance", "held", "version")
-
-    def __init__(self, balance: int) -> None:
-        self.balance = balance
-        self.held = 0
-        self.version = 0
-
-    def view(self, username: str) -> AccountView:
-        return AccountView(username, self.balance, self.version, self.held)
-
-    def copy(self) -> _Account:
-        twin = _Account(self.balance)
-        twin.take(self)
-        return twin
-
-    def take(self, other: _Account) -> None:
-        """Adopt another copy's state (an atomic batch writing back its result)."""
-        self.balance = other.balance
-        self.held = other.held
-        self.version = other.version
-
-
 class _AuditFields:
-    """The ``from``/``to``/amount an operation's audit record will carry, filled in as found."""
+    """What an operation's audit record and journal entry will carry, filled in as found.
 
-    __slots__ = ("amount", "source", "target")
+    ``from``/``to``/amount for the record; the hold it touched and the token digest
+    of the account it opened, for the journal.
+    """
+
+    __slots__ = ("amount", "credential", "hold", "source", "target")
 
     def __init__(self, source: str | None, target: str | None, amount: int) -> None:
         self.source = source
         self.target = target
         self.amount = amount
+        self.hold: HoldState | None = None
+        self.credential: bytes | None = None
 
 
 class MockDB:
@@ -160,13 +223,15 @@ class MockDB:
         lock_trouble_after_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``lock_trouble_after_s``: a lock wait that times out after waiting at least
+        """An empty ledger in memory only (``MockDB.open`` gives one with a journal).
+
+        ``lock_trouble_after_s``: a lock wait that times out after waiting at least
         this long marks health degraded (the app passes the default deadline, so a
         caller's own tight ``X-Timeout-Ms`` does not take the instance out of rotation).
         ``clock``: the wall clock that holds expire by (injectable for tests).
         """
         self._rw = rwlock.RWLockFair()
-        self._accounts: dict[str, _Account] = {}
+        self._accounts: dict[str, AccountState] = {}
         self._holds = HoldBook()  # guarded by _rw, like the balances it reserves
         self._clock = clock
         self._sweeper = ExpirySweeper(self._sweep_due, clock=clock)
@@ -196,12 +261,272 @@ class MockDB:
         # Not ``or``: an empty table has len() == 0 and would be replaced.
         self._idempotency = idempotency if idempotency is not None else IdempotencyTable()
 
+        # Durability (see ``open``): the journal is set once, before the store is shared.
+        self._directory: journal_files.DataDirectory | None = None
+        self._journal: Journal | None = None
+        self._snapshot_bytes = 0
+        self._written = threading.local()  # the lsn the current write must wait for
+        self._snapshot_lock = threading.Lock()  # one snapshot at a time; taken before _rw
+        self._snapshot_starter = threading.Lock()  # guards the two below; held for an instant
+        self._snapshot_thread: threading.Thread | None = None
+        self._snapshot_retry_at = 0.0  # after a failed automatic snapshot (monotonic clock)
+        self.recovery: journal_files.Recovered | None = None
+        #: Why writes are refused before they start (``None``: they are not).
+        self._refusal: str | None = None
+
+    # -- opening a data directory --------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
+        read_only: bool = False,
+        sync: Callable[[int], None] | None = None,
+        write: Callable[[int, memoryview], int] | None = None,
+        **options: Any,
+    ) -> MockDB:
+        """The ledger kept in ``data_dir``: its snapshot and journal replayed, then journaling.
+
+        Takes the directory's lock for as long as the store lives (``DataDirLocked`` if
+        another process holds it). A torn tail is cut off and logged; any other damage
+        raises ``JournalCorrupt``. ``read_only`` (offline verification): nothing on disk
+        is changed, a torn tail is only reported, and every write is refused.
+        ``snapshot_bytes``: snapshot automatically once the current journal segment
+        grows past this many bytes (0: never). ``sync``/``write``: the system calls the
+        journal uses (tests inject failing ones).
+        """
+        directory = journal_files.DataDirectory(Path(data_dir), create=not read_only)
+        try:
+            store = cls(**options)
+            store._directory = directory
+            recovered = journal_files.read_directory(directory.path, recovery.snapshot_lsn)
+            store.recovery = recovered
+            store._restore(recovered)
+            if read_only:
+                store._refusal = f"{data_dir} is open read-only (offline verification)"
+                return store
+            if recovered.torn is not None:
+                journal_files.cut_torn_tail(recovered.torn)
+            # What a crash between a snapshot's rename and its clean-up left behind.
+            journal_files.remove_before(directory.path, recovered.first_segment)
+            store._journal = Journal(
+                directory.path,
+                recovered.last_segment,
+                recovered.last_lsn,
+                len(store._audit),
+                sync=sync,
+                write=write,
+            )
+            store._snapshot_bytes = snapshot_bytes
+        except BaseException:
+            directory.release()
+            raise
+        return store
+
+    def _restore(self, recovered: journal_files.Recovered) -> None:
+        """Adopt what the data directory holds (before the store is shared)."""
+        state = recovery.load(recovered, self._idempotency)
+        self._accounts = state.accounts
+        self._credentials = state.credentials
+        self._holds = state.holds
+        self._audit = state.audit
+        self._records_by_account = state.records_by_account
+        self._last_hash = state.last_hash
+        self._chain_problem = state.chain_problem
+        now_s = self._clock()
+        for hold in self._holds.pending():
+            self._sweeper.schedule(max(hold.expires_at_s, now_s), hold.id)
+        # Every record's hash was checked as it was read.
+        if self._chain_problem is None:
+            self._chain_checked = len(self._audit)
+        else:
+            _log.error("the audit trail read from %s is broken: %s", recovered.directory, self._chain_problem)
+
+    # -- durability -----------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        """Refuse a write before it applies anything when the journal cannot keep it."""
+        refusal = self._refusal
+        if refusal is None and self._journal is not None:
+            refusal = self._journal.failure
+        if refusal is not None:
+            raise StorageUnavailable(
+                f"The ledger cannot keep new operations ({refusal}); nothing was applied. Reads still work."
+            )
+
+    def _persist(
+        self,
+        records: Sequence[tuple[Transaction, tuple[str, ...]]],
+        accounts: Iterable[str | None] = (),
+        *,
+        audit: _AuditFields | None = None,
+        outcome: Callable[[list[Transaction]], Result | LedgerError] | None = None,
+    ) -> None:
+        """Queue the journal entry of a change (the caller holds ``_audit_lock``).
+
+        ``accounts``: the accounts whose state the change set (the caller holds the
+        write lock whenever there are any); ``outcome``: what an idempotent request
+        answers, kept under its key when the request runs under one.
+        """
+        if self._journal is None:
+            return
+        names = [name for name in dict.fromkeys(accounts) if name is not None and name in self._accounts]
+        entry: dict[str, Any] = {
+            "r": [persistence.record_row(record, parties) for record, parties in records],
+        }
+        if names:
+            entry["a"] = {name: self._accounts[name].row() for name in names}
+        if audit is not None and audit.credential is not None and audit.target is not None:
+            entry["c"] = {audit.target: audit.credential.hex()}
+        if audit is not None and audit.hold is not None:
+            entry["h"] = [recovery.hold_row(audit.hold)]
+        claim = _CLAIM.get()
+        if claim is not None and outcome is not None:
+            result = outcome([record for record, _ in records])
+            if not isinstance(result, NOT_KEPT):
+                entry["i"] = [
+                    claim.username,
+                    claim.key,
+                    claim.fingerprint,
+                    claim.created_at,
+                    persistence.outcome_row(result),
+                ]
+                self._idempotency.record(claim.username, claim.key, result)
+        lsn = _NEVER_DURABLE
+        try:
+            lsn = self._journal.append(persistence.encode(entry), records[-1][0].sequence)
+        except JournalUnavailable as error:
+            raise StorageUnavailable(
+                f"The ledger cannot keep new operations ({error}); the operation was not acknowledged."
+            ) from None
+        finally:
+            for name in names:
+                self._accounts[name].lsn = lsn
+        self._written.lsn = lsn
+
+    def _await_written(self) -> None:
+        """Wait until what this thread's write queued is durable (group commit)."""
+        lsn: int = getattr(self._written, "lsn", 0)
+        if not lsn or self._journal is None:
+            return
+        self._written.lsn = 0
+        self._await_lsn(lsn)
+        if self._snapshot_bytes and self._journal.segment_bytes >= self._snapshot_bytes:
+            self._snapshot_in_background()
+
+    def _await_lsn(self, lsn: int) -> None:
+        if self._journal is None or not lsn:
+            return
+        try:
+            self._journal.wait_durable(lsn)
+        except JournalUnavailable as error:
+            raise StorageUnavailable(
+                f"The journal failed ({error}) before this could be made durable; it was not acknowledged "
+                "and its outcome is known only after a restart."
+            ) from None
+
+    def snapshot(self) -> SnapshotReport:
+        """Write the whole state to a snapshot and delete the journal it makes redundant.
+
+        Writers pause while the state is copied (under the write lock, then the audit
+        lock, then the idempotency table's); the file is written after every lock is
+        released. The journal switches to a new segment at the same instant, so the
+        snapshot plus the segments from that one on are the whole ledger.
+        """
+        if self._journal is None or self._directory is None:
+            raise StorageUnavailable("This ledger has no data directory to snapshot into.")
+        journal = self._journal
+        with self._snapshot_lock:
+            started = time.perf_counter()
+            lock = self._rw.gen_wlock()
+            self._acquire(lock, Deadline.after_ms(SNAPSHOT_LOCK_TIMEOUT_MS), "snapshot")
+            try:
+                with self._audit_lock:
+                    self._check_writable()
+                    number = journal.rotate()
+                    lsn = journal.appended_lsn
+                    header = {
+                        "lsn": lsn,
+                        "segment": number,
+                        "records": len(self._audit),
+                        "last_hash": self._last_hash,
+                    }
+                    accounts = [
+                        [name, account.balance, account.held, account.version, self._credentials[name].hex()]
+                        for name, account in self._accounts.items()
+                    ]
+                    holds = [recovery.hold_row(state) for state in self._holds.all()]
+                    records = list(self._audit)
+                    index = {name: list(sequences) for name, sequences in self._records_by_account.items()}
+                    keys = self._idempotency.kept()
+            finally:
+                lock.release()
+            lock_held_s = time.perf_counter() - started
+            sections: list[tuple[str, Sequence[persistence.Row]]] = [
+                ("accounts", accounts),
+                ("holds", holds),
+                ("records", [persistence.record_row(record, ()) for record in records]),
+                ("index", [[name, sequences] for name, sequences in index.items()]),
+                (
+                    "keys",
+                    [
+                        [username, key, fingerprint, created_at, persistence.outcome_row(outcome)]
+                        for username, key, fingerprint, created_at, outcome in keys
+                    ],
+                ),
+            ]
+            self._await_lsn(lsn)  # the segments the snapshot replaces are complete on disk
+            path, size = journal_files.write_snapshot(
+                self._directory.path, number, persistence.snapshot_payloads(header, sections)
+            )
+            journal_files.remove_before(self._directory.path, number)
+        seconds = time.perf_counter() - started
+        _log.info(
+            "snapshot %s: %d records, %d accounts, %d bytes in %.2f s (writers paused %.3f s)",
+            path,
+            len(records),
+            len(accounts),
+            size,
+            seconds,
+            lock_held_s,
+        )
+        return SnapshotReport(str(path), size, len(records), len(accounts), lock_held_s, seconds)
+
+    def _snapshot_in_background(self) -> None:
+        """Start one snapshot thread unless one is running (the journal outgrew its bound).
+
+        Called by writers: it only ever takes ``_snapshot_starter``, never the lock a
+        running snapshot holds while it writes its file.
+        """
+        with self._snapshot_starter:
+            running = self._snapshot_thread is not None and self._snapshot_thread.is_alive()
+            if running or time.monotonic() < self._snapshot_retry_at:
+                return
+            self._snapshot_thread = threading.Thread(
+                target=self._snapshot_logged, name="goledger-snapshot", daemon=True
+            )
+            self._snapshot_thread.start()
+
+    def _snapshot_logged(self) -> None:
+        try:
+            self.snapshot()
+        except Exception:
+            _log.exception(
+                "automatic snapshot failed; the journal keeps growing, next attempt in %d s",
+                SNAPSHOT_RETRY_S,
+            )
+            with self._snapshot_starter:
+                self._snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY_S
+
     # -- accounts -------------------------------------------------------------
 
     def is_empty(self) -> bool:
         with self._rw.gen_rlock():
             return not self._accounts
 
+    @_durable
     def create_account(
         self, username: str, token_digest: bytes, balance: int, *, deadline: Deadline
     ) -> AccountView:
@@ -210,7 +535,7 @@ class MockDB:
                 raise AccountExists(f"Account {username} already exists.")
             if not 0 <= balance <= MAX_BALANCE:
                 raise StoreInvariantBroken(f"opening balance {balance} out of range")
-            account = _Account(balance)
+            account = AccountState(balance)
             self._accounts[username] = account
             with self._credentials_lock:
                 self._credentials[username] = token_digest
@@ -220,7 +545,15 @@ class MockDB:
         # explains every coin in the ledger. A refused opening (the name is taken) is
         # audited too, but shown in nobody's history: it is not the holder's doing.
         return self._run_write(
-            OperationType.OPEN, username, None, username, balance, deadline, apply, failure_parties=()
+            OperationType.OPEN,
+            username,
+            None,
+            username,
+            balance,
+            deadline,
+            apply,
+            failure_parties=(),
+            credential=token_digest,
         ).account
 
     def token_digest(self, username: str) -> bytes | None:
@@ -228,27 +561,32 @@ class MockDB:
             return self._credentials.get(username)
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
-        return self._read_after_expiry(
-            username, deadline, "balance", lambda: self._existing(username).view(username)
-        )
+        def read() -> tuple[AccountView, int]:
+            account = self._existing(username)
+            return account.view(username), account.lsn
 
-    def _read_after_expiry(self, username: str, deadline: Deadline, kind: str, read: Callable[[], T]) -> T:
-        """``read`` under the read lock, once no hold of ``username`` is due.
+        return self._read_after_expiry(username, deadline, "balance", read)
+
+    def _read_after_expiry(
+        self, username: str, deadline: Deadline, kind: str, read: Callable[[], tuple[T, int]]
+    ) -> T:
+        """``read`` under the read lock, once no hold of ``username`` is due; then durable.
 
         Whether a hold is due is checked under the same read lock as the read; only
         when one is does the read step aside, expire it under the write lock and try
         again (a second time nothing of this account can be due before the clock moves,
-        and expiry is idempotent if it has).
+        and expiry is idempotent if it has). ``read`` also gives the journal frame that
+        last changed what it read: the answer waits until that frame is durable.
         """
         for attempt in range(2):
             lock = self._rw.gen_rlock()
             waited_s = self._acquire(lock, deadline, kind)
             outcome = "success"
             try:
-                if attempt == 0 and self._holds.due((username,), self._clock()):
+                if attempt == 0 and self._refusal is None and self._holds.due((username,), self._clock()):
                     outcome = "deferred"
                 else:
-                    return read()
+                    value, lsn = read()
             except LedgerError as error:
                 outcome = error.code
                 raise
@@ -256,11 +594,15 @@ class MockDB:
                 lock.release()
                 if outcome != "deferred":
                     self._count(kind, outcome, waited_s)
+            if outcome != "deferred":
+                self._await_lsn(lsn)
+                return value
             self._expire_now((username,), deadline)
         raise StoreInvariantBroken("only the first read of an account may defer to expiry")
 
     # -- money ----------------------------------------------------------------
 
+    @_durable
     def deposit(
         self,
         username: str,
@@ -271,6 +613,7 @@ class MockDB:
     ) -> OperationResult:
         return self._run_one(username, BatchItem(OperationType.DEPOSIT, amount), deadline, expected_version)
 
+    @_durable
     def withdraw(
         self,
         username: str,
@@ -283,6 +626,7 @@ class MockDB:
             username, BatchItem(OperationType.WITHDRAWAL, amount), deadline, expected_version
         )
 
+    @_durable
     def transfer(
         self,
         username: str,
@@ -296,6 +640,7 @@ class MockDB:
             username, BatchItem(OperationType.TRANSFER, amount, target), deadline, expected_version
         )
 
+    @_durable
     def batch(
         self,
         username: str,
@@ -321,30 +666,32 @@ class MockDB:
             raise
         failures: list[LedgerError | None] = []
         try:
+            self._check_writable()
             self._expire_due({username, *(item.target for item in items)})
             caller = self._existing(username)
             try:
                 _check_version(caller, expected_version)
             except VersionConflict as error:
                 failures = [error] * len(items)
-                error.transaction = self._append_items(username, items, failures)[0]
+                error.transaction = self._append_items(
+                    username, items, failures, outcome=_failure_outcome(error)
+                )[0]
                 raise
             if atomic:
                 failures, failed_index = self._apply_atomically(username, items)
             else:
                 failures, failed_index = [self._apply_alone(username, item) for item in items], None
-            records = self._append_items(username, items, failures)
             account = caller.view(username)
+            records = self._append_items(
+                username,
+                items,
+                failures,
+                outcome=lambda records: _batch_result(records, failures, account, atomic, failed_index),
+            )
         finally:
             lock.release()
             self._count_items(items, failures, waited_s)
-        outcomes = tuple(
-            ItemOutcome(index, record)
-            if failure is None
-            else ItemOutcome(index, record, failure.status, failure.code, failure.message)
-            for index, (record, failure) in enumerate(zip(records, failures, strict=True))
-        )
-        return BatchResult(outcomes, account, atomic, failed_index)
+        return _batch_result(records, failures, account, atomic, failed_index)
 
     def _run_one(
         self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
@@ -370,9 +717,9 @@ class MockDB:
     def _apply_atomically(
         self, username: str, items: Sequence[BatchItem]
     ) -> tuple[list[LedgerError | None], int | None]:
-        copies: dict[str, _Account] = {}
+        copies: dict[str, AccountState] = {}
 
-        def copy_of(name: str) -> _Account | None:
+        def copy_of(name: str) -> AccountState | None:
             if name not in copies:
                 account = self._accounts.get(name)
                 if account is None:
@@ -396,6 +743,7 @@ class MockDB:
 
     # -- holds ----------------------------------------------------------------
 
+    @_durable
     def create_hold(
         self,
         username: str,
@@ -434,6 +782,7 @@ class MockDB:
         self._sweeper.schedule(self._clock() + timeout_s, hold_id)
         return result
 
+    @_durable
     def capture_hold(
         self,
         username: str,
@@ -468,6 +817,7 @@ class MockDB:
 
         return self._run_hold(OperationType.CAPTURE, username, amount or 0, deadline, apply)
 
+    @_durable
     def void_hold(
         self, username: str, hold_id: str, *, deadline: Deadline, expected_version: int | None = None
     ) -> HoldResult:
@@ -481,26 +831,36 @@ class MockDB:
         return self._run_hold(OperationType.VOID, username, 0, deadline, apply)
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
-        def read() -> Hold:
+        def read() -> tuple[Hold, int]:
             state = self._holds.get(hold_id)
             if state is None or username not in (state.source, state.target):
                 raise HoldNotFound(f"No hold {hold_id} of yours.")
-            return state.view()
+            # Every change of a hold changes its payer's account, a capture the payee's too.
+            lsn = max(self._accounts[state.source].lsn, self._accounts[state.target].lsn)
+            return state.view(), lsn
 
         return self._read_after_expiry(username, deadline, "hold_read", read)
 
+    @_durable
     def sweep_expired(self, *, deadline: Deadline) -> int:
         """Expire every pending hold whose time is up; how many were."""
         lock = self._rw.gen_wlock()
         self._acquire(lock, deadline, OperationType.EXPIRE.value)
         try:
+            self._check_writable()
             return self._expire(self._holds.all_due(self._clock()))
         finally:
             lock.release()
 
     def close(self) -> None:
-        """Stop the background sweeper (the ledger itself needs no closing)."""
+        """Stop the background sweeper; sync and close the journal, release the data directory."""
         self._sweeper.stop()
+        with self._snapshot_lock:  # let a running snapshot finish, start no other
+            self._snapshot_bytes = 0
+        if self._journal is not None:
+            self._journal.close()
+        if self._directory is not None:
+            self._directory.release()
 
     def _sweep_due(self, hold_ids: list[str]) -> None:
         """The sweeper's pass: expire these holds if still pending and due.
@@ -509,6 +869,9 @@ class MockDB:
         lock). A hold that is not due after all, because the wall clock stepped back, is
         scheduled again, so that the sweeper cannot lose it.
         """
+        if self._refusal is not None or (self._journal is not None and self._journal.failure is not None):
+            return  # nothing can be kept; the holds expire after the restart
+        self._written.lsn = 0
         lock = self._rw.gen_wlock()
         self._acquire(lock, Deadline.after_ms(SWEEP_LOCK_TIMEOUT_MS), OperationType.EXPIRE.value)
         try:
@@ -529,6 +892,7 @@ class MockDB:
                     self._sweeper.schedule(state.expires_at_s, state.id)
         finally:
             lock.release()
+        self._await_written()
 
     def _pending_hold_of(
         self, username: str, hold_id: str, audit: _AuditFields, expected_version: int | None
@@ -560,7 +924,9 @@ class MockDB:
         for state in states:
             self._release(state, HoldStatus.EXPIRED)
             parties = (state.source, state.target)
-            self._append(OperationType.EXPIRE, state.source, state.target, state.amount, parties, None)
+            audit = _AuditFields(state.source, state.target, state.amount)
+            audit.hold = state
+            self._append(OperationType.EXPIRE, audit, parties, None, accounts=(state.source,))
             self._count(OperationType.EXPIRE.value, "success", 0.0)
         return len(states)
 
@@ -568,6 +934,7 @@ class MockDB:
         lock = self._rw.gen_wlock()
         self._acquire(lock, deadline, OperationType.EXPIRE.value)
         try:
+            self._check_writable()
             self._expire_due(names)
         finally:
             lock.release()
@@ -586,12 +953,18 @@ class MockDB:
 
         def apply_and_copy() -> tuple[AccountView, Hold]:
             account, state = apply(audit)
+            audit.hold = state
             return account, state.view()  # copied under the lock
 
-        (account, hold), record = self._run_audited(
-            kind, username, audit, deadline, apply_and_copy, (username,)
+        return self._run_audited(
+            kind,
+            username,
+            audit,
+            deadline,
+            apply_and_copy,
+            lambda applied, record: HoldResult(applied[1], applied[0], record),
+            (username,),
         )
-        return HoldResult(hold, account, record)
 
     # -- history --------------------------------------------------------------
 
@@ -599,6 +972,9 @@ class MockDB:
         if limit < 1:
             raise InvalidInput("invalid_limit", "The limit must be at least 1.")
         before = None if cursor is None else _decode_cursor(cursor, _HISTORY_CURSOR)
+        durable = self._durable_sequence()
+        if durable is not None:
+            before = durable + 1 if before is None else min(before, durable + 1)
         with self._audit_lock:
             sequences = self._records_by_account.get(username, [])
             end = len(sequences) if before is None else bisect.bisect_left(sequences, before)
@@ -614,11 +990,17 @@ class MockDB:
         if limit < 1:
             raise InvalidInput("invalid_limit", "The limit must be at least 1.")
         after = 0 if cursor is None else _decode_cursor(cursor, _AUDIT_CURSOR)
+        durable = self._durable_sequence()
         with self._audit_lock:
-            records = tuple(self._audit[after : after + limit])
-            more = after + limit < len(self._audit)
+            last = len(self._audit) if durable is None else min(durable, len(self._audit))
+            records = tuple(self._audit[after : min(after + limit, last)])
+            more = after + limit < last
         next_cursor = _encode_cursor("a", records[-1].sequence) if more and records else None
         return Page(records, next_cursor)
+
+    def _durable_sequence(self) -> int | None:
+        """The last audit record on disk (``None``: no journal, every record counts)."""
+        return None if self._journal is None else self._journal.durable_sequence
 
     def verify(self) -> Verification:
         # A consistent snapshot under both locks (in order), checked outside them:
@@ -650,7 +1032,17 @@ class MockDB:
         deadline: Deadline,
         operation: Callable[[], Result],
     ) -> Outcome:
-        return self._idempotency.run(username, key, fingerprint, deadline, operation)
+        claim = _Claim(username, key, fingerprint, time.time())
+
+        def claimed() -> Result:
+            # The operation's journal entry carries the key and the outcome (see _persist).
+            token = _CLAIM.set(claim)
+            try:
+                return operation()
+            finally:
+                _CLAIM.reset(token)
+
+        return self._idempotency.run(username, key, fingerprint, deadline, claimed)
 
     # -- health ---------------------------------------------------------------
 
@@ -660,6 +1052,8 @@ class MockDB:
         database_ok = probe.acquire(blocking=True, timeout=1.0)
         if database_ok:
             probe.release()
+        if self._journal is not None and self._journal.failure is not None:
+            database_ok = False  # writes are refused until a restart
         audit_ok = self._check_new_records()
         with self._counters_lock:
             operation_count = self._operation_count
@@ -704,6 +1098,7 @@ class MockDB:
             accounts=accounts,
             audit_records=audit_records,
             idempotency_keys=len(self._idempotency),
+            journal={} if self._journal is None else self._journal.counters(),
         )
 
     def _check_new_records(self) -> bool:
@@ -722,7 +1117,7 @@ class MockDB:
 
     # -- internals ------------------------------------------------------------
 
-    def _existing(self, username: str) -> _Account:
+    def _existing(self, username: str) -> AccountState:
         account = self._accounts.get(username)
         if account is None:
             raise AccountNotFound(f"Account {username} does not exist.")
@@ -750,19 +1145,29 @@ class MockDB:
         deadline: Deadline,
         apply: Callable[[], AccountView],
         failure_parties: tuple[str, ...] | None = None,
+        credential: bytes | None = None,
     ) -> OperationResult:
         """``_run_audited`` for operations whose ``from``/``to``/amount are known up front.
 
         A failure is shown in the history of ``failure_parties`` (default: the caller
-        alone, never a recipient who had no part in it).
+        alone, never a recipient who had no part in it). ``credential``: the token
+        digest of the account this opens, for the journal.
         """
         if kind is not OperationType.OPEN and not 1 <= amount <= MAX_AMOUNT:
             # The web layer validates amounts; the core checks again rather than trust it.
             raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
         failed_for = (username,) if failure_parties is None else failure_parties
         audit = _AuditFields(source, target, amount)
-        account, record = self._run_audited(kind, username, audit, deadline, apply, failed_for)
-        return OperationResult(record, account)
+        audit.credential = credential
+        return self._run_audited(
+            kind,
+            username,
+            audit,
+            deadline,
+            apply,
+            lambda account, record: OperationResult(record, account),
+            failed_for,
+        )
 
     def _run_audited(
         self,
@@ -771,56 +1176,85 @@ class MockDB:
         audit: _AuditFields,
         deadline: Deadline,
         apply: Callable[[], T],
+        finish: Callable[[T, Transaction], R],
         failed_for: tuple[str, ...],
-    ) -> tuple[T, Transaction]:
-        """Run ``apply`` under the write lock and audit the outcome either way.
+    ) -> R:
+        """Run ``apply`` under the write lock, audit and journal the outcome either way.
 
         ``audit`` holds the record's ``from``/``to``/amount; ``apply`` may fill them
-        in as it finds them. A timeout applied nothing, so its record needs only the
-        audit lock. ``apply`` must copy out whatever it returns: it runs under the lock.
+        in as it finds them. ``finish`` makes the result from what ``apply`` returned
+        and the record. A timeout applied nothing, so its record needs only the audit
+        lock. ``apply`` must copy out whatever it returns: it runs under the lock.
         """
         lock = self._rw.gen_wlock()
         try:
             waited_s = self._acquire(lock, deadline, kind.value)
         except OperationTimeout as error:
-            error.transaction = self._append(
-                kind, audit.source, audit.target, audit.amount, failed_for, error.code
-            )
+            error.transaction = self._append(kind, audit, failed_for, error.code)
             raise
         outcome = "success"
         try:
             try:
-                result = apply()
+                self._check_writable()
+                applied = apply()
+            except StorageUnavailable as error:
+                outcome = error.code
+                raise
             except LedgerError as error:
                 outcome = error.code
                 error.transaction = self._append(
-                    kind, audit.source, audit.target, audit.amount, failed_for, error.code
+                    kind, audit, failed_for, error.code, outcome=_failure_outcome(error)
                 )
                 raise
             parties = tuple(name for name in (audit.source, audit.target) if name is not None)
-            record = self._append(kind, audit.source, audit.target, audit.amount, parties, None)
+            record = self._append(
+                kind,
+                audit,
+                parties,
+                None,
+                accounts=parties,
+                outcome=lambda records: finish(applied, records[0]),
+            )
         finally:
             lock.release()
             self._count(kind.value, outcome, waited_s)
-        return result, record
+        return finish(applied, record)
 
     def _append(
         self,
         kind: OperationType,
-        source: str | None,
-        target: str | None,
-        amount: int,
+        audit: _AuditFields,
         parties: tuple[str, ...],
         failure: str | None,
+        *,
+        accounts: tuple[str, ...] = (),
+        outcome: Callable[[list[Transaction]], Result | LedgerError] | None = None,
     ) -> Transaction:
-        """Append one chained audit record; ``parties`` are the accounts whose history shows it."""
+        """Append one chained audit record and queue its journal entry.
+
+        ``parties`` are the accounts whose history shows it; ``accounts`` those whose
+        state it changed (journaled with it), ``outcome`` the answer to an idempotent
+        request that ran it.
+        """
         transaction_id = new_id("tx_")
         created_at = utc_now_iso()
         status = Status.SUCCESS if failure is None else Status.FAILED
         with self._audit_lock:
-            return self._chain(
-                transaction_id, kind, source, target, amount, status, failure, created_at, parties
+            record = self._chain(
+                transaction_id,
+                kind,
+                audit.source,
+                audit.target,
+                audit.amount,
+                status,
+                failure,
+                created_at,
+                parties,
             )
+            self._persist(
+                [(record, parties)], accounts, audit=audit if failure is None else None, outcome=outcome
+            )
+            return record
 
     def _chain(
         self,
@@ -862,38 +1296,48 @@ class MockDB:
             self._lock_wait_sum_s += lock_wait_s
 
     def _append_items(
-        self, username: str, items: Sequence[BatchItem], failures: Sequence[LedgerError | None]
+        self,
+        username: str,
+        items: Sequence[BatchItem],
+        failures: Sequence[LedgerError | None],
+        *,
+        outcome: Callable[[list[Transaction]], Result | LedgerError] | None = None,
     ) -> list[Transaction]:
-        """Audit a batch's items in one critical section, in item order, one timestamp."""
+        """Audit a batch's items in one critical section, in item order, one timestamp.
+
+        One journal entry holds every record and the accounts the batch changed.
+        """
         created_at = utc_now_iso()
         entries: list[tuple[BatchItem, str | None, str | None, Status, str | None, tuple[str, ...]]] = []
+        changed: dict[str, None] = {}
         for item, failure in zip(items, failures, strict=True):
             source, target = _roles(username, item)
             if failure is None:
                 parties = tuple(name for name in (source, target) if name is not None)
                 entries.append((item, source, target, Status.SUCCESS, None, parties))
+                changed.update(dict.fromkeys(parties))
             else:
                 entries.append((item, source, target, Status.FAILED, failure.code, (username,)))
         ids = [new_id("tx_") for _ in entries]
-        records = []
+        chained: list[tuple[Transaction, tuple[str, ...]]] = []
         with self._audit_lock:
             for transaction_id, (item, source, target, status, reason, parties) in zip(
                 ids, entries, strict=True
             ):
-                records.append(
-                    self._chain(
-                        transaction_id,
-                        item.kind,
-                        source,
-                        target,
-                        item.amount,
-                        status,
-                        reason,
-                        created_at,
-                        parties,
-                    )
+                record = self._chain(
+                    transaction_id,
+                    item.kind,
+                    source,
+                    target,
+                    item.amount,
+                    status,
+                    reason,
+                    created_at,
+                    parties,
                 )
-        return records
+                chained.append((record, parties))
+            self._persist(chained, changed, outcome=outcome)
+        return [record for record, _ in chained]
 
     def _count_items(
         self, items: Sequence[BatchItem], failures: Sequence[LedgerError | None], lock_wait_s: float
@@ -909,23 +1353,49 @@ class MockDB:
             self._lock_wait_sum_s += lock_wait_s
 
 
-def _check_version(account: _Account, expected_version: int | None) -> None:
+def _failure_outcome(error: LedgerError) -> Callable[[list[Transaction]], LedgerError]:
+    """What an idempotent retry of a failed operation answers: ``error``, with its record."""
+
+    def outcome(records: list[Transaction]) -> LedgerError:
+        error.transaction = records[0]
+        return error
+
+    return outcome
+
+
+def _batch_result(
+    records: Sequence[Transaction],
+    failures: Sequence[LedgerError | None],
+    account: AccountView,
+    atomic: bool,
+    failed_index: int | None,
+) -> BatchResult:
+    outcomes = tuple(
+        ItemOutcome(index, record)
+        if failure is None
+        else ItemOutcome(index, record, failure.status, failure.code, failure.message)
+        for index, (record, failure) in enumerate(zip(records, failures, strict=True))
+    )
+    return BatchResult(outcomes, account, atomic, failed_index)
+
+
+def _check_version(account: AccountState, expected_version: int | None) -> None:
     if expected_version is not None and account.version != expected_version:
         raise VersionConflict(f"The account is at version {account.version}, not {expected_version}.")
 
 
-def _check_funds(username: str, account: _Account, amount: int) -> None:
+def _check_funds(username: str, account: AccountState, amount: int) -> None:
     available = account.balance - account.held
     if amount > available:
         raise InsufficientFunds(f"{username} has {available} coins, {amount} requested")
 
 
-def _check_credit(username: str, account: _Account, amount: int) -> None:
+def _check_credit(username: str, account: AccountState, amount: int) -> None:
     if account.balance > MAX_BALANCE - amount:
         raise BalanceOverflow(f"Crediting {amount} coins would overflow the balance of {username}.")
 
 
-def _check_account(username: str, account: _Account) -> None:
+def _check_account(username: str, account: AccountState) -> None:
     """The invariants every account keeps after every change."""
     if account.balance < 0 or account.held < 0 or account.held > account.balance:
         raise StoreInvariantBroken(
@@ -942,7 +1412,7 @@ def _roles(username: str, item: BatchItem) -> tuple[str | None, str | None]:
     return username, item.target
 
 
-def _apply_item(lookup: Callable[[str], _Account | None], username: str, item: BatchItem) -> None:
+def _apply_item(lookup: Callable[[str], AccountState | None], username: str, item: BatchItem) -> None:
     """Check, then apply, one money operation; a failing check raises before any change."""
     caller = lookup(username)
     if caller is None:

@@ -7,7 +7,7 @@ unchanged against each store.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.ledger.audit import Verification
@@ -50,6 +50,9 @@ class Stats:
     accounts: int
     audit_records: int
     idempotency_keys: int
+    #: The write-ahead journal's counters (``syncs``, ``frames``, ``bytes``, ``failed``);
+    #: empty for a store without one.
+    journal: Mapping[str, int] = field(default_factory=dict)
 
 
 class LedgerStore(Protocol):

@@ -1,0 +1,461 @@
+"""The OpenAPI document's operations: one per route and method of the app.
+
+``tests/test_openapi.py`` walks Flask's URL map and fails when a route or method is
+here and not in the app, or the other way round. The links between operations
+(create a hold -> read, capture or void it; create an account -> its balance) are
+what schemathesis follows in its stateful phase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.ledger.model import MAX_BATCH_ITEMS
+from app.openapi.components import TEXT, answer, errors, parameter_ref
+from app.openapi.schemas import Schema, ref
+
+Operation = dict[str, Any]
+
+Security = list[dict[str, list[str]]]
+
+_USER: Security = [{"userToken": []}]
+_ADMIN: Security = [{"adminToken": []}]
+_NO_TOKEN: Security = []
+
+# The 400 codes of each kind of /account operation.
+_READ_400 = ["invalid_json", "conflicting_parameters", "invalid_username", "invalid_timeout"]
+_KEYED_400 = [*_READ_400, "invalid_idempotency_key"]
+_MONEY_400 = [*_KEYED_400, "missing_parameter", "invalid_amount"]
+
+_ACCOUNT_PARAMETERS = ["username", "X-Timeout-Ms", "X-Request-Id"]
+_MONEY_PARAMETERS = [*_ACCOUNT_PARAMETERS, "Idempotency-Key", "If-Match"]
+
+
+def _operation(
+    operation_id: str,
+    tag: str,
+    summary: str,
+    description: str,
+    *,
+    security: Security,
+    parameters: list[str],
+    responses: dict[str, Any],
+    body: str | None = None,
+) -> Operation:
+    operation: Operation = {
+        "operationId": operation_id,
+        "tags": [tag],
+        "summary": summary,
+        "description": description,
+        "security": security,
+        "parameters": [parameter_ref(name) for name in parameters],
+        "responses": responses,
+    }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": False,
+            "description": "The parameters as a JSON object, instead of or as well as the query string (the "
+            "same field with different values: 400 conflicting_parameters; unknown fields are ignored).",
+            "content": {"application/json": {"schema": ref(body)}},
+        }
+    return operation
+
+
+def _account_errors(codes_400: list[str], more: dict[int, list[str]] | None = None) -> dict[str, Any]:
+    """The errors of an ``/account`` read: these 400 codes, ``more``, and those every one can answer."""
+    statuses = {
+        400: codes_400,
+        401: ["unauthorized"],
+        405: ["method_not_allowed"],
+        413: ["payload_too_large"],
+        500: ["internal_error"],
+        # storage_unavailable: the account's last change never reached a failed journal.
+        503: ["timeout", "storage_unavailable"],
+    }
+    return errors({**statuses, **(more or {})})
+
+
+def _money_errors(
+    codes_400: list[str], more: dict[int, list[str]], shapes: dict[int, Schema] | None = None
+) -> dict[str, Any]:
+    """The errors of a money operation, which takes Idempotency-Key and If-Match."""
+    statuses = {
+        400: codes_400,
+        401: ["unauthorized"],
+        405: ["method_not_allowed"],
+        409: ["idempotency_key_reused"],
+        412: ["version_conflict"],
+        413: ["payload_too_large"],
+        500: ["internal_error"],
+        503: ["timeout", "idempotency_store_full", "storage_unavailable"],
+    }
+    return errors({**statuses, **more}, replayable=True, shapes=shapes)
+
+
+def _links(*targets: tuple[str, str, dict[str, str]]) -> dict[str, Any]:
+    return {name: {"operationId": operation, "parameters": values} for name, operation, values in targets}
+
+
+_TO_BALANCE = _links(
+    ("balance", "getBalance", {"username": "$response.body#/username"}),
+    ("history", "getHistory", {"username": "$response.body#/username"}),
+)
+_HOLD = {"hold_id": "$response.body#/hold/id", "username": "$response.body#/username"}
+_TO_HOLD = _links(("read", "getHold", _HOLD), ("capture", "captureHold", _HOLD), ("void", "voidHold", _HOLD))
+
+
+def _money(
+    operation_id: str,
+    tag: str,
+    summary: str,
+    description: str,
+    *,
+    parameters: list[str],
+    body: str,
+    failures: dict[str, Any],
+    result: str = "MoneyResult",
+    status: int = 200,
+    links: dict[str, Any] = _TO_BALANCE,
+) -> Operation:
+    success = answer(description.split(".")[0] + ".", ref(result), headers=("ETag", "Idempotent-Replayed"))
+    return _operation(
+        operation_id,
+        tag,
+        summary,
+        description,
+        security=_USER,
+        parameters=[*_MONEY_PARAMETERS, *parameters],
+        body=body,
+        responses={str(status): {**success, "links": links}, **failures},
+    )
+
+
+def _money_paths() -> dict[str, Any]:
+    atomic_failure = {"anyOf": [ref("BatchAtomicFailure"), ref("Error")]}
+    return {
+        "/account/coins/add": {
+            "post": _money(
+                "deposit",
+                "money",
+                "Deposit",
+                "Adds `amount` coins to the caller's account.",
+                parameters=["amount"],
+                body="AmountBody",
+                failures=_money_errors(_MONEY_400, {422: ["balance_overflow"]}),
+            )
+        },
+        "/account/coins/withdraw": {
+            "post": _money(
+                "withdraw",
+                "money",
+                "Withdraw",
+                "Takes `amount` coins from the caller's available balance.",
+                parameters=["amount"],
+                body="AmountBody",
+                failures=_money_errors(_MONEY_400, {422: ["insufficient_funds"]}),
+            )
+        },
+        "/account/coins/transfer": {
+            "post": _money(
+                "transfer",
+                "money",
+                "Transfer",
+                "Moves `amount` coins from the caller to `to`, atomically: both balances change or neither "
+                "does. `from` defaults to `username` and must equal it.",
+                parameters=["from", "to", "amount"],
+                body="TransferBody",
+                failures=_money_errors(
+                    [*_MONEY_400, "same_account"],
+                    {
+                        403: ["forbidden"],
+                        404: ["account_not_found"],
+                        422: ["insufficient_funds", "balance_overflow"],
+                    },
+                ),
+            )
+        },
+        "/account/coins/batch": {
+            "post": _money(
+                "batch",
+                "money",
+                "Many operations in one request",
+                f"Up to {MAX_BATCH_ITEMS} operations of the caller, applied in order under one lock "
+                "acquisition. `atomic: false`: each item stands alone. `atomic: true`: all apply or none "
+                "do; on the first failing item the answer has that item's status and every item's outcome. "
+                "Idempotency-Key, If-Match (checked once, before the first item) and X-Timeout-Ms apply to "
+                "the whole batch.",
+                parameters=[],
+                body="BatchBody",
+                result="BatchResult",
+                failures=_money_errors(
+                    [*_MONEY_400, "invalid_batch", "same_account"],
+                    {
+                        403: ["forbidden"],
+                        404: ["account_not_found"],
+                        422: ["insufficient_funds", "balance_overflow"],
+                    },
+                    shapes={404: atomic_failure, 422: atomic_failure},
+                ),
+            )
+        },
+    }
+
+
+def _hold_paths() -> dict[str, Any]:
+    pending = {404: ["hold_not_found"], 409: ["hold_not_pending", "idempotency_key_reused"]}
+    return {
+        "/account/holds": {
+            "post": _money(
+                "createHold",
+                "holds",
+                "Hold money for a payee",
+                "Reserves `amount` of the caller's available balance for `to` until it is captured, "
+                "voided or expires (after `timeout_s`).",
+                parameters=["to", "amount", "timeout_s"],
+                body="HoldBody",
+                result="HoldResult",
+                status=201,
+                links=_TO_HOLD,
+                failures=_money_errors(
+                    [*_MONEY_400, "same_account"], {404: ["account_not_found"], 422: ["insufficient_funds"]}
+                ),
+            )
+        },
+        "/account/holds/{hold_id}": {
+            "get": _operation(
+                "getHold",
+                "holds",
+                "Read a hold",
+                "The hold, to either party.",
+                security=_USER,
+                parameters=["hold_id", *_ACCOUNT_PARAMETERS],
+                responses={
+                    "200": answer("The hold.", ref("HoldView")),
+                    **_account_errors(_READ_400, {404: ["hold_not_found"]}),
+                },
+            )
+        },
+        "/account/holds/{hold_id}/capture": {
+            "post": _money(
+                "captureHold",
+                "holds",
+                "Capture a hold",
+                "Moves `amount` (default: all of it) from the hold's payer to its payee and releases "
+                "the rest. Either party may capture.",
+                parameters=["hold_id", "amount"],
+                body="CaptureBody",
+                result="HoldResult",
+                links=_TO_HOLD,
+                failures=_money_errors(
+                    [*_KEYED_400, "invalid_amount"], {**pending, 422: ["balance_overflow"]}
+                ),
+            )
+        },
+        "/account/holds/{hold_id}/void": {
+            "post": _money(
+                "voidHold",
+                "holds",
+                "Void a hold",
+                "Releases the whole hold. Either party may void.",
+                parameters=["hold_id"],
+                body="UsernameBody",
+                result="HoldResult",
+                links=_TO_HOLD,
+                failures=_money_errors(_KEYED_400, pending),
+            )
+        },
+    }
+
+
+def _account_paths() -> dict[str, Any]:
+    at_version = {"username": "$response.body#/username", "header.If-Match": "$response.header.ETag"}
+    balance = answer("The caller's account.", ref("Balance"), headers=("ETag",))
+    return {
+        "/account/coins": {
+            "get": _operation(
+                "getBalance",
+                "account",
+                "Balance",
+                "The caller's balance, version, money on hold (`held`) and `available` (balance - held).",
+                security=_USER,
+                parameters=_ACCOUNT_PARAMETERS,
+                responses={
+                    "200": {**balance, "links": _links(("depositAtVersion", "deposit", at_version))},
+                    **_account_errors(_READ_400),
+                },
+            )
+        },
+        "/account/transactions": {
+            "get": _operation(
+                "getHistory",
+                "account",
+                "Transaction history",
+                "The caller's records as sender or receiver, FAILED ones included, newest first. Pages never "
+                "repeat or skip a record, even while new ones arrive.",
+                security=_USER,
+                parameters=[*_ACCOUNT_PARAMETERS, "limit", "cursor"],
+                responses={
+                    "200": answer("One page of records.", ref("History")),
+                    # History ends at the last durable record: never storage_unavailable.
+                    **_account_errors([*_READ_400, "invalid_limit", "invalid_cursor"], {503: ["timeout"]}),
+                },
+            )
+        },
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    admin_errors = {401: ["unauthorized"], 405: ["method_not_allowed"], 500: ["internal_error"]}
+    create_400 = ["invalid_json", "conflicting_parameters", "invalid_username", "missing_parameter"]
+    create_400 += ["invalid_token", "invalid_amount", "invalid_timeout"]
+    created = answer("The new account and its token.", ref("AccountCreated"), headers=("Cache-Control",))
+    verified = {"anyOf": [ref("Verification"), ref("Error")]}
+    return {
+        "/admin/accounts": {
+            "post": _operation(
+                "createAccount",
+                "admin",
+                "Create an account",
+                "Opens an account with an opening balance. The token is generated when not given and shown "
+                "only in this answer (only its digest is kept).",
+                security=_ADMIN,
+                parameters=["username", "X-Timeout-Ms", "X-Request-Id"],
+                body="CreateAccountBody",
+                responses={
+                    "201": {**created, "links": _TO_BALANCE},
+                    **errors(
+                        {
+                            **admin_errors,
+                            400: create_400,
+                            409: ["account_exists"],
+                            413: ["payload_too_large"],
+                            503: ["timeout", "storage_unavailable"],
+                        }
+                    ),
+                },
+            )
+        },
+        "/admin/audit": {
+            "get": _operation(
+                "getAudit",
+                "admin",
+                "The audit trail",
+                "Every record, oldest first, with its place in the hash chain.",
+                security=_ADMIN,
+                parameters=["limit", "cursor", "X-Request-Id"],
+                responses={
+                    "200": answer("One page of audit records.", ref("AuditPage")),
+                    **errors(
+                        {
+                            **admin_errors,
+                            400: [
+                                "invalid_json",
+                                "conflicting_parameters",
+                                "invalid_limit",
+                                "invalid_cursor",
+                            ],
+                            413: ["payload_too_large"],
+                        }
+                    ),
+                },
+            )
+        },
+        "/admin/verify": {
+            "get": _operation(
+                "verifyLedger",
+                "admin",
+                "Verify the ledger",
+                "Checks every balance >= 0, that money is conserved, each balance against the replay of its "
+                "audit records, the hash chain, and each account's held money against its pending holds.",
+                security=_ADMIN,
+                parameters=["X-Request-Id"],
+                responses={
+                    "200": answer("Every invariant holds.", ref("Verification")),
+                    **errors(admin_errors),
+                    "500": answer(
+                        "A broken invariant (`ok: false`, the problems), or a bug (Error).", verified
+                    ),
+                },
+            )
+        },
+    }
+
+
+def _service_paths(asset_names: list[str]) -> dict[str, Any]:
+    def public(operation_id: str, summary: str, description: str, responses: dict[str, Any]) -> Operation:
+        parameters = ["X-Request-Id"]
+        return _operation(
+            operation_id,
+            "service",
+            summary,
+            description + " No token.",
+            security=_NO_TOKEN,
+            parameters=parameters,
+            responses={**responses, **errors({405: ["method_not_allowed"]})},
+        )
+
+    asset = public(
+        "getDocsAsset",
+        "An asset of the docs page",
+        "Swagger UI's own files, from the flask-swagger-ui package, and the page's initializer.",
+        {
+            "200": {
+                **answer("The file.", TEXT),
+                "content": {
+                    media: {"schema": TEXT} for media in ("text/css", "text/javascript", "image/png")
+                },
+            },
+            **errors({404: ["not_found"]}),
+        },
+    )
+    asset["parameters"].insert(
+        0,
+        {"name": "asset", "in": "path", "required": True, "schema": {"type": "string", "enum": asset_names}},
+    )
+    health = ref("Health")
+    return {
+        "/system/health": {
+            "get": public(
+                "getHealth",
+                "Health",
+                "200 when healthy; 503 with the failing component false otherwise.",
+                {"200": answer("Healthy.", health), "503": answer("Degraded or unhealthy.", health)},
+            )
+        },
+        "/metrics": {
+            "get": public(
+                "getMetrics",
+                "Prometheus metrics",
+                "Request counts and latency histograms per route and status, operations by type and outcome, "
+                "lock wait time.",
+                {"200": answer("Prometheus text exposition (format 0.0.4).", TEXT, media_type="text/plain")},
+            )
+        },
+        "/openapi.json": {
+            "get": public(
+                "getOpenApi",
+                "This document",
+                "The OpenAPI 3.1 description of the whole service.",
+                {"200": answer("This document.", {"type": "object", "required": ["openapi", "paths"]})},
+            )
+        },
+        "/docs": {
+            "get": public(
+                "getDocs",
+                "This document for people",
+                "Swagger UI 5 rendering this document, every asset served by the service itself.",
+                {"200": answer("The page.", TEXT, media_type="text/html")},
+            )
+        },
+        "/docs/assets/{asset}": {"get": asset},
+    }
+
+
+def paths(asset_names: list[str]) -> dict[str, Any]:
+    return {
+        **_account_paths(),
+        **_money_paths(),
+        **_hold_paths(),
+        **_admin_paths(),
+        **_service_paths(asset_names),
+    }
