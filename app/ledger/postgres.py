@@ -41,7 +41,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -85,7 +85,7 @@ from app.ledger.model import (
     new_id,
     utc_now_iso,
 )
-from app.ledger.pgcodec import decode_outcome, encode_outcome
+from app.ledger.persistence import outcome_from_row, outcome_row
 from app.ledger.pgunit import HoldRow, RecordSpec, Restart, Unit, begin_within, run_script, success
 from app.ledger.rules import (
     AUDIT_CURSOR,
@@ -151,6 +151,7 @@ _HISTORY = (
     "WHERE p.username = %s AND p.sequence < %s ORDER BY p.sequence DESC LIMIT %s"
 )
 _RECORDS_AFTER = f"SELECT {_RECORD} FROM audit a WHERE a.sequence > %s ORDER BY a.sequence LIMIT %s"  # noqa: S608
+_RECORDS_BETWEEN = f"SELECT {_RECORD} FROM audit a WHERE a.sequence BETWEEN %s AND %s ORDER BY a.sequence"  # noqa: S608
 _ALL_RECORDS = f"SELECT {_RECORD} FROM audit a ORDER BY a.sequence"  # noqa: S608
 
 
@@ -863,7 +864,7 @@ class PostgresStore:
                 raise _Abort(True, "idempotency", ())
             if row[0] != fingerprint:
                 raise IdempotencyKeyReused("This Idempotency-Key was used with different parameters.")
-            return Outcome(decode_outcome(row[1]), replayed=True)
+            return Outcome(_replayed(connection, row[1]), replayed=True)
         self._local.connection = connection
         self._local.counts = []
         try:
@@ -874,7 +875,8 @@ class PostgresStore:
             result = error
         finally:
             self._local.connection = None
-        stored = Jsonb(encode_outcome(result))
+        # The journal's format (app.ledger.persistence): records are referred to by sequence.
+        stored = Jsonb(outcome_row(result))
         try:
             keep = (
                 "UPDATE idempotency_keys SET outcome = %s WHERE username = %s AND key = %s",
@@ -965,6 +967,22 @@ class PostgresStore:
             audit_records=figures[1],
             idempotency_keys=figures[2],
         )
+
+
+def _replayed(connection: Connection, stored: list[Any]) -> Result | LedgerError:
+    """A kept outcome with its audit records read back (they are contiguous: one append)."""
+    kind = stored[0]
+    if kind == "error":
+        sequences = [] if stored[5] is None else [stored[5]]
+    elif kind == "batch":
+        sequences = [item[1] for item in stored[4]]
+    else:
+        sequences = [stored[1]]
+    records: dict[int, Transaction] = {}
+    if sequences:
+        rows = connection.execute(_RECORDS_BETWEEN, (min(sequences), max(sequences))).fetchall()
+        records = {record.sequence: record for record in map(_record, rows)}
+    return outcome_from_row(stored, records.__getitem__)
 
 
 def _existing(unit: Unit, username: str) -> AccountState:
