@@ -1,6 +1,8 @@
 """gunicorn settings for GoLedger: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-gthread workers: one process, a pool of threads sharing the embedded ledger.
+gthread workers: with the embedded (memory) store, one process and a pool of threads
+sharing its ledger; with PostgreSQL, as many processes as GUNICORN_WORKERS says, each
+with its own connection pool to the one database.
 Every setting can be changed from the environment without editing this file; a bad
 value stops the start with a message naming the variable.
 """
@@ -24,7 +26,8 @@ threads = _settings.threads
 graceful_timeout = 30
 timeout = 30
 keepalive = 5
-# Never recycle workers: with the memory store a restart would drop the ledger.
+# Never recycle workers: with the memory store a restart would drop the ledger
+# (with PostgreSQL it would be harmless, but nothing needs it).
 max_requests = 0
 # Bounded request lines and headers (the body limit is the app's: 1 MiB).
 limit_request_line = 8190

@@ -81,10 +81,10 @@ def _close_at_exit(ledger: Any) -> None:
 
 
 def _build_store(config: Config) -> Any:
-    from app.ledger.idempotency import IdempotencyTable
-    from app.ledger.memory import MockDB
-
     if config.uses_memory_store:
+        from app.ledger.idempotency import IdempotencyTable
+        from app.ledger.memory import MockDB
+
         options: dict[str, Any] = {
             "idempotency": IdempotencyTable(max_keys=config.idempotency_max_keys),
             "lock_trouble_after_s": config.op_timeout_ms / 1000,
@@ -92,7 +92,18 @@ def _build_store(config: Config) -> Any:
         if config.data_dir is None:
             return MockDB(**options)
         return _open_data_dir(config.data_dir, config.snapshot_bytes, options)
-    raise ConfigError("The PostgreSQL store is not available in this version; use LEDGER_STORE=memory.")
+    import psycopg
+
+    from app.ledger.postgres import PostgresStore
+
+    try:
+        return PostgresStore(
+            config.store,
+            max_connections=config.pg_pool_size,
+            lock_trouble_after_s=config.op_timeout_ms / 1000,
+        )
+    except psycopg.OperationalError as error:
+        raise ConfigError(f"Cannot reach the PostgreSQL store named by LEDGER_STORE: {error}") from error
 
 
 def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> Any:
@@ -118,13 +129,17 @@ def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) 
 
 def _seed_demo(app: Flask) -> None:
     from app.auth import token_digest
+    from app.ledger.errors import AccountExists
     from app.ledger.model import Deadline
 
     ledger = app.extensions["ledger"]
     if not ledger.is_empty():
         return
     for username, token, balance in DEMO_ACCOUNTS:
-        ledger.create_account(username, token_digest(token), balance, deadline=Deadline.after_ms(5000))
+        try:
+            ledger.create_account(username, token_digest(token), balance, deadline=Deadline.after_ms(5000))
+        except AccountExists:  # another worker process seeded the shared database first
+            return
     _log.warning(
         "LEDGER_DEMO: seeded demo accounts %s with well-known tokens; set LEDGER_DEMO=0 in production",
         ", ".join(name for name, _, _ in DEMO_ACCOUNTS),

@@ -117,5 +117,26 @@ def _report(report: Any) -> None:
     raise SystemExit(1)
 
 
+@ledger_cli.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the PostgreSQL schema and print its version.
+
+    Every worker also migrates when it starts; this runs the same step on its own
+    (a deploy step before the workers start, or a check of the version).
+    """
+    from app.api.common import config
+
+    settings = config()
+    if settings.uses_memory_store:
+        click.echo("LEDGER_STORE=memory: the embedded store has no schema to migrate.")
+        return
+    from app.ledger.pgschema import migrate, schema_version
+
+    applied = migrate(settings.store)
+    click.echo(
+        f"schema version {schema_version(settings.store)}; applied now: {', '.join(applied) or 'none'}"
+    )
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(ledger_cli)

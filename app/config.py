@@ -30,6 +30,8 @@ class Config:
     max_body_bytes: int = MAX_BODY_BYTES
     log_level: str = "INFO"
     idempotency_max_keys: int = 1_000_000
+    #: Connections each worker process may open to PostgreSQL (the pool's maximum).
+    pg_pool_size: int = 10
     #: With ``data_dir``: snapshot once the journal's current segment grows past this (0: never).
     snapshot_bytes: int = 64 * 1024 * 1024
 
@@ -63,6 +65,7 @@ class Config:
                 1,
                 100_000_000,
             ),
+            pg_pool_size=_integer("LEDGER_PG_POOL_SIZE", environ.get("LEDGER_PG_POOL_SIZE", "10"), 1, 1000),
             snapshot_bytes=_integer(
                 "LEDGER_SNAPSHOT_BYTES",
                 environ.get("LEDGER_SNAPSHOT_BYTES", str(64 * 1024 * 1024)),

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks.common import ROOT, machine_markdown, progress, require_tool
 
-PARTS = ("store", "http", "batch", "sweep", "durability", "profile")
+PARTS = ("store", "http", "batch", "sweep", "durability", "profile", "postgres")
 _MODULES = {
     "store": "benchmarks.store_bench",
     "http": "benchmarks.http_bench",
@@ -35,6 +35,7 @@ _MODULES = {
     "sweep": "benchmarks.thread_sweep",
     "durability": "benchmarks.durability_bench",
     "profile": "benchmarks.profile_hot_path",
+    "postgres": "benchmarks.pg_bench",
 }
 #: Extra arguments of each part in --quick mode.
 _QUICK = {
@@ -44,9 +45,18 @@ _QUICK = {
     "sweep": ["--quick", "--threads", "1", "4", "16", "32"],
     "durability": ["--quick"],
     "profile": ["--seconds", "3", "--requests", "2000"],
+    "postgres": ["--quick"],
 }
 #: Bounds on each part, far above their normal length: a hung part fails the run.
-_PART_TIMEOUT_S = {"store": 300, "http": 900, "batch": 900, "sweep": 900, "durability": 1200, "profile": 300}
+_PART_TIMEOUT_S = {
+    "store": 300,
+    "http": 900,
+    "batch": 900,
+    "sweep": 900,
+    "durability": 1200,
+    "profile": 300,
+    "postgres": 900,
+}
 
 
 def run_part(part: str, quick: bool) -> str:

@@ -3,7 +3,8 @@
 -- Settings come from the environment (read when the script loads, in every Lua
 -- state wrk creates, so that delay() is only defined when pacing is asked for):
 --   WRK_POOL           file of "username token" lines (required)
---   WRK_MODE           transfer | balance | batch              (default transfer)
+--   WRK_MODE           transfer | hot | balance | batch        (default transfer)
+--                      hot: every transfer goes to the pool's first user (a merchant)
 --   WRK_BATCH          items per batch request                 (default 1)
 --   WRK_MEAN_DELAY_MS  > 0: each connection pauses an exponentially distributed
 --                      time of this mean between requests (not counted in latency)
@@ -64,7 +65,15 @@ function request()
       headers["X-Timeout-Ms"] = "60000"
       return wrk.format("POST", "/account/coins/batch?username=" .. users[caller], headers, batch_body(caller))
    end
-   local path = "/account/coins/transfer?username=" .. users[caller] .. "&to=" .. users[other_than(caller)]
+   local target = users[other_than(caller)]
+   if mode == "hot" then
+      if caller == 1 then -- the merchant pays nobody: another customer pays it instead
+         caller = other_than(1)
+         headers = { Authorization = tokens[caller] }
+      end
+      target = users[1]
+   end
+   local path = "/account/coins/transfer?username=" .. users[caller] .. "&to=" .. target
    return wrk.format("POST", path .. "&amount=1", headers)
 end
 

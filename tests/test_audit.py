@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app.api.common import store
-from app.ledger.audit import GENESIS_HASH, chain_hash
-from app.ledger.memory import MockDB
+from app.ledger.audit import GENESIS_HASH
+from app.ledger.store import LedgerStore
 from tests.conftest import ADMIN_TOKEN
+from tests.tampering import adjust, rehash, remove, tamper
 
 ADMIN = {"Authorization": ADMIN_TOKEN}
 AARON = {"Authorization": "1"}
 
 
-def ledger_of(app: Flask) -> MockDB:
+def ledger_of(app: Flask) -> LedgerStore:
     with app.app_context():
-        ledger = store()
-    assert isinstance(ledger, MockDB)
-    return ledger
+        return store()
 
 
 def some_traffic(client: FlaskClient) -> None:
@@ -74,12 +71,6 @@ def test_verify_passes_on_an_honest_ledger(client: FlaskClient) -> None:
     assert body["total_deposited"] - body["total_withdrawn"] == body["total_balance"]
 
 
-def tamper(ledger: MockDB, sequence: int, **changes: object) -> None:
-    """Rewrite one stored record in place, as an attacker with memory or disk access would."""
-    index = sequence - 1
-    ledger._audit[index] = dataclasses.replace(ledger._audit[index], **changes)
-
-
 @pytest.mark.parametrize(
     "changes",
     [{"amount": 1}, {"target": "bryan"}, {"status": "FAILED"}, {"created_at": "2020-01-01T00:00:00.000000Z"}],
@@ -99,9 +90,7 @@ def test_changing_a_record_is_detected(app: Flask, client: FlaskClient, changes:
 
 def test_rehashing_a_changed_record_still_breaks_the_chain(app: Flask, client: FlaskClient) -> None:
     some_traffic(client)
-    ledger = ledger_of(app)
-    forged = dataclasses.replace(ledger._audit[2], amount=1)
-    ledger._audit[2] = dataclasses.replace(forged, hash=chain_hash(forged.previous_hash, forged))
+    rehash(ledger_of(app), 3, amount=1)
     problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
     assert any("record 4 does not link" in problem for problem in problems)
     assert any("aaron has" in problem for problem in problems)
@@ -109,19 +98,20 @@ def test_rehashing_a_changed_record_still_breaks_the_chain(app: Flask, client: F
 
 def test_removing_a_record_is_detected(app: Flask, client: FlaskClient) -> None:
     some_traffic(client)
-    del ledger_of(app)._audit[3]
+    remove(ledger_of(app), 4)
     response = client.get("/admin/verify", headers=ADMIN)
     assert response.status_code == 500
     assert any("sequence" in problem for problem in response.json["problems"])
 
 
 def test_a_balance_that_disagrees_with_the_trail_is_detected(app: Flask, client: FlaskClient) -> None:
-    ledger_of(app)._accounts["bryan"].balance += 1
+    adjust(ledger_of(app), "bryan", balance=1)
     problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
     assert "bryan has 10001 but its audit records add up to 10000" in problems
     assert any("money is not conserved" in problem for problem in problems)
 
 
+@pytest.mark.memory_only  # PostgreSQL refuses it (test_postgres.py)
 def test_a_negative_balance_is_detected(app: Flask, client: FlaskClient) -> None:
     ledger_of(app)._accounts["bryan"].balance = -5
     problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
@@ -160,7 +150,7 @@ def test_the_canonical_encoding_is_the_documented_compact_json_array(app: Flask,
     from app.ledger.audit import canonical_encoding
 
     some_traffic(client)
-    for record in ledger_of(app)._audit:
+    for record in ledger_of(app).audit_page(limit=500, cursor=None).transactions:
         fields = [
             record.sequence,
             record.id,
@@ -173,3 +163,23 @@ def test_the_canonical_encoding_is_the_documented_compact_json_array(app: Flask,
             record.created_at,
         ]
         assert canonical_encoding(record) == json.dumps(fields, separators=(",", ":")).encode("ascii")
+
+
+def test_a_records_encoding_is_its_sequence_then_its_tail(app: Flask, client: FlaskClient) -> None:
+    """The split the PostgreSQL store hashes with in the database (goledger_append)."""
+    from app.ledger.audit import canonical_encoding, chain_hash, encoding_tail
+
+    some_traffic(client)
+    for record in ledger_of(app).audit_page(limit=500, cursor=None).transactions:
+        tail = encoding_tail(
+            record.id,
+            record.type,
+            record.source,
+            record.target,
+            record.amount,
+            record.status,
+            record.reason,
+            record.created_at,
+        )
+        assert b"[" + str(record.sequence).encode() + tail == canonical_encoding(record)
+        assert chain_hash(record.previous_hash, record) == record.hash

@@ -3,7 +3,7 @@
 Every test asserts exact end states: each account's balance and version, the audit
 records the batch wrote (type, parties, amount, status, reason, in item order, with
 gap-free sequences) and a passing ``/admin/verify``. Over the Flask test client,
-and on ``MockDB.batch`` directly where that says it more plainly.
+and on each store's ``batch`` directly where that says it more plainly.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from werkzeug.test import TestResponse
 
 from app.config import MAX_BODY_BYTES
 from app.ledger.errors import InvalidInput
-from app.ledger.memory import MockDB
 from app.ledger.model import (
     MAX_AMOUNT,
     MAX_BALANCE,
@@ -29,6 +28,7 @@ from app.ledger.model import (
     Deadline,
     OperationType,
 )
+from app.ledger.store import LedgerStore
 from tests.conftest import ADMIN_TOKEN, open_account
 from tests.threads import holding_write_lock, run_together
 
@@ -49,9 +49,9 @@ Shape = tuple[str, str | None, str | None, int, str, str | None]
 
 
 @pytest.fixture
-def ledger(app: Flask) -> MockDB:
+def ledger(app: Flask) -> LedgerStore:
     """The app's own store, with ``carol`` (empty) and ``whale`` (nearly full) beside the demo accounts."""
-    store: MockDB = app.extensions["ledger"]
+    store: LedgerStore = app.extensions["ledger"]
     open_account(store, "carol", 0)
     open_account(store, "whale", MAX_BALANCE - WHALE_HEADROOM)
     return store
@@ -71,7 +71,7 @@ def send(
     return client.post(BATCH, json=body, headers=dict(headers))
 
 
-def state(ledger: MockDB, names: Sequence[str] = NAMES) -> State:
+def state(ledger: LedgerStore, names: Sequence[str] = NAMES) -> State:
     """Each account's (balance, version), read straight from the store."""
     views = {name: ledger.account(name, deadline=Deadline.after_ms(2000)) for name in names}
     return {name: (view.balance, view.version) for name, view in views.items()}
@@ -128,7 +128,7 @@ def without_chain(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def assert_refused_without_trace(
     client: FlaskClient,
-    ledger: MockDB,
+    ledger: LedgerStore,
     response: TestResponse,
     status: int,
     code: str,
@@ -161,7 +161,9 @@ def transfer(to: str, amount: int) -> Operation:
 # -- not atomic: each item stands alone ----------------------------------------------
 
 
-def test_non_atomic_items_run_in_order_and_each_stands_alone(client: FlaskClient, ledger: MockDB) -> None:
+def test_non_atomic_items_run_in_order_and_each_stands_alone(
+    client: FlaskClient, ledger: LedgerStore
+) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
     operations = [
@@ -225,7 +227,7 @@ def test_non_atomic_items_run_in_order_and_each_stands_alone(client: FlaskClient
     assert_verified(client)
 
 
-def test_non_atomic_deposits_that_would_overflow_fail_alone(client: FlaskClient, ledger: MockDB) -> None:
+def test_non_atomic_deposits_that_would_overflow_fail_alone(client: FlaskClient, ledger: LedgerStore) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
     operations = [add(WHALE_HEADROOM + 1), add(WHALE_HEADROOM - 5), add(6), withdraw(5), add(11), add(10)]
@@ -246,7 +248,9 @@ def test_non_atomic_deposits_that_would_overflow_fail_alone(client: FlaskClient,
     assert_verified(client)
 
 
-def test_non_atomic_batch_where_every_item_fails_changes_nothing(client: FlaskClient, ledger: MockDB) -> None:
+def test_non_atomic_batch_where_every_item_fails_changes_nothing(
+    client: FlaskClient, ledger: LedgerStore
+) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
     operations = [withdraw(10_001), transfer("nobody", 1), transfer("whale", WHALE_HEADROOM + 1)]
@@ -315,7 +319,7 @@ def failing_item(kind: str, position: int) -> tuple[Operation, int, str | None]:
 @pytest.mark.parametrize("kind", ["insufficient_funds", "account_not_found", "balance_overflow"])
 @pytest.mark.parametrize("position", range(len(FILLERS)))
 def test_atomic_batch_failing_at_any_position_applies_nothing(
-    client: FlaskClient, ledger: MockDB, kind: str, position: int
+    client: FlaskClient, ledger: LedgerStore, kind: str, position: int
 ) -> None:
     operations = list(FILLERS)
     operations[position], status, message = failing_item(kind, position)
@@ -349,7 +353,7 @@ def test_atomic_batch_failing_at_any_position_applies_nothing(
     assert_verified(client)
 
 
-def test_atomic_batch_of_fillers_applies_every_item(client: FlaskClient, ledger: MockDB) -> None:
+def test_atomic_batch_of_fillers_applies_every_item(client: FlaskClient, ledger: LedgerStore) -> None:
     """The control for the test above: without the failing item, the same batch applies in full."""
     before = state(ledger)
     opening_records = len(audit(client))
@@ -374,7 +378,7 @@ def test_atomic_batch_of_fillers_applies_every_item(client: FlaskClient, ledger:
     assert_verified(client)
 
 
-def test_atomic_later_items_see_earlier_ones(client: FlaskClient, ledger: MockDB) -> None:
+def test_atomic_later_items_see_earlier_ones(client: FlaskClient, ledger: LedgerStore) -> None:
     """A withdrawal larger than the opening balance succeeds after the deposit that covers it."""
     before = state(ledger)
     opening_records = len(audit(client))
@@ -398,7 +402,7 @@ def test_atomic_later_items_see_earlier_ones(client: FlaskClient, ledger: MockDB
     assert_verified(client)
 
 
-def test_mockdb_atomic_batch_refused_then_the_rest_applies(store: MockDB) -> None:
+def test_mockdb_atomic_batch_refused_then_the_rest_applies(store: LedgerStore) -> None:
     """On the store: a refused atomic batch leaves no trace of its copies in the next batch."""
     open_account(store, "a", 100)
     open_account(store, "b", 0)
@@ -459,7 +463,7 @@ def test_mockdb_atomic_batch_refused_then_the_rest_applies(store: MockDB) -> Non
 )
 @pytest.mark.parametrize("atomic", [False, True])
 def test_mockdb_batch_rechecks_its_items(
-    store: MockDB, items: list[BatchItem], code: str, atomic: bool
+    store: LedgerStore, items: list[BatchItem], code: str, atomic: bool
 ) -> None:
     open_account(store, "a", 100)
     open_account(store, "b", 0)
@@ -475,7 +479,7 @@ def test_mockdb_batch_rechecks_its_items(
 # -- limits and validation -----------------------------------------------------------
 
 
-def test_the_largest_batch_applies_in_full(client: FlaskClient, ledger: MockDB) -> None:
+def test_the_largest_batch_applies_in_full(client: FlaskClient, ledger: LedgerStore) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
 
@@ -494,7 +498,7 @@ def test_the_largest_batch_applies_in_full(client: FlaskClient, ledger: MockDB) 
     assert_verified(client)
 
 
-def test_the_largest_atomic_batch_applies_in_full(client: FlaskClient, ledger: MockDB) -> None:
+def test_the_largest_atomic_batch_applies_in_full(client: FlaskClient, ledger: LedgerStore) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
 
@@ -508,7 +512,7 @@ def test_the_largest_atomic_batch_applies_in_full(client: FlaskClient, ledger: M
 
 
 @pytest.mark.parametrize("atomic", [False, True])
-def test_one_item_too_many_is_refused_whole(client: FlaskClient, ledger: MockDB, atomic: bool) -> None:
+def test_one_item_too_many_is_refused_whole(client: FlaskClient, ledger: LedgerStore, atomic: bool) -> None:
     before = state(ledger)
     records = len(audit(client))
 
@@ -524,7 +528,7 @@ def _body_of_length(length: int) -> bytes:
     return prefix + b"x" * (length - len(prefix) - len(suffix)) + suffix
 
 
-def test_a_body_of_exactly_one_mebibyte_is_accepted(client: FlaskClient, ledger: MockDB) -> None:
+def test_a_body_of_exactly_one_mebibyte_is_accepted(client: FlaskClient, ledger: LedgerStore) -> None:
     before = state(ledger)
     body = _body_of_length(MAX_BODY_BYTES)
     assert len(body) == 1024 * 1024
@@ -535,7 +539,7 @@ def test_a_body_of_exactly_one_mebibyte_is_accepted(client: FlaskClient, ledger:
     assert state(ledger) == before | {"aaron": (10_001, 1)}
 
 
-def test_a_body_over_one_mebibyte_is_413(client: FlaskClient, ledger: MockDB) -> None:
+def test_a_body_over_one_mebibyte_is_413(client: FlaskClient, ledger: LedgerStore) -> None:
     before = state(ledger)
     records = len(audit(client))
 
@@ -575,7 +579,7 @@ INVALID_BATCHES: dict[str, dict[str, object]] = {
 
 @pytest.mark.parametrize("body", INVALID_BATCHES.values(), ids=INVALID_BATCHES.keys())
 def test_a_malformed_batch_is_invalid_batch_and_nothing_runs(
-    client: FlaskClient, ledger: MockDB, body: dict[str, object]
+    client: FlaskClient, ledger: LedgerStore, body: dict[str, object]
 ) -> None:
     before = state(ledger)
     records = len(audit(client))
@@ -611,7 +615,7 @@ BAD_ITEMS: dict[str, tuple[Operation, int, str]] = {
 @pytest.mark.parametrize("atomic", [False, True])
 @pytest.mark.parametrize(("item", "status", "code"), BAD_ITEMS.values(), ids=BAD_ITEMS.keys())
 def test_a_bad_item_refuses_the_whole_batch(
-    client: FlaskClient, ledger: MockDB, item: Operation, status: int, code: str, atomic: bool
+    client: FlaskClient, ledger: LedgerStore, item: Operation, status: int, code: str, atomic: bool
 ) -> None:
     before = state(ledger)
     records = len(audit(client))
@@ -622,7 +626,9 @@ def test_a_bad_item_refuses_the_whole_batch(
     assert "Operation 2" in response.json["message"]
 
 
-def test_from_the_caller_and_plain_digit_strings_are_accepted(client: FlaskClient, ledger: MockDB) -> None:
+def test_from_the_caller_and_plain_digit_strings_are_accepted(
+    client: FlaskClient, ledger: LedgerStore
+) -> None:
     before = state(ledger)
 
     response = send(client, [{**transfer("bryan", 7), "from": "aaron"}, {"type": "add", "amount": "007"}])
@@ -642,7 +648,7 @@ def test_from_the_caller_and_plain_digit_strings_are_accepted(client: FlaskClien
     ids=["amount twice", "type twice", "to twice"],
 )
 def test_an_item_giving_a_key_twice_with_different_values_is_conflicting(
-    client: FlaskClient, ledger: MockDB, raw_item: str
+    client: FlaskClient, ledger: LedgerStore, raw_item: str
 ) -> None:
     """README: a repeated JSON key with different values is 400 conflicting_parameters; an
     item's fields are its parameters (not an ignored field), so guessing one would move money
@@ -657,7 +663,7 @@ def test_an_item_giving_a_key_twice_with_different_values_is_conflicting(
 
 
 def test_an_item_naming_another_sender_is_403_before_its_other_parameters(
-    client: FlaskClient, ledger: MockDB
+    client: FlaskClient, ledger: LedgerStore
 ) -> None:
     before = state(ledger)
     records = len(audit(client))
@@ -692,7 +698,7 @@ def test_an_item_naming_another_sender_is_403_before_its_other_parameters(
     ],
 )
 def test_batch_needs_the_callers_token(
-    client: FlaskClient, ledger: MockDB, query: str, body: dict[str, str], headers: dict[str, str]
+    client: FlaskClient, ledger: LedgerStore, query: str, body: dict[str, str], headers: dict[str, str]
 ) -> None:
     before = state(ledger)
     records = len(audit(client))
@@ -706,7 +712,7 @@ def test_batch_needs_the_callers_token(
 
 
 def test_batch_accepts_bearer_tokens_and_the_query_string_username(
-    client: FlaskClient, ledger: MockDB
+    client: FlaskClient, ledger: LedgerStore
 ) -> None:
     before = state(ledger)
 
@@ -720,7 +726,7 @@ def test_batch_accepts_bearer_tokens_and_the_query_string_username(
     assert state(ledger) == before | {"aaron": (10_040, 1), "bryan": (9_960, 1)}
 
 
-def test_items_act_on_the_callers_account_only(client: FlaskClient, ledger: MockDB) -> None:
+def test_items_act_on_the_callers_account_only(client: FlaskClient, ledger: LedgerStore) -> None:
     """A username (or from) inside an item does not change whose money moves."""
     before = state(ledger)
 
@@ -750,7 +756,7 @@ def test_items_act_on_the_callers_account_only(client: FlaskClient, ledger: Mock
 
 @pytest.mark.parametrize("atomic", [False, True])
 def test_if_match_mismatch_applies_nothing_and_audits_every_item(
-    client: FlaskClient, ledger: MockDB, atomic: bool
+    client: FlaskClient, ledger: LedgerStore, atomic: bool
 ) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
@@ -770,7 +776,7 @@ def test_if_match_mismatch_applies_nothing_and_audits_every_item(
 
 @pytest.mark.parametrize("atomic", [False, True])
 def test_if_match_is_checked_once_before_the_first_item(
-    client: FlaskClient, ledger: MockDB, atomic: bool
+    client: FlaskClient, ledger: LedgerStore, atomic: bool
 ) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
@@ -797,7 +803,9 @@ def test_if_match_is_checked_once_before_the_first_item(
     assert_verified(client)
 
 
-def test_an_if_match_that_names_no_version_is_refused_unaudited(client: FlaskClient, ledger: MockDB) -> None:
+def test_an_if_match_that_names_no_version_is_refused_unaudited(
+    client: FlaskClient, ledger: LedgerStore
+) -> None:
     before = state(ledger)
     records = len(audit(client))
 
@@ -811,7 +819,7 @@ def test_an_if_match_that_names_no_version_is_refused_unaudited(client: FlaskCli
 
 @pytest.mark.parametrize("atomic", [False, True])
 def test_a_batch_past_its_deadline_applies_nothing(
-    app: Flask, client: FlaskClient, ledger: MockDB, atomic: bool
+    app: Flask, client: FlaskClient, ledger: LedgerStore, atomic: bool
 ) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
@@ -830,7 +838,7 @@ def test_a_batch_past_its_deadline_applies_nothing(
     assert_verified(client)
 
 
-def test_a_bad_deadline_header_is_refused_unaudited(client: FlaskClient, ledger: MockDB) -> None:
+def test_a_bad_deadline_header_is_refused_unaudited(client: FlaskClient, ledger: LedgerStore) -> None:
     before = state(ledger)
     records = len(audit(client))
 
@@ -842,7 +850,7 @@ def test_a_bad_deadline_header_is_refused_unaudited(client: FlaskClient, ledger:
 # -- idempotency ---------------------------------------------------------------------
 
 
-def test_a_keyed_batch_is_replayed_not_rerun(client: FlaskClient, ledger: MockDB) -> None:
+def test_a_keyed_batch_is_replayed_not_rerun(client: FlaskClient, ledger: LedgerStore) -> None:
     key = {**AARON, "Idempotency-Key": "payout-1"}
     operations = [transfer("bryan", 100), withdraw(99_999), add(7)]
 
@@ -878,7 +886,7 @@ def test_a_keyed_batch_is_replayed_not_rerun(client: FlaskClient, ledger: MockDB
     assert_verified(client)
 
 
-def test_a_keyed_atomic_failure_is_replayed_not_rerun(client: FlaskClient, ledger: MockDB) -> None:
+def test_a_keyed_atomic_failure_is_replayed_not_rerun(client: FlaskClient, ledger: LedgerStore) -> None:
     before = state(ledger)
     key = {**AARON, "Idempotency-Key": "payout-2"}
     operations = [add(5), withdraw(99_999), transfer("bryan", 1)]
@@ -897,7 +905,7 @@ def test_a_keyed_atomic_failure_is_replayed_not_rerun(client: FlaskClient, ledge
     assert_verified(client)
 
 
-def test_a_key_reused_with_another_batch_is_409(client: FlaskClient, ledger: MockDB) -> None:
+def test_a_key_reused_with_another_batch_is_409(client: FlaskClient, ledger: LedgerStore) -> None:
     key = {**AARON, "Idempotency-Key": "payout-3"}
     operations = [transfer("bryan", 100), add(7)]
     assert send(client, operations, headers=key).status_code == 200
@@ -920,7 +928,9 @@ def test_a_key_reused_with_another_batch_is_409(client: FlaskClient, ledger: Moc
         )
 
 
-def test_a_keyed_batch_that_timed_out_runs_on_retry(app: Flask, client: FlaskClient, ledger: MockDB) -> None:
+def test_a_keyed_batch_that_timed_out_runs_on_retry(
+    app: Flask, client: FlaskClient, ledger: LedgerStore
+) -> None:
     before = state(ledger)
     key = {**AARON, "Idempotency-Key": "payout-4"}
     operations = [transfer("bryan", 100), add(7)]
@@ -1041,7 +1051,7 @@ def test_concurrent_batches_conserve_money(app: Flask, client: FlaskClient) -> N
     assert_verified(client)
 
 
-def test_a_null_atomic_means_the_default(client: FlaskClient, ledger: MockDB) -> None:
+def test_a_null_atomic_means_the_default(client: FlaskClient, ledger: LedgerStore) -> None:
     response = client.post(
         BATCH,
         json={"username": "aaron", "atomic": None, "operations": [{"type": "add", "amount": 1}]},

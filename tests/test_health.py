@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
 
 
@@ -20,6 +21,7 @@ def test_health_needs_no_token(client: FlaskClient) -> None:
     assert client.get("/system/health", headers={"Authorization": "wrong"}).status_code == 200
 
 
+@pytest.mark.memory_only  # MockDB's balance lock; PostgreSQL: test_postgres.py
 def test_health_is_unhealthy_when_the_balance_lock_is_wedged(client: FlaskClient) -> None:
     from app.api.common import store
 

@@ -35,7 +35,9 @@ from app.ledger.model import (
     OperationType,
     Status,
 )
-from tests.conftest import ADMIN_TOKEN, open_account
+from app.ledger.store import LedgerStore
+from tests.conftest import ADMIN_TOKEN, empty_postgres, new_store, open_account, stop_sweeper
+from tests.tampering import adjust
 from tests.threads import JOIN_TIMEOUT_S, holding_write_lock
 
 HOLDS = "/account/holds"
@@ -100,17 +102,16 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(autouse=True)
-def ledger(app: Flask, clock: FakeClock) -> Iterator[MockDB]:
+def ledger(app: Flask, clock: FakeClock) -> LedgerStore:
     """The app's store on the fake clock, without its background sweeper.
 
     With the sweeper stopped, a due hold over HTTP is expired only by the next
     operation that touches one of its accounts: exactly what these tests look at.
     """
-    store: MockDB = app.extensions["ledger"]
-    store.close()
-    store._clock = clock
-    yield store
-    store.close()
+    store: LedgerStore = app.extensions["ledger"]
+    stop_sweeper(store)
+    store._clock = clock  # type: ignore[attr-defined]
+    return store
 
 
 @pytest.fixture
@@ -391,7 +392,7 @@ def test_if_match_applies_to_creating_a_hold(client: FlaskClient) -> None:
 
 
 def test_a_hold_that_cannot_get_the_lock_in_time_is_503_and_holds_nothing(
-    client: FlaskClient, ledger: MockDB
+    client: FlaskClient, ledger: LedgerStore
 ) -> None:
     opening_records = len(audit(client))
     with holding_write_lock(ledger):
@@ -577,7 +578,7 @@ def test_capturing_more_than_the_hold_is_400_and_leaves_it_pending(client: Flask
 
 
 def test_a_capture_the_payee_cannot_take_is_422_and_leaves_the_hold_pending(
-    client: FlaskClient, ledger: MockDB
+    client: FlaskClient, ledger: LedgerStore
 ) -> None:
     open_account(ledger, "whale", MAX_BALANCE - 100)  # room for 100 more coins
     hold_id = created(client, 300, to="whale")
@@ -745,21 +746,21 @@ def test_every_hold_operation_is_audited_and_verify_passes(
     assert response.json["total_balance"] == 2 * OPENING + 500
 
 
-def test_verify_catches_held_money_that_no_hold_explains(client: FlaskClient, ledger: MockDB) -> None:
+def test_verify_catches_held_money_that_no_hold_explains(client: FlaskClient, ledger: LedgerStore) -> None:
     hold_id = created(client, 300)
     created(client, 200, username="bryan", to="aaron")
     assert capture(client, hold_id, "bryan", 100).status_code == 200
     assert_verified(client)
 
-    ledger._accounts["aaron"].held += 1  # a coin held by no hold
+    adjust(ledger, "aaron", held=1)  # a coin held by no hold
 
     response = client.get("/admin/verify", headers=ADMIN)
     assert response.status_code == 500
     assert response.json["ok"] is False
     assert response.json["problems"] == ["aaron holds 1 but its pending holds add up to 0"]
 
-    ledger._accounts["aaron"].held -= 1
-    ledger._accounts["bryan"].held = 0  # a pending hold whose money is no longer held
+    adjust(ledger, "aaron", held=-1)
+    adjust(ledger, "bryan", held=-200)  # a pending hold whose money is no longer held
     response = client.get("/admin/verify", headers=ADMIN)
     assert response.status_code == 500
     assert response.json["problems"] == ["bryan holds 0 but its pending holds add up to 200"]
@@ -895,20 +896,25 @@ def test_an_expiry_releases_the_hold_exactly_like_a_void(client: FlaskClient, cl
 
 
 @pytest.fixture
-def store_on_clock(clock: FakeClock) -> Iterator[MockDB]:
-    store = MockDB(clock=clock)
-    for username in ("aaron", "bryan", "carol"):
-        open_account(store, username, 1_000)
-    yield store
-    store.close()
-    assert not store._sweeper.running
+def store_on_clock(store_url: str, clock: FakeClock) -> Iterator[LedgerStore]:
+    """A bare store of its own on the fake clock (on PostgreSQL: the app's demo data cleared)."""
+    if store_url != "memory":
+        empty_postgres(store_url)
+    store = new_store(store_url, clock=clock)
+    try:
+        for username in ("aaron", "bryan", "carol"):
+            open_account(store, username, 1_000)
+        yield store
+    finally:
+        store.close()
+    assert not store._sweeper.running  # type: ignore[attr-defined]
 
 
 def test_sweep_expired_expires_every_due_hold_and_nothing_else(
-    store_on_clock: MockDB, clock: FakeClock
+    store_on_clock: LedgerStore, clock: FakeClock
 ) -> None:
     store = store_on_clock
-    store.close()  # only this test's sweeps expire anything
+    stop_sweeper(store)  # only this test's sweeps expire anything
     plans = [
         ("aaron", "bryan", 100, 30),
         ("bryan", "carol", 200, 10),
@@ -953,6 +959,7 @@ def test_sweep_expired_expires_every_due_hold_and_nothing_else(
         store.capture_hold("bryan", holds[100], None, deadline=patient())
 
 
+@pytest.mark.memory_only  # its sweeper's internals; PostgreSQL: test_postgres.py
 def test_the_stores_sweeper_expires_an_idle_hold_without_any_touch(
     store_on_clock: MockDB, clock: FakeClock
 ) -> None:
@@ -1042,6 +1049,7 @@ def sweeper_parts(clock: FakeClock) -> Iterator[tuple[ExpirySweeper, _Calls]]:
     assert not sweeper.running
 
 
+@pytest.mark.memory_only
 def test_the_sweeper_runs_when_woken_after_the_clock_passes_a_deadline(
     sweeper_parts: tuple[ExpirySweeper, _Calls], clock: FakeClock
 ) -> None:
@@ -1070,6 +1078,7 @@ def test_the_sweeper_runs_when_woken_after_the_clock_passes_a_deadline(
     assert calls.at == [START_S + 30, START_S + 90]
 
 
+@pytest.mark.memory_only
 def test_the_sweeper_survives_a_failing_pass_and_tries_again() -> None:
     clock = TappedClock()
     attempts: list[float] = []
@@ -1103,6 +1112,7 @@ def test_the_sweeper_survives_a_failing_pass_and_tries_again() -> None:
     assert not sweeper.running
 
 
+@pytest.mark.memory_only
 def test_stopping_a_sweeper_that_never_started_is_fine(clock: FakeClock) -> None:
     sweeper = ExpirySweeper(_Calls(clock), clock=clock)
     sweeper.stop(timeout_s=JOIN_TIMEOUT_S)
@@ -1189,10 +1199,7 @@ def test_a_retried_void_is_replayed_and_a_fresh_one_is_409(client: FlaskClient) 
     )
 
 
-def test_if_match_applies_to_capture_and_void_as_the_callers_version() -> None:
-    from app import create_app
-
-    client = create_app({"demo": True, "admin_token": "t"}).test_client()
+def test_if_match_applies_to_capture_and_void_as_the_callers_version(client: FlaskClient) -> None:
     created = client.post("/account/holds?username=aaron&to=bryan&amount=10", headers={"Authorization": "1"})
     hold_id = created.json["hold"]["id"]
     stale = client.post(
@@ -1207,14 +1214,11 @@ def test_if_match_applies_to_capture_and_void_as_the_callers_version() -> None:
     assert void.json["hold"]["status"] == "VOIDED"
 
 
-def test_a_timed_out_hold_is_audited_with_its_payee() -> None:
+def test_a_timed_out_hold_is_audited_with_its_payee(store: LedgerStore) -> None:
     from app.ledger.errors import OperationTimeout
-    from app.ledger.memory import MockDB
     from app.ledger.model import Deadline
-    from tests.conftest import open_account
-    from tests.threads import holding_write_lock
 
-    ledger = MockDB()
+    ledger = store
     open_account(ledger, "payer", 100)
     open_account(ledger, "payee", 0)
     with holding_write_lock(ledger), pytest.raises(OperationTimeout) as raised:
@@ -1224,16 +1228,14 @@ def test_a_timed_out_hold_is_audited_with_its_payee() -> None:
     assert (record.source, record.target, record.reason) == ("payer", "payee", "timeout")
 
 
-def test_a_failed_hold_read_is_counted_as_failed() -> None:
-    from app import create_app
-
-    client = create_app({"demo": True}).test_client()
+def test_a_failed_hold_read_is_counted_as_failed(client: FlaskClient) -> None:
     client.get(f"/account/holds/hold_{'0' * 32}?username=aaron", headers={"Authorization": "1"})
     text = client.get("/metrics").get_data(as_text=True)
     assert 'goledger_operations_total{operation="hold_read",outcome="hold_not_found"} 1.0' in text
     assert 'operation="hold_read",outcome="success"' not in text
 
 
+@pytest.mark.memory_only
 def test_a_sweep_pass_looks_only_at_the_holds_it_is_given(store_on_clock: MockDB, clock: FakeClock) -> None:
     store = store_on_clock
     store._sweeper.stop(timeout_s=JOIN_TIMEOUT_S)
@@ -1246,6 +1248,7 @@ def test_a_sweep_pass_looks_only_at_the_holds_it_is_given(store_on_clock: MockDB
     assert store.verify().ok
 
 
+@pytest.mark.memory_only
 def test_a_hold_the_sweeper_pops_too_early_is_scheduled_again(
     store_on_clock: MockDB, clock: FakeClock
 ) -> None:

@@ -33,7 +33,8 @@ from app.ledger.model import (
     Status,
     Transaction,
 )
-from tests.conftest import ADMIN_TOKEN, open_account
+from app.ledger.store import LedgerStore
+from tests.conftest import ADMIN_TOKEN, app_config, new_store, open_account, stop_sweeper
 from tests.test_holds import FakeClock
 from tests.threads import run_together
 
@@ -60,7 +61,7 @@ def not_pending(status: HoldStatus | str) -> str:
     return f"The hold is {status}, no longer PENDING."
 
 
-def trail(store: MockDB) -> list[Transaction]:
+def trail(store: LedgerStore) -> list[Transaction]:
     """The whole audit trail, oldest first (reading it touches no account)."""
     records: list[Transaction] = []
     cursor: str | None = None
@@ -83,10 +84,22 @@ def interleaved() -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
-def clocked_store(clock: FakeClock) -> MockDB:
-    store = MockDB(clock=clock)
-    store.close()  # no background sweeps: only the racers resolve holds
-    return store
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def clocked_store(store_url: str, clock: FakeClock) -> Iterator[LedgerStore]:
+    store = new_store(store_url, clock=clock)
+    stop_sweeper(store)  # no background sweeps: only the racers resolve holds
+    yield store
+    store.close()
+
+
+def rounds_on(store: LedgerStore, rounds: int) -> int:
+    """A race's rounds on this store: a quarter on PostgreSQL, where each costs round trips."""
+    return rounds if isinstance(store, MockDB) else rounds // 4
 
 
 def attempt(operation: Callable[[], HoldResult]) -> HoldResult | LedgerError:
@@ -99,17 +112,19 @@ def attempt(operation: Callable[[], HoldResult]) -> HoldResult | LedgerError:
 # -- capture vs void vs expiry ----------------------------------------------------------
 
 
-def test_capture_void_and_expiry_race_with_exactly_one_winner() -> None:
-    clock = FakeClock()
-    store = clocked_store(clock)
-    opening = {"aaron": 100 * ROUNDS, "bryan": 0}
+def test_capture_void_and_expiry_race_with_exactly_one_winner(
+    clocked_store: LedgerStore, clock: FakeClock
+) -> None:
+    store = clocked_store
+    rounds = rounds_on(store, ROUNDS)
+    opening = {"aaron": 100 * rounds, "bryan": 0}
     for username, balance in opening.items():
         open_account(store, username, balance)
     rng = random.Random(20631)
     winners: Counter[str] = Counter()
     aaron, bryan = store.account("aaron", deadline=patient()), store.account("bryan", deadline=patient())
 
-    for round_number in range(ROUNDS):
+    for round_number in range(rounds):
         amount = rng.randint(1, 100)
         asked = rng.choice([None, rng.randint(1, amount)])  # a full or a partial capture
         way = EXPIRY_WAYS[round_number % len(EXPIRY_WAYS)]
@@ -180,27 +195,28 @@ def test_capture_void_and_expiry_race_with_exactly_one_winner() -> None:
         assert store.account("aaron", deadline=patient()) == aaron
         assert store.account("bryan", deadline=patient()) == bryan
 
-    assert sum(winners.values()) == ROUNDS
+    assert sum(winners.values()) == rounds
     assert aaron.balance + bryan.balance == sum(opening.values())
     report = store.verify()
     assert report.ok, report.problems
     assert report.total_balance == sum(opening.values())
     # Under a fair lock each racer should win some rounds; that is likely, not promised.
-    print(f"winners over {ROUNDS} rounds: {dict(winners)}")
+    print(f"winners over {rounds} rounds: {dict(winners)}")
 
 
 @pytest.fixture
-def http_app() -> Flask:
-    app = create_app({"admin_token": ADMIN_TOKEN, "demo": True})
+def http_app(store_url: str) -> Iterator[Flask]:
+    app = create_app(app_config(store_url))
     app.config["TESTING"] = True
-    return app
+    yield app
+    app.extensions["ledger"].close()
 
 
-def test_the_same_race_over_http_answers_409_naming_the_winner(http_app: Flask) -> None:
-    clock = FakeClock()
-    store: MockDB = http_app.extensions["ledger"]
-    store.close()
-    store._clock = clock
+def test_the_same_race_over_http_answers_409_naming_the_winner(http_app: Flask, clock: FakeClock) -> None:
+    store: LedgerStore = http_app.extensions["ledger"]
+    stop_sweeper(store)
+    store._clock = clock  # type: ignore[attr-defined]
+    http_rounds = rounds_on(store, HTTP_ROUNDS)
     rng = random.Random(20632)
     # Each racer has its own client of the one app.
     capturer_client, voider_client, expirer_client = (http_app.test_client() for _ in range(3))
@@ -208,7 +224,7 @@ def test_the_same_race_over_http_answers_409_naming_the_winner(http_app: Flask) 
     winners: Counter[str] = Counter()
     captured_total = 0
 
-    for round_number in range(HTTP_ROUNDS):
+    for round_number in range(http_rounds):
         amount = rng.randint(1, 30)
         created = setup.post(
             "/account/holds",
@@ -268,7 +284,7 @@ def test_the_same_race_over_http_answers_409_naming_the_winner(http_app: Flask) 
     bryan = setup.get("/account/coins", query_string={"username": "bryan"}, headers=BRYAN).json
     assert (aaron["held"], bryan["held"]) == (0, 0)
     assert (aaron["balance"], bryan["balance"]) == (10_000 - captured_total, 10_000 + captured_total)
-    assert aaron["version"] == 2 * HTTP_ROUNDS
+    assert aaron["version"] == 2 * http_rounds
     assert bryan["version"] == winners["capture"]
     records = [
         record
@@ -279,14 +295,14 @@ def test_the_same_race_over_http_answers_409_naming_the_winner(http_app: Flask) 
     ]
     kinds = Counter(record["type"] for record in records)
     assert (kinds["hold"], kinds["capture"], kinds["void"], kinds["expire"]) == (
-        HTTP_ROUNDS,
+        http_rounds,
         winners["capture"],
         winners["void"],
         winners["expiry"],
     )
     verify = setup.get("/admin/verify", headers=ADMIN)
     assert verify.status_code == 200, verify.json
-    print(f"winners over {HTTP_ROUNDS} HTTP rounds: {dict(winners)}")
+    print(f"winners over {http_rounds} HTTP rounds: {dict(winners)}")
 
 
 # -- double spend -------------------------------------------------------------------------
@@ -294,11 +310,12 @@ def test_the_same_race_over_http_answers_409_naming_the_winner(http_app: Flask) 
 
 @pytest.mark.parametrize(("claim", "winners"), [(60, 1), (50, 2), (34, 2), (33, 3), (101, 0)])
 @pytest.mark.usefixtures("interleaved")
-def test_holds_and_a_withdrawal_never_spend_the_same_money_twice(claim: int, winners: int) -> None:
+def test_holds_and_a_withdrawal_never_spend_the_same_money_twice(
+    clocked_store: LedgerStore, clock: FakeClock, claim: int, winners: int
+) -> None:
     """Available 100; two holds and a withdrawal of ``claim`` each race for it."""
-    rounds, available = 120, 100
-    clock = FakeClock()
-    store = clocked_store(clock)
+    store = clocked_store
+    rounds, available = rounds_on(store, 120), 100
     open_account(store, "bryan", 0)
     open_account(store, "carol", 0)
     rng = random.Random(claim)
@@ -363,12 +380,13 @@ class Placed:
 
 
 @pytest.mark.usefixtures("interleaved")
-def test_a_pool_of_holds_captures_voids_and_expiries_conserves_money() -> None:
+def test_a_pool_of_holds_captures_voids_and_expiries_conserves_money(
+    clocked_store: LedgerStore, clock: FakeClock
+) -> None:
     names = [f"member{index}" for index in range(8)]
     opening = 1_000
     workers, operations_per_worker = 12, 80
-    clock = FakeClock()
-    store = clocked_store(clock)
+    store = clocked_store
     for name in names:
         open_account(store, name, opening)
     placed: list[Placed] = []  # appended by every worker (list.append is atomic)

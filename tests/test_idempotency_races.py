@@ -35,6 +35,7 @@ from app.ledger.model import (
     new_id,
     utc_now_iso,
 )
+from app.ledger.store import LedgerStore
 from tests.conftest import ADMIN_TOKEN
 from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
 
@@ -78,9 +79,8 @@ def send(app: Flask, path: str, query: dict[str, Any], headers: dict[str, str]) 
     )
 
 
-def ledger_of(app: Flask) -> MockDB:
-    ledger = app.extensions["ledger"]
-    assert isinstance(ledger, MockDB)
+def ledger_of(app: Flask) -> LedgerStore:
+    ledger: LedgerStore = app.extensions["ledger"]
     return ledger
 
 

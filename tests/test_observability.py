@@ -8,6 +8,8 @@ import logging
 import pytest
 from flask.testing import FlaskClient
 
+from tests.threads import holding_write_lock
+
 AARON = {"Authorization": "1"}
 
 
@@ -53,12 +55,8 @@ def test_a_timeout_shows_in_the_metrics(client: FlaskClient) -> None:
 
     with client.application.app_context():
         ledger = store()
-    blocker = ledger._rw.gen_wlock()  # type: ignore[attr-defined]
-    assert blocker.acquire(blocking=True, timeout=5)
-    try:
+    with holding_write_lock(ledger):
         client.post("/account/coins/add?username=aaron&amount=5", headers={**AARON, "X-Timeout-Ms": "5"})
-    finally:
-        blocker.release()
     assert 'goledger_operations_total{operation="deposit",outcome="timeout"} 1.0' in scrape(client)
 
 

@@ -1,4 +1,4 @@
-"""Basic concurrency of ``MockDB`` (a port of the original ``basic_test.go``).
+"""Basic concurrency of every store (a port of the original ``basic_test.go``).
 
 Every test releases its threads together on a barrier, joins each with a bound and
 asserts exact end states. Money is conserved in every test, and the audit trail —
@@ -19,8 +19,8 @@ from typing import TypeVar
 import pytest
 
 from app.ledger.errors import InsufficientFunds, LedgerError, OperationTimeout, VersionConflict
-from app.ledger.memory import MockDB
 from app.ledger.model import AccountView, Deadline, OperationResult, OperationType, Status, Transaction
+from app.ledger.store import LedgerStore
 from tests.conftest import open_account
 from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
 
@@ -41,7 +41,7 @@ def patient() -> Deadline:
     return Deadline.after_ms(PATIENT_MS)
 
 
-def full_history(store: MockDB, username: str, *, limit: int = PAGE_LIMIT) -> list[Transaction]:
+def full_history(store: LedgerStore, username: str, *, limit: int = PAGE_LIMIT) -> list[Transaction]:
     """Every record in one account's history, page by page, newest first."""
     records: list[Transaction] = []
     cursor: str | None = None
@@ -55,7 +55,7 @@ def full_history(store: MockDB, username: str, *, limit: int = PAGE_LIMIT) -> li
         cursor = page.next_cursor
 
 
-def audit_trail(store: MockDB, usernames: Iterable[str]) -> dict[int, Transaction]:
+def audit_trail(store: LedgerStore, usernames: Iterable[str]) -> dict[int, Transaction]:
     """The whole audit trail by sequence, gathered from the histories of ``usernames``.
 
     Asserts on the way that no history repeats a record and each is newest first.
@@ -93,11 +93,11 @@ def replay(trail: dict[int, Transaction]) -> dict[str, int]:
     return dict(balances)
 
 
-def balances(store: MockDB, usernames: Iterable[str]) -> dict[str, int]:
+def balances(store: LedgerStore, usernames: Iterable[str]) -> dict[str, int]:
     return {username: store.account(username, deadline=patient()).balance for username in usernames}
 
 
-def versions(store: MockDB, usernames: Iterable[str]) -> dict[str, int]:
+def versions(store: LedgerStore, usernames: Iterable[str]) -> dict[str, int]:
     return {username: store.account(username, deadline=patient()).version for username in usernames}
 
 
@@ -122,7 +122,7 @@ class Outcome:
 
 
 def attempt(
-    store: MockDB,
+    store: LedgerStore,
     kind: OperationType,
     source: str | None,
     target: str | None,
@@ -224,7 +224,7 @@ def flatten(batches: Iterable[Iterable[T]]) -> list[T]:
     [(50, 20, 1), (20, 25, 7), (8, 100, 10**15)],
 )
 def test_concurrent_deposits_all_apply(
-    store: MockDB, threads: int, deposits_per_thread: int, amount: int
+    store: LedgerStore, threads: int, deposits_per_thread: int, amount: int
 ) -> None:
     open_account(store, "alice", 1000)
 
@@ -251,7 +251,7 @@ def test_concurrent_deposits_all_apply(
     [(25, 25, 20, 3, 2), (10, 40, 10, 1, 5), (40, 10, 10, 9, 1)],
 )
 def test_mixed_deposits_and_withdrawals_end_exact(
-    store: MockDB,
+    store: LedgerStore,
     depositors: int,
     withdrawers: int,
     operations_per_thread: int,
@@ -278,7 +278,7 @@ def test_mixed_deposits_and_withdrawals_end_exact(
     assert replay(audit_trail(store, ["alice"])) == {"alice": deposited}
 
 
-def test_withdrawals_beyond_the_funds_fail_and_never_overdraw(store: MockDB) -> None:
+def test_withdrawals_beyond_the_funds_fail_and_never_overdraw(store: LedgerStore) -> None:
     opening, deposit_amount, withdrawal_amount = 100, 5, 10
     depositors, withdrawers, operations_per_thread, observers = 10, 20, 10, 4
     open_account(store, "alice", opening)
@@ -329,7 +329,7 @@ def test_withdrawals_beyond_the_funds_fail_and_never_overdraw(store: MockDB) -> 
     [(20, 40, 25, 100, 80), (5, 50, 20, 1_000, 10), (50, 10, 100, 10, 10)],
 )
 def test_concurrent_transfers_conserve_money(
-    store: MockDB, users: int, threads: int, transfers_per_thread: int, opening: int, largest_amount: int
+    store: LedgerStore, users: int, threads: int, transfers_per_thread: int, opening: int, largest_amount: int
 ) -> None:
     usernames = [f"user{index:02}" for index in range(users)]
     for username in usernames:
@@ -362,7 +362,7 @@ def test_concurrent_transfers_conserve_money(
 # -- readers and writers --------------------------------------------------------
 
 
-def test_readers_never_see_a_torn_account(store: MockDB) -> None:
+def test_readers_never_see_a_torn_account(store: LedgerStore) -> None:
     """Only transfers of one coin: each side's balance is a function of its version."""
     opening, writers, transfers_per_writer, readers, reads_per_reader = 10_000, 10, 100, 10, 300
     open_account(store, "source", opening)
@@ -389,7 +389,8 @@ def test_readers_never_see_a_torn_account(store: MockDB) -> None:
     assert store.account("target", deadline=patient()) == AccountView("target", opening + moved, moved)
 
 
-def test_reads_share_the_lock_and_writes_wait_behind_it(store: MockDB) -> None:
+@pytest.mark.memory_only  # MockDB's reader-writer lock
+def test_reads_share_the_lock_and_writes_wait_behind_it(store: LedgerStore) -> None:
     open_account(store, "alice", 1000)
     reading = store._rw.gen_rlock()
     assert reading.acquire(blocking=True, timeout=JOIN_TIMEOUT_S)
@@ -414,7 +415,7 @@ _ACCOUNTS = ("alice", "bob", "carol")
 
 
 def mixed_worker(
-    store: MockDB, usernames: Sequence[str], seed: int, operations: int
+    store: LedgerStore, usernames: Sequence[str], seed: int, operations: int
 ) -> Callable[[], list[Outcome]]:
     """A worker that mixes every kind of operation and every business failure."""
 
@@ -443,7 +444,7 @@ def mixed_worker(
     return run
 
 
-def test_audit_sequence_is_gap_free_with_unique_ids(store: MockDB) -> None:
+def test_audit_sequence_is_gap_free_with_unique_ids(store: LedgerStore) -> None:
     threads, operations_per_thread = 30, 30
     for username in _ACCOUNTS:
         open_account(store, username, 200)
@@ -463,7 +464,7 @@ def test_audit_sequence_is_gap_free_with_unique_ids(store: MockDB) -> None:
     assert replay(trail) == balances(store, _ACCOUNTS)
 
 
-def test_version_moves_once_per_successful_change_only(store: MockDB) -> None:
+def test_version_moves_once_per_successful_change_only(store: LedgerStore) -> None:
     threads, operations_per_thread = 30, 30
     opening = dict.fromkeys(_ACCOUNTS, 200)
     for username, balance in opening.items():
@@ -488,7 +489,7 @@ def test_version_moves_once_per_successful_change_only(store: MockDB) -> None:
 
 
 @pytest.mark.parametrize("kind", [OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER])
-def test_if_match_race_has_exactly_one_winner(store: MockDB, kind: OperationType) -> None:
+def test_if_match_race_has_exactly_one_winner(store: LedgerStore, kind: OperationType) -> None:
     contenders = 50
     open_account(store, "alice", 1000)
     open_account(store, "bob", 1000)
@@ -506,7 +507,7 @@ def test_if_match_race_has_exactly_one_winner(store: MockDB, kind: OperationType
     assert_trail_explains(audit_trail(store, ["alice", "bob"]), 2, outcomes)
 
 
-def test_if_match_retry_loop_applies_every_deposit_once(store: MockDB) -> None:
+def test_if_match_retry_loop_applies_every_deposit_once(store: LedgerStore) -> None:
     """Optimistic concurrency: read the version, deposit If-Match, retry on conflict."""
     threads, deposits_per_thread, max_attempts = 10, 10, 10_000
     open_account(store, "alice", 0)
@@ -540,7 +541,7 @@ def test_if_match_retry_loop_applies_every_deposit_once(store: MockDB) -> None:
 
 
 @pytest.mark.parametrize("kind", [OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER])
-def test_operations_past_their_deadline_apply_nothing(store: MockDB, kind: OperationType) -> None:
+def test_operations_past_their_deadline_apply_nothing(store: LedgerStore, kind: OperationType) -> None:
     waiters = 20
     open_account(store, "alice", 1000)
     open_account(store, "bob", 1000)
@@ -562,7 +563,9 @@ def test_operations_past_their_deadline_apply_nothing(store: MockDB, kind: Opera
 
 @pytest.mark.parametrize("amount", [0, -5, 10**15 + 1])
 @pytest.mark.parametrize("operation", ["deposit", "withdraw"])
-def test_the_store_itself_refuses_amounts_out_of_range(store: MockDB, operation: str, amount: int) -> None:
+def test_the_store_itself_refuses_amounts_out_of_range(
+    store: LedgerStore, operation: str, amount: int
+) -> None:
     from app.ledger.errors import InvalidInput
 
     open_account(store, "alice", 100)

@@ -1,4 +1,4 @@
-"""Financial scenarios on ``MockDB`` (a port of the original ``financial_test.go``).
+"""Financial scenarios on every store (a port of the original ``financial_test.go``).
 
 Trading through a stalled writer, a bank run, payments authorised by a hold and
 then captured less a fee or voided, circular transfers, and the audit trail a
@@ -24,7 +24,6 @@ from app.ledger.errors import (
     LedgerError,
     OperationTimeout,
 )
-from app.ledger.memory import MockDB
 from app.ledger.model import (
     MAX_BALANCE,
     AccountView,
@@ -35,6 +34,7 @@ from app.ledger.model import (
     Status,
     Transaction,
 )
+from app.ledger.store import LedgerStore
 from tests.conftest import open_account
 from tests.test_races import (
     PAGE_LIMIT,
@@ -70,7 +70,7 @@ TRADE_MS = 500
 
 @pytest.mark.parametrize(("traders", "trades_per_trader"), [(50, 20), (64, 12)])
 def test_high_frequency_trading_through_a_stalled_writer(
-    store: MockDB, traders: int, trades_per_trader: int
+    store: LedgerStore, traders: int, trades_per_trader: int
 ) -> None:
     trader_opening, largest_trade = 100, 60
     names = [f"trader{index:02}" for index in range(traders)]
@@ -161,7 +161,7 @@ def test_high_frequency_trading_through_a_stalled_writer(
     [(1_000, 30, 100), (1_000, 100, 50), (999, 1_000, 20), (2_000, 7, 400)],
 )
 def test_bank_run_pays_out_exactly_what_the_bank_holds(
-    store: MockDB, funds: int, amount: int, customers: int, via: OperationType
+    store: LedgerStore, funds: int, amount: int, customers: int, via: OperationType
 ) -> None:
     paid = funds // amount
     assert customers > paid, "a bank run needs more customers than the bank can pay"
@@ -264,7 +264,7 @@ def hold_leg(
     return Outcome(kind, customer, "processor", amount, failure.transaction, failure), None
 
 
-def pay(store: MockDB, customer: str, merchant: str, amount: int) -> Payment:
+def pay(store: LedgerStore, customer: str, merchant: str, amount: int) -> Payment:
     """Authorise, pay out, then capture or void.
 
     The customer puts ``amount`` on hold for the processor (declined if its available
@@ -331,13 +331,15 @@ def payment_versions(usernames: Iterable[str], legs: Iterable[Outcome]) -> dict[
 
 
 @pytest.fixture
-def payments_store(store: MockDB) -> Iterator[MockDB]:
+def payments_store(store: LedgerStore) -> Iterator[LedgerStore]:
     yield store
     store.close()  # the hold sweeper thread
 
 
 @pytest.mark.parametrize("customers", [8, 40])
-def test_payment_processing_keeps_the_fee_and_strands_nothing(payments_store: MockDB, customers: int) -> None:
+def test_payment_processing_keeps_the_fee_and_strands_nothing(
+    payments_store: LedgerStore, customers: int
+) -> None:
     store = payments_store
     customer_opening = 1_000
     # Enough for every customer's largest payout at once: the processor never runs short.
@@ -419,7 +421,7 @@ def test_payment_processing_keeps_the_fee_and_strands_nothing(payments_store: Mo
     [(1, 500, 1), (10, 50, 3), (25, 20, 1_000)],
 )
 def test_opposite_transfers_finish_without_deadlock(
-    store: MockDB, threads_per_direction: int, transfers_per_thread: int, amount: int
+    store: LedgerStore, threads_per_direction: int, transfers_per_thread: int, amount: int
 ) -> None:
     # Enough for one direction to run to the end before the other starts.
     opening = threads_per_direction * transfers_per_thread * amount
@@ -448,7 +450,7 @@ def test_opposite_transfers_finish_without_deadlock(
     [(3, 4, 50), (10, 2, 40), (32, 1, 30)],
 )
 def test_ring_transfers_end_exact(
-    store: MockDB, ring_size: int, threads_per_hop: int, transfers_per_thread: int
+    store: LedgerStore, ring_size: int, threads_per_hop: int, transfers_per_thread: int
 ) -> None:
     """Account i sends i + 1 coins to account i + 1 (mod n), all hops at once."""
     names = [f"node{index:02}" for index in range(ring_size)]
@@ -478,7 +480,7 @@ def test_ring_transfers_end_exact(
 
 @pytest.mark.parametrize(("ring_size", "opening", "amount"), [(2, 10, 7), (5, 10, 7), (12, 3, 2)])
 def test_ring_with_scarce_money_conserves_it(
-    store: MockDB, ring_size: int, opening: int, amount: int
+    store: LedgerStore, ring_size: int, opening: int, amount: int
 ) -> None:
     threads_per_hop, transfers_per_thread = 3, 40
     names = [f"node{index:02}" for index in range(ring_size)]
@@ -515,7 +517,7 @@ def shown_to(record: Transaction) -> set[str]:
     return {caller}
 
 
-def test_every_operation_is_audited_once_and_each_history_shows_its_own(store: MockDB) -> None:
+def test_every_operation_is_audited_once_and_each_history_shows_its_own(store: LedgerStore) -> None:
     usernames = ("alice", "bob", "carol", "dave")
     threads, operations_per_thread, stalled_threads = 24, 25, 6
     for username in usernames:
@@ -572,7 +574,7 @@ def assert_pages_exact(pages: Sequence[Page], history_now: Sequence[Transaction]
     assert collected == [record for record in history_now if record.sequence <= sequences[0]]
 
 
-def _write_to_auditee(store: MockDB, step: int) -> None:
+def _write_to_auditee(store: LedgerStore, step: int) -> None:
     """One operation naming the auditee, of a kind chosen by ``step``; failures included."""
     kind = step % 4
     if kind == 0:
@@ -586,7 +588,7 @@ def _write_to_auditee(store: MockDB, step: int) -> None:
 
 
 @pytest.mark.parametrize("limit", [1, PAGE_LIMIT, 25])
-def test_paging_in_lockstep_with_writers_never_repeats_or_skips(store: MockDB, limit: int) -> None:
+def test_paging_in_lockstep_with_writers_never_repeats_or_skips(store: LedgerStore, limit: int) -> None:
     writers, backlog = 4, 60
     open_account(store, "auditee", 0)
     open_account(store, "payer", 10**6)
@@ -621,7 +623,7 @@ def test_paging_in_lockstep_with_writers_never_repeats_or_skips(store: MockDB, l
     assert_pages_exact(pages, history_now)
 
 
-def test_paging_while_writers_run_never_repeats_or_skips(store: MockDB) -> None:
+def test_paging_while_writers_run_never_repeats_or_skips(store: LedgerStore) -> None:
     writers, operations_per_writer, pagers, passes_per_pager = 6, 150, 3, 10
     open_account(store, "auditee", 100)
     open_account(store, "payer", 10**6)

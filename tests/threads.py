@@ -12,7 +12,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
+import psycopg
+
 from app.ledger.memory import MockDB
+from app.ledger.postgres import PostgresStore
+from app.ledger.store import LedgerStore
 
 T = TypeVar("T")
 
@@ -66,8 +70,19 @@ def run_together(workers: Sequence[Callable[[], T]]) -> list[T]:
 
 
 @contextmanager
-def holding_write_lock(store: MockDB) -> Iterator[None]:
-    """Hold the store's write lock in this thread, as a stalled writer would."""
+def holding_write_lock(store: LedgerStore) -> Iterator[None]:
+    """Stall every writer of the store, as a wedged writer would.
+
+    MockDB: its write lock, held in this thread (readers wait too). PostgreSQL: an
+    ``EXCLUSIVE`` lock on the accounts table from another connection: every row lock
+    a write takes waits, plain reads (MVCC) do not.
+    """
+    if isinstance(store, PostgresStore):
+        with psycopg.connect(store.url, autocommit=True) as blocker, blocker.transaction():
+            blocker.execute("LOCK TABLE accounts IN EXCLUSIVE MODE")
+            yield
+        return
+    assert isinstance(store, MockDB)
     lock = store._rw.gen_wlock()
     assert lock.acquire(blocking=True, timeout=JOIN_TIMEOUT_S)
     try:

@@ -43,6 +43,25 @@ def _encode(
     )
 
 
+def encoding_tail(
+    record_id: str,
+    kind: OperationType,
+    source: str | None,
+    target: str | None,
+    amount: int,
+    status: Status,
+    reason: str | None,
+    created_at: str,
+) -> bytes:
+    """A record's canonical encoding after its sequence number.
+
+    ``canonical_encoding(record) == b"[" + str(record.sequence).encode() + tail``:
+    what a store that numbers records elsewhere (PostgreSQL, under its chain lock)
+    needs to seal them with ``chain_hash``'s exact bytes.
+    """
+    return _encode(0, record_id, kind, source, target, amount, status, reason, created_at)[2:]
+
+
 def canonical_encoding(record: Transaction) -> bytes:
     """The bytes a record's hash covers: every field but the hashes, in a fixed order."""
     return _encode(

@@ -1,0 +1,360 @@
+"""One transaction of the PostgreSQL store: lock, expire due holds, write, chain, commit.
+
+Lock order
+----------
+Every writing transaction takes its locks in one order, so two of them can never
+wait for each other in a cycle:
+
+1. the rows of ``accounts`` it touches, all in one statement, sorted by username
+   (``FOR NO KEY UPDATE``: foreign-key checks of new holds are not blocked);
+2. holds are never locked themselves: a hold row is only changed by a transaction
+   that holds both of its parties' account rows, so those locks protect it;
+3. the single ``chain_head`` row, last, just before commit. That row is the
+   global serialisation point (it makes sequences gap-free and the chain linear),
+   so the section between taking it and committing is one round trip: the audit
+   inserts and the ``COMMIT`` are sent together in one message.
+
+A due hold found among the locked accounts whose other party is not locked makes
+the transaction start again with that party added (``Restart``), rather than take
+a lock out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from app.ledger.audit import encoding_tail
+from app.ledger.model import Deadline, HoldStatus, OperationType, Status, Transaction, new_id, utc_now_iso
+from app.ledger.rules import AccountState, check_account
+
+_log = logging.getLogger("goledger.postgres")
+
+_LOCK_ACCOUNTS = (
+    "SELECT username, balance, held, version FROM accounts WHERE username = ANY(%s) "
+    "ORDER BY username FOR NO KEY UPDATE"
+)
+_DUE_HOLDS = (
+    "SELECT id, source, target, amount FROM holds WHERE status = 'PENDING' AND expires_at_s <= %s "
+    "AND (source = ANY(%s) OR target = ANY(%s)) ORDER BY expires_at_s, id"
+)
+_WRITE_ACCOUNTS = (
+    "UPDATE accounts AS a SET balance = v.balance, held = v.held, version = v.version "
+    "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+    "AS v(username, balance, held, version) "
+    "WHERE a.username = v.username"
+)
+_INSERT_HOLDS = (
+    "INSERT INTO holds (id, source, target, amount, captured, status, expires_at_s, created_at) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], "
+    "%s::float8[], %s::text[])"
+)
+_SETTLE_HOLDS = (
+    "UPDATE holds AS h SET status = v.status, captured = v.captured "
+    "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS v(id, status, captured) WHERE h.id = v.id"
+)
+_APPEND = (
+    "SELECT * FROM goledger_append(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+    "%s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::integer[])"
+)
+
+
+#: A statement and its parameters, one part of a ``Script``.
+Statement = tuple[str, tuple[object, ...]]
+_SET_TIMEOUTS = "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+
+
+def begin_within(deadline: Deadline) -> list[Statement]:
+    """Begin a transaction whose every lock wait and statement ends by the deadline."""
+    timeout_ms = str(max(1, int(deadline.remaining_s() * 1000)))  # 0 would mean "no limit"
+    return [("BEGIN", ()), (_SET_TIMEOUTS, (timeout_ms, timeout_ms))]
+
+
+def run_script(
+    connection: psycopg.Connection[TupleRow], statements: Sequence[Statement]
+) -> list[list[TupleRow]]:
+    """Send ``statements`` to the server in one message (one round trip); the rows of each
+    statement that returns rows, in order.
+
+    Parameters are bound on the client (psycopg's ``ClientCursor`` quotes every value),
+    which is what lets several statements share one message. A failing statement stops
+    the rest, and leaves an open transaction aborted (the pool rolls it back).
+    """
+    cursor = psycopg.ClientCursor(connection)
+    query = "; ".join(text for text, _ in statements)
+    cursor.execute(query, tuple(value for _, values in statements for value in values))
+    results = []
+    while True:
+        if cursor.pgresult is not None and cursor.pgresult.status == psycopg.pq.ExecStatus.TUPLES_OK:
+            results.append(cursor.fetchall())
+        if not cursor.nextset():
+            return results
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSpec:
+    """An audit record still to be sealed: ``failure`` is its reason (``None``: SUCCESS);
+    ``parties`` are the accounts whose history shows it."""
+
+    kind: OperationType
+    source: str | None
+    target: str | None
+    amount: int
+    failure: str | None
+    parties: tuple[str, ...]
+
+
+def success(kind: OperationType, source: str | None, target: str | None, amount: int) -> RecordSpec:
+    parties = tuple(name for name in (source, target) if name is not None)
+    return RecordSpec(kind, source, target, amount, None, parties)
+
+
+@dataclass(slots=True)
+class HoldRow:
+    id: str
+    source: str
+    target: str
+    amount: int
+    captured: int
+    status: HoldStatus
+    expires_at_s: float
+    created_at: str
+
+
+class Restart(Exception):
+    """The transaction must start again with more accounts locked (never out of order)."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__(f"restart locking {sorted(names)}")
+        self.names = names
+
+
+class Unit:
+    """The state of one transaction on one connection.
+
+    ``commit``: whether ``append`` commits (a standalone operation) or leaves that to
+    the caller (an operation inside an idempotency key's transaction).
+    """
+
+    def __init__(
+        self,
+        connection: psycopg.Connection[TupleRow],
+        *,
+        now_s: float,
+        commit: bool,
+        url: str,
+        extra: set[str],
+    ) -> None:
+        self.connection = connection
+        #: Accounts a restart found it must lock besides the operation's own.
+        self.extra = extra
+        self.began = False
+        self.now_s = now_s
+        self.commit = commit
+        self.committed = False
+        self.accounts: dict[str, AccountState] = {}
+        self._original: dict[str, tuple[int, int, int]] = {}
+        self.records: list[RecordSpec] = []
+        self.outcomes: list[tuple[str, str]] = []
+        self.new_holds: list[HoldRow] = []
+        self.settled: dict[str, HoldRow] = {}
+        self.lock_wait_s = 0.0
+        self._url = url
+
+    # -- locking ----------------------------------------------------------------
+
+    def begin(self, deadline: Deadline, names: Iterable[str]) -> None:
+        """Begin, bound every wait by the deadline, lock ``names`` and expire their due holds."""
+        touched = sorted(set(names))
+        # Only the touched accounts' due holds expire (as in the embedded store); the
+        # other parties of those holds are locked too, since their rows change.
+        wanted = sorted({*touched, *self.extra})
+        self.began = True
+        connection = self.connection
+        started = time.perf_counter()
+        statements = begin_within(deadline) if self.commit else []
+        if wanted:  # (a FAILED record alone takes no lock on the accounts table at all)
+            statements += [(_LOCK_ACCOUNTS, (wanted,)), (_DUE_HOLDS, (self.now_s, touched, touched))]
+        if not statements:
+            return
+        try:
+            results = run_script(connection, statements)
+        finally:
+            self.lock_wait_s = time.perf_counter() - started
+        if not wanted:
+            return
+        locked, due = results[-2:]
+        for username, balance, held, version in locked:
+            self._adopt(AccountState(str(username), int(balance), int(held), int(version)))
+        due_holds = [(str(h), str(s), str(t), int(a)) for h, s, t, a in due]
+        missing = {name for _, source, target, _ in due_holds for name in (source, target)} - set(wanted)
+        if missing:
+            raise Restart(set(wanted) | missing)
+        for hold_id, source, target, amount in due_holds:
+            if hold_id in self.settled:
+                continue
+            self.release(
+                HoldRow(hold_id, source, target, amount, 0, HoldStatus.PENDING, 0.0, ""), HoldStatus.EXPIRED
+            )
+            self.records.append(success(OperationType.EXPIRE, source, target, amount))
+            self.outcomes.append((OperationType.EXPIRE.value, "success"))
+
+    def finish(self) -> None:
+        """Commit a standalone transaction that wrote nothing (``append`` commits the others)."""
+        if self.commit and self.began and not self.committed:
+            self.connection.execute("COMMIT")
+            self.committed = True
+
+    def _adopt(self, account: AccountState) -> None:
+        self.accounts[account.username] = account
+        self._original[account.username] = account.key()
+
+    def release(self, hold: HoldRow, status: HoldStatus, captured: int = 0) -> None:
+        """Settle a pending hold (its source's account is locked): free its money, record its status."""
+        source = self.accounts[hold.source]
+        source.held -= hold.amount
+        source.version += 1
+        check_account(source)
+        hold.status = status
+        hold.captured = captured
+        self.settled[hold.id] = hold
+
+    # -- writing ----------------------------------------------------------------
+
+    def append(self, specs: Sequence[RecordSpec]) -> list[Transaction]:
+        """Write the changed accounts and holds, chain every pending record, commit if standalone.
+
+        One message, one round trip: the writes, ``goledger_append`` (which takes the
+        chain head's lock, numbers and hashes the records in the database) and the
+        ``COMMIT``. Returns the records of ``specs`` (the expiries before them are
+        chained too, first).
+        """
+        self.records.extend(specs)
+        created_at = utc_now_iso()
+        drafts = [
+            (
+                new_id("tx_"),
+                spec,
+                Status.SUCCESS if spec.failure is None else Status.FAILED,
+            )
+            for spec in self.records
+        ]
+        statements = [*self._changes(), (_APPEND, _append_parameters(drafts, created_at))]
+        if self.commit:
+            statements.append(("COMMIT", ()))
+        try:
+            *_, sealed = run_script(self.connection, statements)
+        except psycopg.OperationalError:
+            sealed = self._landed([record_id for record_id, _, _ in drafts]) if self.commit else []
+            if not sealed:
+                raise
+            _log.warning("the connection broke during COMMIT, but the transaction had landed")
+        self.committed = self.commit
+        records = [
+            Transaction(
+                record_id,
+                sequence,
+                spec.kind,
+                spec.source,
+                spec.target,
+                spec.amount,
+                status,
+                spec.failure,
+                created_at,
+                previous_hash,
+                digest,
+            )
+            for (record_id, spec, status), (sequence, previous_hash, digest) in zip(
+                drafts, sealed, strict=True
+            )
+        ]
+        self.records = []
+        self._original = {name: account.key() for name, account in self.accounts.items()}
+        self.new_holds = []
+        self.settled = {}
+        return records[len(records) - len(specs) :]
+
+    def _changes(self) -> list[Statement]:
+        """The writes of changed accounts, new holds and settled holds."""
+        statements: list[Statement] = []
+        changed = [
+            account for name, account in self.accounts.items() if account.key() != self._original[name]
+        ]
+        if changed:
+            accounts: tuple[object, ...] = (
+                [account.username for account in changed],
+                [account.balance for account in changed],
+                [account.held for account in changed],
+                [account.version for account in changed],
+            )
+            statements.append((_WRITE_ACCOUNTS, accounts))
+        if self.new_holds:
+            statements.append((_INSERT_HOLDS, _columns(self.new_holds)))
+        if self.settled:
+            settled = list(self.settled.values())
+            holds: tuple[object, ...] = (
+                [hold.id for hold in settled],
+                [hold.status.value for hold in settled],
+                [hold.captured for hold in settled],
+            )
+            statements.append((_SETTLE_HOLDS, holds))
+        return statements
+
+    def _landed(self, record_ids: list[str]) -> list[TupleRow]:
+        """The sequences and hashes of a transaction whose ``COMMIT`` went unanswered, if it
+        landed after all (empty if it did not, or if that cannot be told)."""
+        if not self.connection.broken or not record_ids:
+            return []
+        try:
+            with psycopg.connect(self._url, autocommit=True, connect_timeout=2) as probe:
+                rows = probe.execute(
+                    "SELECT sequence, previous_hash, hash FROM audit WHERE id = ANY(%s) ORDER BY sequence",
+                    (record_ids,),
+                ).fetchall()
+        except psycopg.Error:
+            return []
+        return rows if len(rows) == len(record_ids) else []
+
+
+def _append_parameters(
+    drafts: Sequence[tuple[str, RecordSpec, Status]], created_at: str
+) -> tuple[object, ...]:
+    """``goledger_append``'s arguments: one array per column, each record's encoding tail,
+    and one (name, record position) pair per account whose history shows a record."""
+    parties = [(name, position) for position, (_, spec, _) in enumerate(drafts, 1) for name in spec.parties]
+    return (
+        [record_id for record_id, _, _ in drafts],
+        [spec.kind.value for _, spec, _ in drafts],
+        [spec.source for _, spec, _ in drafts],
+        [spec.target for _, spec, _ in drafts],
+        [spec.amount for _, spec, _ in drafts],
+        [status.value for _, _, status in drafts],
+        [spec.failure for _, spec, _ in drafts],
+        [created_at] * len(drafts),
+        [
+            encoding_tail(
+                record_id, spec.kind, spec.source, spec.target, spec.amount, status, spec.failure, created_at
+            )
+            for record_id, spec, status in drafts
+        ],
+        [name for name, _ in parties],
+        [position for _, position in parties],
+    )
+
+
+def _columns(holds: list[HoldRow]) -> tuple[object, ...]:
+    return (
+        [hold.id for hold in holds],
+        [hold.source for hold in holds],
+        [hold.target for hold in holds],
+        [hold.amount for hold in holds],
+        [hold.captured for hold in holds],
+        [hold.status.value for hold in holds],
+        [hold.expires_at_s for hold in holds],
+        [hold.created_at for hold in holds],
+    )

@@ -1,0 +1,175 @@
+"""The ledger's business rules on mutable account state, with no storage behind them.
+
+The PostgreSQL store locks the rows an operation touches, copies them into
+``AccountState`` objects, applies these rules and writes back what changed. The
+rules raise before they change anything, so a refused operation leaves its
+accounts exactly as they were. (The embedded ``MockDB`` keeps its own copy of the
+same rules next to its locks.)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Sequence
+
+from app.ledger.errors import (
+    AccountNotFound,
+    BalanceOverflow,
+    InsufficientFunds,
+    InvalidInput,
+    StoreInvariantBroken,
+    VersionConflict,
+)
+from app.ledger.model import (
+    MAX_AMOUNT,
+    MAX_BALANCE,
+    MAX_BATCH_ITEMS,
+    MAX_HOLD_TIMEOUT_S,
+    MIN_HOLD_TIMEOUT_S,
+    AccountView,
+    BatchItem,
+    OperationType,
+)
+
+HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
+AUDIT_CURSOR = re.compile(r"a:([1-9][0-9]{0,18})")
+
+
+class AccountState:
+    """One account's balance, held money and version while an operation works on it."""
+
+    __slots__ = ("balance", "held", "username", "version")
+
+    def __init__(self, username: str, balance: int, held: int, version: int) -> None:
+        self.username = username
+        self.balance = balance
+        self.held = held
+        self.version = version
+
+    def view(self) -> AccountView:
+        return AccountView(self.username, self.balance, self.version, self.held)
+
+    def copy(self) -> AccountState:
+        return AccountState(self.username, self.balance, self.held, self.version)
+
+    def key(self) -> tuple[int, int, int]:
+        return self.balance, self.held, self.version
+
+
+def check_version(account: AccountState, expected_version: int | None) -> None:
+    if expected_version is not None and account.version != expected_version:
+        raise VersionConflict(f"The account is at version {account.version}, not {expected_version}.")
+
+
+def check_funds(account: AccountState, amount: int) -> None:
+    available = account.balance - account.held
+    if amount > available:
+        raise InsufficientFunds(f"{account.username} has {available} coins, {amount} requested")
+
+
+def check_credit(account: AccountState, amount: int) -> None:
+    if account.balance > MAX_BALANCE - amount:
+        raise BalanceOverflow(f"Crediting {amount} coins would overflow the balance of {account.username}.")
+
+
+def check_account(account: AccountState) -> None:
+    """The invariants every account keeps after every change."""
+    if account.balance < 0 or account.held < 0 or account.held > account.balance:
+        raise StoreInvariantBroken(
+            f"account {account.username} broke an invariant: balance {account.balance}, held {account.held}"
+        )
+
+
+def check_amount(amount: int) -> None:
+    """The web layer validates amounts; the core checks again rather than trust it."""
+    if not 1 <= amount <= MAX_AMOUNT:
+        raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
+
+
+def check_hold_timeout(timeout_s: int) -> None:
+    if not MIN_HOLD_TIMEOUT_S <= timeout_s <= MAX_HOLD_TIMEOUT_S:
+        raise InvalidInput("invalid_timeout", "timeout_s is out of range.")
+
+
+def roles(username: str, item: BatchItem) -> tuple[str | None, str | None]:
+    """The contract's ``from`` and ``to`` of an item acting on ``username``'s account."""
+    if item.kind is OperationType.DEPOSIT:
+        return None, username
+    if item.kind is OperationType.WITHDRAWAL:
+        return username, None
+    return username, item.target
+
+
+def apply_item(lookup: Callable[[str], AccountState | None], username: str, item: BatchItem) -> None:
+    """Check, then apply, one money operation; a failing check raises before any change."""
+    caller = lookup(username)
+    if caller is None:
+        raise AccountNotFound(f"Account {username} does not exist.")
+    if item.kind is OperationType.DEPOSIT:
+        check_credit(caller, item.amount)
+        caller.balance += item.amount
+        caller.version += 1
+        return
+    if item.kind is OperationType.WITHDRAWAL:
+        check_funds(caller, item.amount)
+        caller.balance -= item.amount
+        caller.version += 1
+        check_account(caller)
+        return
+    if item.kind is not OperationType.TRANSFER or item.target is None:
+        raise StoreInvariantBroken(f"not a money operation: {item}")
+    target = lookup(item.target)
+    if target is None:
+        raise AccountNotFound(f"Account {item.target} does not exist.")
+    if target is caller:
+        raise InvalidInput("same_account", "Cannot transfer to the same account.")
+    check_funds(caller, item.amount)
+    check_credit(target, item.amount)
+    caller.balance -= item.amount
+    caller.version += 1
+    target.balance += item.amount
+    target.version += 1
+    check_account(caller)
+
+
+_MONEY_OPERATIONS = (OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER)
+
+
+def check_batch(items: Sequence[BatchItem]) -> None:
+    """The core checks again what the web layer validated, rather than trust it."""
+    if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise InvalidInput("invalid_batch", f"A batch holds 1 to {MAX_BATCH_ITEMS} operations.")
+    for index, item in enumerate(items):
+        if item.kind not in _MONEY_OPERATIONS or (item.kind is OperationType.TRANSFER) != (
+            item.target is not None
+        ):
+            raise InvalidInput(
+                "invalid_batch", f"Operation {index} is not a deposit, withdrawal or transfer."
+            )
+        if not 1 <= item.amount <= MAX_AMOUNT:
+            raise InvalidInput(
+                "invalid_amount", f"Operation {index}: the amount must be from 1 to {MAX_AMOUNT}."
+            )
+
+
+def encode_cursor(prefix: str, sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}:{sequence}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, pattern: re.Pattern[str]) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.") from None
+    match = pattern.fullmatch(text)
+    if match is None:
+        raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.")
+    return int(match.group(1))
+
+
+def check_limit(limit: int) -> None:
+    if limit < 1:
+        raise InvalidInput("invalid_limit", "The limit must be at least 1.")
