@@ -494,7 +494,7 @@ class Peek:
     def account(self, name: str) -> AccountView:
         if self._connection is None:
             assert isinstance(self._store, MockDB)
-            return self._store._accounts[name].view(name)
+            return self._store._accounts[name].view()
         row = self._connection.execute(
             "SELECT balance, version, held FROM accounts WHERE username = %s", (name,)
         ).fetchone()

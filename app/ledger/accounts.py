@@ -1,4 +1,9 @@
-"""The mutable state of one account inside a store (``MockDB``, and its recovery)."""
+"""The mutable state of one account while a store works on it.
+
+``MockDB`` keeps one per account, touched only under its write lock; the PostgreSQL
+store copies locked rows into them for the length of one transaction. Either way
+the rules in ``app.ledger.rules`` change them.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,32 @@ from app.ledger.model import AccountView
 
 
 class AccountState:
-    """Balance, held money and version of one account; only ever touched under the
-    owning store's write lock (or before the store is shared, while it is restored)."""
+    """One account's balance, held money and version."""
 
-    __slots__ = ("balance", "held", "lsn", "version")
+    __slots__ = ("balance", "held", "lsn", "username", "version")
 
-    def __init__(self, balance: int, held: int = 0, version: int = 0) -> None:
+    def __init__(self, username: str, balance: int, held: int = 0, version: int = 0) -> None:
+        self.username = username
         self.balance = balance
         self.held = held
         self.version = version
-        #: The journal frame that last changed this account (0: durable from the start).
+        #: ``MockDB`` with a journal: the frame that last changed this account (0: durable).
         self.lsn = 0
 
-    def view(self, username: str) -> AccountView:
-        return AccountView(username, self.balance, self.version, self.held)
+    def view(self) -> AccountView:
+        return AccountView(self.username, self.balance, self.version, self.held)
 
     def copy(self) -> AccountState:
-        return AccountState(self.balance, self.held, self.version)
+        return AccountState(self.username, self.balance, self.held, self.version)
 
     def take(self, other: AccountState) -> None:
         """Adopt another copy's state (an atomic batch writing back its result)."""
         self.balance = other.balance
         self.held = other.held
         self.version = other.version
+
+    def key(self) -> tuple[int, int, int]:
+        return self.balance, self.held, self.version
 
     def row(self) -> list[int]:
         """The state as a journal entry keeps it: ``[balance, held, version]``."""

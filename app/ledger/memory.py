@@ -60,13 +60,10 @@ a short tail.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
 import contextvars
 import functools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -77,7 +74,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from readerwriterlock import rwlock
 
 from app.ledger import journal as journal_files
-from app.ledger import persistence, recovery
+from app.ledger import persistence, recovery, rules
 from app.ledger.accounts import AccountState
 from app.ledger.audit import (
     GENESIS_HASH,
@@ -90,11 +87,9 @@ from app.ledger.audit import (
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
-    BalanceOverflow,
     BatchFailed,
     HoldNotFound,
     HoldNotPending,
-    InsufficientFunds,
     InvalidInput,
     LedgerError,
     OperationTimeout,
@@ -106,11 +101,7 @@ from app.ledger.holds import ExpirySweeper, HoldBook, HoldState
 from app.ledger.idempotency import NOT_KEPT, IdempotencyTable, Outcome, Result
 from app.ledger.journal import Journal, JournalUnavailable
 from app.ledger.model import (
-    MAX_AMOUNT,
     MAX_BALANCE,
-    MAX_BATCH_ITEMS,
-    MAX_HOLD_TIMEOUT_S,
-    MIN_HOLD_TIMEOUT_S,
     AccountView,
     BatchItem,
     BatchResult,
@@ -190,10 +181,6 @@ def _durable(method: Callable[Concatenate[MockDB, P], T]) -> Callable[Concatenat
             self._await_written()
 
     return wrapper
-
-
-_HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
-_AUDIT_CURSOR = re.compile(r"a:([1-9][0-9]{0,18})")
 
 
 class _AuditFields:
@@ -535,11 +522,11 @@ class MockDB:
                 raise AccountExists(f"Account {username} already exists.")
             if not 0 <= balance <= MAX_BALANCE:
                 raise StoreInvariantBroken(f"opening balance {balance} out of range")
-            account = AccountState(balance)
+            account = AccountState(username, balance)
             self._accounts[username] = account
             with self._credentials_lock:
                 self._credentials[username] = token_digest
-            return account.view(username)
+            return account.view()
 
         # The opening balance is audited like a deposit so that the audit trail alone
         # explains every coin in the ledger. A refused opening (the name is taken) is
@@ -563,7 +550,7 @@ class MockDB:
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
         def read() -> tuple[AccountView, int]:
             account = self._existing(username)
-            return account.view(username), account.lsn
+            return account.view(), account.lsn
 
         return self._read_after_expiry(username, deadline, "balance", read)
 
@@ -657,7 +644,7 @@ class MockDB:
         written back, otherwise nothing changes. Either way every item is audited,
         and all the batch's records are appended in one go, in item order.
         """
-        _check_batch(items)
+        rules.check_batch(items)
         lock = self._rw.gen_wlock()
         try:
             waited_s = self._acquire(lock, deadline, "batch")
@@ -670,7 +657,7 @@ class MockDB:
             self._expire_due({username, *(item.target for item in items)})
             caller = self._existing(username)
             try:
-                _check_version(caller, expected_version)
+                rules.check_version(caller, expected_version)
             except VersionConflict as error:
                 failures = [error] * len(items)
                 error.transaction = self._append_items(
@@ -681,7 +668,7 @@ class MockDB:
                 failures, failed_index = self._apply_atomically(username, items)
             else:
                 failures, failed_index = [self._apply_alone(username, item) for item in items], None
-            account = caller.view(username)
+            account = caller.view()
             records = self._append_items(
                 username,
                 items,
@@ -696,20 +683,20 @@ class MockDB:
     def _run_one(
         self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
     ) -> OperationResult:
-        source, target = _roles(username, item)
+        source, target = rules.roles(username, item)
 
         def apply() -> AccountView:
             self._expire_due((username, item.target))
             caller = self._existing(username)
-            _check_version(caller, expected_version)
-            _apply_item(self._accounts.get, username, item)
-            return caller.view(username)
+            rules.check_version(caller, expected_version)
+            rules.apply_item(self._accounts.get, username, item)
+            return caller.view()
 
         return self._run_write(item.kind, username, source, target, item.amount, deadline, apply)
 
     def _apply_alone(self, username: str, item: BatchItem) -> LedgerError | None:
         try:
-            _apply_item(self._accounts.get, username, item)
+            rules.apply_item(self._accounts.get, username, item)
         except LedgerError as error:
             return error
         return None
@@ -729,7 +716,7 @@ class MockDB:
 
         for index, item in enumerate(items):
             try:
-                _apply_item(copy_of, username, item)
+                rules.apply_item(copy_of, username, item)
             except LedgerError as error:
                 refused = BatchFailed(
                     f"Not applied: item {index} of this atomic batch failed ({error.code})."
@@ -755,28 +742,26 @@ class MockDB:
         expected_version: int | None = None,
     ) -> HoldResult:
         """Reserve ``amount`` of the caller's available money for ``target``."""
-        if not 1 <= amount <= MAX_AMOUNT:
-            raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
-        if not MIN_HOLD_TIMEOUT_S <= timeout_s <= MAX_HOLD_TIMEOUT_S:
-            raise InvalidInput("invalid_timeout", "timeout_s is out of range.")
+        rules.check_amount(amount)
+        rules.check_hold_timeout(timeout_s)
         hold_id = new_id("hold_")
 
         def apply(audit: _AuditFields) -> tuple[AccountView, HoldState]:
             audit.target = target
             self._expire_due((username, target))
             caller = self._existing(username)
-            _check_version(caller, expected_version)
+            rules.check_version(caller, expected_version)
             if target not in self._accounts:
                 raise AccountNotFound(f"Account {target} does not exist.")
             if target == username:
                 raise InvalidInput("same_account", "The payer and the payee are the same account.")
-            _check_funds(username, caller, amount)
+            rules.check_funds(caller, amount)
             caller.held += amount
             caller.version += 1
-            _check_account(username, caller)
+            rules.check_account(caller)
             state = HoldState(hold_id, username, target, amount, self._clock() + timeout_s, utc_now_iso())
             self._holds.add(state)
-            return caller.view(username), state
+            return caller.view(), state
 
         result = self._run_hold(OperationType.HOLD, username, amount, deadline, apply, target=target)
         self._sweeper.schedule(self._clock() + timeout_s, hold_id)
@@ -793,8 +778,8 @@ class MockDB:
         expected_version: int | None = None,
     ) -> HoldResult:
         """Move ``amount`` (default: all) of a pending hold to its payee; release the rest."""
-        if amount is not None and not 1 <= amount <= MAX_AMOUNT:
-            raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
+        if amount is not None:
+            rules.check_amount(amount)
 
         def apply(audit: _AuditFields) -> tuple[AccountView, HoldState]:
             state = self._pending_hold_of(username, hold_id, audit, expected_version)
@@ -805,15 +790,15 @@ class MockDB:
                     "invalid_amount", f"The hold is for {state.amount} coins, {captured} requested."
                 )
             source, target = self._accounts[state.source], self._accounts[state.target]
-            _check_credit(state.target, target, captured)
+            rules.check_credit(target, captured)
             source.held -= state.amount
             source.balance -= captured
             source.version += 1
             target.balance += captured
             target.version += 1
-            _check_account(state.source, source)
+            rules.check_account(source)
             self._holds.settle(state, HoldStatus.CAPTURED, captured)
-            return self._accounts[username].view(username), state
+            return self._accounts[username].view(), state
 
         return self._run_hold(OperationType.CAPTURE, username, amount or 0, deadline, apply)
 
@@ -826,7 +811,7 @@ class MockDB:
         def apply(audit: _AuditFields) -> tuple[AccountView, HoldState]:
             state = self._pending_hold_of(username, hold_id, audit, expected_version)
             self._release(state, HoldStatus.VOIDED)
-            return self._accounts[username].view(username), state
+            return self._accounts[username].view(), state
 
         return self._run_hold(OperationType.VOID, username, 0, deadline, apply)
 
@@ -906,14 +891,14 @@ class MockDB:
         self._expire_due((state.source, state.target))
         if state.status is not HoldStatus.PENDING:
             raise HoldNotPending(f"The hold is {state.status.value}, no longer PENDING.")
-        _check_version(self._accounts[username], expected_version)
+        rules.check_version(self._accounts[username], expected_version)
         return state
 
     def _release(self, state: HoldState, status: HoldStatus) -> None:
         source = self._accounts[state.source]
         source.held -= state.amount
         source.version += 1
-        _check_account(state.source, source)
+        rules.check_account(source)
         self._holds.settle(state, status)
 
     def _expire_due(self, names: Iterable[str | None]) -> int:
@@ -969,9 +954,8 @@ class MockDB:
     # -- history --------------------------------------------------------------
 
     def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
-        if limit < 1:
-            raise InvalidInput("invalid_limit", "The limit must be at least 1.")
-        before = None if cursor is None else _decode_cursor(cursor, _HISTORY_CURSOR)
+        rules.check_limit(limit)
+        before = None if cursor is None else rules.decode_cursor(cursor, rules.HISTORY_CURSOR)
         durable = self._durable_sequence()
         if durable is not None:
             before = durable + 1 if before is None else min(before, durable + 1)
@@ -981,21 +965,20 @@ class MockDB:
             start = max(0, end - limit)
             chosen = sequences[start:end]
             records = tuple(self._audit[sequence - 1] for sequence in reversed(chosen))
-        next_cursor = _encode_cursor("h", chosen[0]) if start > 0 else None
+        next_cursor = rules.encode_cursor("h", chosen[0]) if start > 0 else None
         return Page(records, next_cursor)
 
     # -- audit ----------------------------------------------------------------
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
-        if limit < 1:
-            raise InvalidInput("invalid_limit", "The limit must be at least 1.")
-        after = 0 if cursor is None else _decode_cursor(cursor, _AUDIT_CURSOR)
+        rules.check_limit(limit)
+        after = 0 if cursor is None else rules.decode_cursor(cursor, rules.AUDIT_CURSOR)
         durable = self._durable_sequence()
         with self._audit_lock:
             last = len(self._audit) if durable is None else min(durable, len(self._audit))
             records = tuple(self._audit[after : min(after + limit, last)])
             more = after + limit < last
-        next_cursor = _encode_cursor("a", records[-1].sequence) if more and records else None
+        next_cursor = rules.encode_cursor("a", records[-1].sequence) if more and records else None
         return Page(records, next_cursor)
 
     def _durable_sequence(self) -> int | None:
@@ -1182,9 +1165,8 @@ class MockDB:
         alone, never a recipient who had no part in it). ``credential``: the token
         digest of the account this opens, for the journal.
         """
-        if kind is not OperationType.OPEN and not 1 <= amount <= MAX_AMOUNT:
-            # The web layer validates amounts; the core checks again rather than trust it.
-            raise InvalidInput("invalid_amount", f"The amount must be from 1 to {MAX_AMOUNT}.")
+        if kind is not OperationType.OPEN:
+            rules.check_amount(amount)
         failed_for = (username,) if failure_parties is None else failure_parties
         audit = _AuditFields(source, target, amount)
         audit.credential = credential
@@ -1340,7 +1322,7 @@ class MockDB:
         entries: list[tuple[BatchItem, str | None, str | None, Status, str | None, tuple[str, ...]]] = []
         changed: dict[str, None] = {}
         for item, failure in zip(items, failures, strict=True):
-            source, target = _roles(username, item)
+            source, target = rules.roles(username, item)
             if failure is None:
                 parties = tuple(name for name in (source, target) if name is not None)
                 entries.append((item, source, target, Status.SUCCESS, None, parties))
@@ -1406,105 +1388,3 @@ def _batch_result(
         for index, (record, failure) in enumerate(zip(records, failures, strict=True))
     )
     return BatchResult(outcomes, account, atomic, failed_index)
-
-
-def _check_version(account: AccountState, expected_version: int | None) -> None:
-    if expected_version is not None and account.version != expected_version:
-        raise VersionConflict(f"The account is at version {account.version}, not {expected_version}.")
-
-
-def _check_funds(username: str, account: AccountState, amount: int) -> None:
-    available = account.balance - account.held
-    if amount > available:
-        raise InsufficientFunds(f"{username} has {available} coins, {amount} requested")
-
-
-def _check_credit(username: str, account: AccountState, amount: int) -> None:
-    if account.balance > MAX_BALANCE - amount:
-        raise BalanceOverflow(f"Crediting {amount} coins would overflow the balance of {username}.")
-
-
-def _check_account(username: str, account: AccountState) -> None:
-    """The invariants every account keeps after every change."""
-    if account.balance < 0 or account.held < 0 or account.held > account.balance:
-        raise StoreInvariantBroken(
-            f"account {username} broke an invariant: balance {account.balance}, held {account.held}"
-        )
-
-
-def _roles(username: str, item: BatchItem) -> tuple[str | None, str | None]:
-    """The contract's ``from`` and ``to`` of an item acting on ``username``'s account."""
-    if item.kind is OperationType.DEPOSIT:
-        return None, username
-    if item.kind is OperationType.WITHDRAWAL:
-        return username, None
-    return username, item.target
-
-
-def _apply_item(lookup: Callable[[str], AccountState | None], username: str, item: BatchItem) -> None:
-    """Check, then apply, one money operation; a failing check raises before any change."""
-    caller = lookup(username)
-    if caller is None:
-        raise AccountNotFound(f"Account {username} does not exist.")
-    amount = item.amount
-    if item.kind is OperationType.DEPOSIT:
-        _check_credit(username, caller, amount)
-        caller.balance += amount
-        caller.version += 1
-        return
-    if item.kind is OperationType.WITHDRAWAL:
-        _check_funds(username, caller, amount)
-        caller.balance -= amount
-        caller.version += 1
-        _check_account(username, caller)
-        return
-    if item.kind is not OperationType.TRANSFER or item.target is None:
-        raise StoreInvariantBroken(f"not a money operation: {item}")
-    target = lookup(item.target)
-    if target is None:
-        raise AccountNotFound(f"Account {item.target} does not exist.")
-    if target is caller:
-        raise InvalidInput("same_account", "Cannot transfer to the same account.")
-    _check_funds(username, caller, amount)
-    _check_credit(item.target, target, amount)
-    caller.balance -= amount
-    caller.version += 1
-    target.balance += amount
-    target.version += 1
-    _check_account(username, caller)
-
-
-_MONEY_OPERATIONS = (OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER)
-
-
-def _check_batch(items: Sequence[BatchItem]) -> None:
-    """The core checks again what the web layer validated, rather than trust it."""
-    if not 1 <= len(items) <= MAX_BATCH_ITEMS:
-        raise InvalidInput("invalid_batch", f"A batch holds 1 to {MAX_BATCH_ITEMS} operations.")
-    for index, item in enumerate(items):
-        if item.kind not in _MONEY_OPERATIONS or (item.kind is OperationType.TRANSFER) != (
-            item.target is not None
-        ):
-            raise InvalidInput(
-                "invalid_batch", f"Operation {index} is not a deposit, withdrawal or transfer."
-            )
-        if not 1 <= item.amount <= MAX_AMOUNT:
-            raise InvalidInput(
-                "invalid_amount", f"Operation {index}: the amount must be from 1 to {MAX_AMOUNT}."
-            )
-
-
-def _encode_cursor(prefix: str, sequence: int) -> str:
-    return base64.urlsafe_b64encode(f"{prefix}:{sequence}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, pattern: re.Pattern[str]) -> int:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
-    except (binascii.Error, UnicodeError, ValueError):
-        raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.") from None
-    match = pattern.fullmatch(text)
-    if match is None:
-        raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.")
-    return int(match.group(1))

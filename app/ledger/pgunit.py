@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import TupleRow
 
+from app.ledger.accounts import AccountState
 from app.ledger.audit import encoding_tail
 from app.ledger.model import Deadline, HoldStatus, OperationType, Status, Transaction, new_id, utc_now_iso
-from app.ledger.rules import AccountState, check_account
+from app.ledger.rules import check_account
 
 _log = logging.getLogger("goledger.postgres")
 

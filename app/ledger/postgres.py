@@ -50,6 +50,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.ledger import pgschema
+from app.ledger.accounts import AccountState
 from app.ledger.audit import GENESIS_HASH, AccountSnapshot, Verification, check_chain, verify_ledger
 from app.ledger.counters import OperationCounters
 from app.ledger.errors import (
@@ -90,7 +91,6 @@ from app.ledger.pgunit import HoldRow, RecordSpec, Restart, Unit, begin_within, 
 from app.ledger.rules import (
     AUDIT_CURSOR,
     HISTORY_CURSOR,
-    AccountState,
     apply_item,
     check_account,
     check_amount,

@@ -111,7 +111,7 @@ class _Loader:
             for name, (balance, held, version) in entry.get("a", {}).items():
                 account = state.accounts.get(name)
                 if account is None:
-                    state.accounts[name] = AccountState(balance, held, version)
+                    state.accounts[name] = AccountState(name, balance, held, version)
                 else:
                     account.balance, account.held, account.version = balance, held, version
             for name, digest in entry.get("c", {}).items():
@@ -158,7 +158,7 @@ class _Loader:
             self._records(rows)
         elif name == "accounts":
             for username, balance, held, version, digest in rows:
-                state.accounts[username] = AccountState(balance, held, version)
+                state.accounts[username] = AccountState(username, balance, held, version)
                 state.credentials[username] = bytes.fromhex(digest)
         elif name == "holds":
             for row in rows:

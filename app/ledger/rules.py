@@ -3,8 +3,8 @@
 The PostgreSQL store locks the rows an operation touches, copies them into
 ``AccountState`` objects, applies these rules and writes back what changed. The
 rules raise before they change anything, so a refused operation leaves its
-accounts exactly as they were. (The embedded ``MockDB`` keeps its own copy of the
-same rules next to its locks.)
+accounts exactly as they were. The embedded ``MockDB`` applies the same rules to
+its own ``AccountState`` objects under its write lock.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import binascii
 import re
 from collections.abc import Callable, Sequence
 
+from app.ledger.accounts import AccountState
 from app.ledger.errors import (
     AccountNotFound,
     BalanceOverflow,
@@ -28,34 +29,12 @@ from app.ledger.model import (
     MAX_BATCH_ITEMS,
     MAX_HOLD_TIMEOUT_S,
     MIN_HOLD_TIMEOUT_S,
-    AccountView,
     BatchItem,
     OperationType,
 )
 
 HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
 AUDIT_CURSOR = re.compile(r"a:([1-9][0-9]{0,18})")
-
-
-class AccountState:
-    """One account's balance, held money and version while an operation works on it."""
-
-    __slots__ = ("balance", "held", "username", "version")
-
-    def __init__(self, username: str, balance: int, held: int, version: int) -> None:
-        self.username = username
-        self.balance = balance
-        self.held = held
-        self.version = version
-
-    def view(self) -> AccountView:
-        return AccountView(self.username, self.balance, self.version, self.held)
-
-    def copy(self) -> AccountState:
-        return AccountState(self.username, self.balance, self.held, self.version)
-
-    def key(self) -> tuple[int, int, int]:
-        return self.balance, self.held, self.version
 
 
 def check_version(account: AccountState, expected_version: int | None) -> None:
