@@ -499,3 +499,62 @@ def test_a_failed_automatic_snapshot_is_not_retried_on_every_write(
         assert reopened.verify().ok
     finally:
         reopened.close()
+
+
+def test_a_retry_waiting_on_a_key_is_not_answered_when_the_first_request_cannot_be_kept(
+    tmp_path: Path,
+) -> None:
+    """The first request's outcome is journaled but its sync fails: a retry waiting on
+    the same key must not be told it succeeded (it is refused like the first)."""
+    gate = threading.Event()
+    syncing = threading.Event()
+    armed = [False]
+
+    def sync(fd: int) -> None:
+        if armed[0]:
+            syncing.set()
+            gate.wait(JOIN_TIMEOUT_S)
+            raise OSError(errno.EIO, "Input/output error")
+        os.fdatasync(fd)
+
+    store = _open(tmp_path, sync=sync)
+    _seed(store, balance=100)
+    table = store._idempotency
+    waiting = threading.Event()
+    claim = table._claim
+
+    def claim_and_signal(slot: tuple[str, str], fingerprint: str) -> Any:
+        entry, owner = claim(slot, fingerprint)
+        if not owner:
+            waiting.set()  # the retry found the first request's key in flight
+        return entry, owner
+
+    table._claim = claim_and_signal  # type: ignore[method-assign]
+    outcomes: dict[str, object] = {}
+
+    def send(name: str) -> None:
+        try:
+            outcomes[name] = store.idempotent(
+                "alice",
+                "pay-1",
+                "fp",
+                _deadline(),
+                lambda: store.transfer("alice", "bob", 30, deadline=_deadline()),
+            )
+        except StorageUnavailable as error:
+            outcomes[name] = error
+
+    armed[0] = True
+    first = threading.Thread(target=send, args=("first",))
+    first.start()
+    assert syncing.wait(JOIN_TIMEOUT_S)
+    retry = threading.Thread(target=send, args=("retry",))
+    retry.start()
+    assert waiting.wait(JOIN_TIMEOUT_S)
+    gate.set()
+    for thread in (first, retry):
+        thread.join(JOIN_TIMEOUT_S)
+        assert not thread.is_alive()
+    assert isinstance(outcomes["first"], StorageUnavailable)
+    assert isinstance(outcomes["retry"], StorageUnavailable), outcomes["retry"]
+    store.close()

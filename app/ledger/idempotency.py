@@ -67,13 +67,17 @@ _FINISHED.set()
 
 
 class _Entry:
-    __slots__ = ("created_at", "done", "fingerprint", "result")
+    __slots__ = ("created_at", "done", "fingerprint", "journaled", "result")
 
     def __init__(self, fingerprint: str, created_at: float) -> None:
         self.fingerprint = fingerprint
         self.created_at = created_at
         self.done = threading.Event()
+        #: The answer, set once it may be given: what waiters and retries get back.
         self.result: Result | LedgerError | None = None
+        #: The outcome as the journal holds it, before it is durable (for snapshots only:
+        #: never answered from, since the operation may still fail to become durable).
+        self.journaled: Result | LedgerError | None = None
 
 
 class IdempotencyTable:
@@ -149,14 +153,15 @@ class IdempotencyTable:
         return Outcome(result, replayed=False)
 
     def record(self, username: str, key: str, outcome: Result | LedgerError) -> None:
-        """Note a claimed key's outcome as soon as it is journaled, before it is answered.
+        """Note a claimed key's outcome as soon as it is journaled, before it is durable.
 
-        A snapshot taken from then on keeps the key (waiters still wait for the answer).
+        A snapshot taken from then on keeps the key. Nobody is answered from it: the
+        answer is set by ``run`` once the operation has returned, durable.
         """
         with self._lock:
             entry = self._entries.get((username, key))
-            if entry is not None and entry.result is None:
-                entry.result = outcome
+            if entry is not None:
+                entry.journaled = outcome
 
     def restore(
         self, username: str, key: str, fingerprint: str, created_at: float, outcome: Result | LedgerError
@@ -169,13 +174,15 @@ class IdempotencyTable:
             self._entries[(username, key)] = entry
 
     def kept(self) -> list[tuple[str, str, str, float, Result | LedgerError]]:
-        """Every key with an outcome: ``(username, key, fingerprint, created_at, outcome)``."""
+        """Every key with an outcome, answered or journaled:
+        ``(username, key, fingerprint, created_at, outcome)``."""
         with self._lock:
-            return [
-                (username, key, entry.fingerprint, entry.created_at, entry.result)
-                for (username, key), entry in self._entries.items()
-                if entry.result is not None
-            ]
+            kept = []
+            for (username, key), entry in self._entries.items():
+                outcome = entry.result if entry.result is not None else entry.journaled
+                if outcome is not None:
+                    kept.append((username, key, entry.fingerprint, entry.created_at, outcome))
+            return kept
 
     def _release(self, slot: tuple[str, str], entry: _Entry) -> None:
         with self._lock:

@@ -464,6 +464,11 @@ class Journal:
             self._durable_lsn, self._durable_sequence = upto, upto_sequence
         self._condition.notify_all()
 
+    def fail(self, reason: str) -> None:
+        """Fail the journal for good (its owner found it cannot be kept consistent)."""
+        with self._condition:
+            self._fail(reason)
+
     def _fail(self, reason: str) -> None:
         if self._failure is None:
             self._failure = reason

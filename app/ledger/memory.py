@@ -370,27 +370,39 @@ class MockDB:
         if audit is not None and audit.hold is not None:
             entry["h"] = [recovery.hold_row(audit.hold)]
         claim = _CLAIM.get()
-        if claim is not None and outcome is not None:
-            result = outcome([record for record, _ in records])
-            if not isinstance(result, NOT_KEPT):
-                entry["i"] = [
-                    claim.username,
-                    claim.key,
-                    claim.fingerprint,
-                    claim.created_at,
-                    persistence.outcome_row(result),
-                ]
-                self._idempotency.record(claim.username, claim.key, result)
+        kept: Result | LedgerError | None = None
         lsn = _NEVER_DURABLE
         try:
+            if claim is not None and outcome is not None:
+                kept = outcome([record for record, _ in records])
+                if isinstance(kept, NOT_KEPT):
+                    kept = None
+                else:
+                    entry["i"] = [
+                        claim.username,
+                        claim.key,
+                        claim.fingerprint,
+                        claim.created_at,
+                        persistence.outcome_row(kept),
+                    ]
             lsn = self._journal.append(persistence.encode(entry), records[-1][0].sequence)
         except JournalUnavailable as error:
             raise StorageUnavailable(
                 f"The ledger cannot keep new operations ({error}); the operation was not acknowledged."
             ) from None
+        except Exception as error:
+            # The change is applied and chained in memory but cannot be journaled: the
+            # journal must not take anything after it (a replay would find a gap).
+            self._journal.fail(f"a journal entry could not be written: {error!r}")
+            raise StorageUnavailable(
+                "The ledger cannot keep new operations (a journal entry could not be written); "
+                "the operation was not acknowledged."
+            ) from error
         finally:
             for name in names:
                 self._accounts[name].lsn = lsn
+        if claim is not None and kept is not None:
+            self._idempotency.record(claim.username, claim.key, kept)
         self._written.lsn = lsn
 
     def _await_written(self) -> None:
