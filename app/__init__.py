@@ -121,7 +121,7 @@ def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) 
             "LEDGER_DATA_DIR %s: snapshot %s, %d journal entries replayed, %d audit records",
             data_dir,
             "none" if recovered.snapshot is None else recovered.snapshot.path.name,
-            sum(len(segment.frames) for segment in recovered.segments),
+            recovered.entries,
             store.stats().audit_records,
         )
     return store

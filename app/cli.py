@@ -53,7 +53,7 @@ def verify_command(data_dir: Path | None) -> None:
         recovery = ledger.recovery
         if recovery is not None:
             snapshot = "none" if recovery.snapshot is None else recovery.snapshot.path.name
-            entries = sum(len(segment.frames) for segment in recovery.segments)
+            entries = recovery.entries
             click.echo(
                 f"data_dir={data_dir} snapshot={snapshot} segments={len(recovery.segments)} entries={entries}"
             )

@@ -558,3 +558,68 @@ def test_a_retry_waiting_on_a_key_is_not_answered_when_the_first_request_cannot_
     assert isinstance(outcomes["first"], StorageUnavailable)
     assert isinstance(outcomes["retry"], StorageUnavailable), outcomes["retry"]
     store.close()
+
+
+def test_a_snapshot_that_fails_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ledger import journal as journal_files
+
+    def half_written(temporary: Path, payloads: object) -> int:
+        temporary.write_bytes(b"GOLEDGER-SNAP-01 half of it")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_files, "_write_snapshot_file", half_written)
+    store = _open(tmp_path)
+    try:
+        _seed(store)
+        with pytest.raises(OSError, match="No space left"):
+            store.snapshot()
+        assert not list(tmp_path.glob("*.tmp"))
+        store.transfer("alice", "bob", 1, deadline=_deadline())  # the journal goes on
+    finally:
+        store.close()
+    reopened = _open(tmp_path)
+    try:
+        assert reopened.account("bob", deadline=_deadline()).balance == 1001
+    finally:
+        reopened.close()
+
+
+def test_a_closed_store_neither_snapshots_nor_writes(tmp_path: Path) -> None:
+    """After close() the directory may already belong to a new owner: touch nothing."""
+    store = _open(tmp_path)
+    _seed(store)
+    store.close()
+    successor = _open(tmp_path)
+    try:
+        successor.transfer("alice", "bob", 500, deadline=_deadline())
+        with pytest.raises(StorageUnavailable):
+            store.snapshot()
+        with pytest.raises(StorageUnavailable):
+            store.deposit("alice", 1, deadline=_deadline())
+    finally:
+        successor.close()
+    reopened = _open(tmp_path)
+    try:
+        assert reopened.account("alice", deadline=_deadline()).balance == 500
+    finally:
+        reopened.close()
+
+
+def test_an_open_store_keeps_its_state_not_the_bytes_it_was_read_from(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _seed(store)
+    store.snapshot()
+    store.transfer("alice", "bob", 1, deadline=_deadline())
+    store.close()
+    reopened = _open(tmp_path)
+    try:
+        recovered = reopened.recovery
+        assert recovered is not None
+        assert recovered.snapshot is not None
+        assert recovered.snapshot.frames == []
+        assert all(segment.frames == [] for segment in recovered.segments)
+        assert recovered.entries == 1
+    finally:
+        reopened.close()

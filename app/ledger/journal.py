@@ -126,6 +126,13 @@ class FileScan:
     torn_at: int | None = None
     torn_reason: str = ""
     size: int = 0
+    #: How many frames were read (``frames`` is emptied once they are loaded).
+    frame_count: int = 0
+
+    def release_frames(self) -> None:
+        """Drop the payloads once loaded: a store keeps its state, not the bytes it came from."""
+        self.frame_count = len(self.frames)
+        self.frames = []
 
 
 def _frame_at(data: bytes, offset: int) -> tuple[Frame | None, str]:
@@ -223,6 +230,16 @@ class Recovered:
             if segment.frames:
                 return segment.frames[-1].lsn
         return self.snapshot_lsn
+
+    @property
+    def entries(self) -> int:
+        """Journal entries read after the snapshot."""
+        return sum(len(segment.frames) or segment.frame_count for segment in self.segments)
+
+    def release_frames(self) -> None:
+        for scan in (self.snapshot, *self.segments):
+            if scan is not None:
+                scan.release_frames()
 
     @property
     def last_segment(self) -> int:
@@ -514,10 +531,15 @@ class Journal:
         return fd
 
     def close(self) -> None:
-        """Sync what is queued and close the segment (the store is shutting down)."""
+        """Sync what is queued and close the segment (the store is shutting down).
+
+        Nothing can be appended afterwards: the directory's lock goes with the store.
+        """
         with contextlib.suppress(JournalUnavailable):
             self.wait_durable(self.appended_lsn)
         with self._condition:
+            if self._failure is None:
+                self._failure = "the journal is closed"
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -527,6 +549,17 @@ def write_snapshot(directory: Path, number: int, payloads: Iterable[bytes]) -> t
     """Write ``snapshot-number`` atomically (temporary file, sync, rename); its path and size."""
     final = directory / snapshot_name(number)
     temporary = final.with_suffix(".tmp")
+    try:
+        size = _write_snapshot_file(temporary, payloads)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk must not fill up with attempts
+        raise
+    os.replace(temporary, final)
+    sync_directory(directory)
+    return final, size
+
+
+def _write_snapshot_file(temporary: Path, payloads: Iterable[bytes]) -> int:
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     size = 0
     try:
@@ -547,9 +580,7 @@ def write_snapshot(directory: Path, number: int, payloads: Iterable[bytes]) -> t
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temporary, final)
-    sync_directory(directory)
-    return final, size
+    return size
 
 
 def remove_before(directory: Path, number: int) -> list[Path]:

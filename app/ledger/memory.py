@@ -261,6 +261,7 @@ class MockDB:
         self._snapshot_starter = threading.Lock()  # guards the two below; held for an instant
         self._snapshot_thread: threading.Thread | None = None
         self._snapshot_retry_at = 0.0  # after a failed automatic snapshot (monotonic clock)
+        self._closed = False  # under _snapshot_lock: no snapshot once the store is closed
         self.recovery: journal_files.Recovered | None = None
         #: Why writes are refused before they start (``None``: they are not).
         self._refusal: str | None = None
@@ -296,6 +297,8 @@ class MockDB:
                 recovered = journal_files.read_directory(directory.path, recovery.snapshot_lsn)
                 store.recovery = recovered
                 store._restore(recovered)
+                last_lsn = recovered.last_lsn
+                recovered.release_frames()
             if read_only:
                 store._refusal = f"{data_dir} is open read-only (offline verification)"
                 return store  # ``verify`` checks the whole chain itself
@@ -306,7 +309,7 @@ class MockDB:
             store._journal = Journal(
                 directory.path,
                 recovered.last_segment,
-                recovered.last_lsn,
+                last_lsn,
                 len(store._audit),
                 sync=sync,
                 write=write,
@@ -438,6 +441,8 @@ class MockDB:
             raise StorageUnavailable("This ledger has no data directory to snapshot into.")
         journal = self._journal
         with self._snapshot_lock:
+            if self._closed:
+                raise StorageUnavailable("The ledger is closed; its data directory belongs to it no more.")
             started = time.perf_counter()
             lock = self._rw.gen_wlock()
             self._acquire(lock, Deadline.after_ms(SNAPSHOT_LOCK_TIMEOUT_MS), "snapshot")
@@ -854,6 +859,7 @@ class MockDB:
         self._sweeper.stop()
         with self._snapshot_lock:  # let a running snapshot finish, start no other
             self._snapshot_bytes = 0
+            self._closed = True
         if self._journal is not None:
             self._journal.close()
         if self._directory is not None:
