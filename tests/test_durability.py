@@ -623,3 +623,20 @@ def test_an_open_store_keeps_its_state_not_the_bytes_it_was_read_from(tmp_path: 
         assert recovered.entries == 1
     finally:
         reopened.close()
+
+
+def test_after_a_disk_failure_a_due_hold_is_read_as_it_is(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    sync = FaultySync()
+    store = _open(tmp_path, sync=sync, clock=lambda: now[0])
+    try:
+        _seed(store, balance=100)
+        hold = store.create_hold("alice", "bob", 40, timeout_s=5, deadline=_deadline())
+        sync.armed = True
+        with pytest.raises(StorageUnavailable):
+            store.deposit("carol", 1, deadline=_deadline())
+        now[0] += 10  # the hold falls due, but its expiry can no longer be written
+        assert store.account("alice", deadline=_deadline()).held == 40
+        assert store.get_hold("bob", hold.hold.id, deadline=_deadline()).status is HoldStatus.PENDING
+    finally:
+        store.close()

@@ -320,3 +320,41 @@ def test_one_owner_per_directory_across_processes(tmp_path: Path) -> None:
 def test_a_read_only_open_needs_an_existing_directory(tmp_path: Path) -> None:
     with pytest.raises(journal_files.JournalError, match="does not exist"):
         DataDirectory(tmp_path / "missing", create=False)
+
+
+@pytest.mark.parametrize("damaged", [(1, 2), (2, 3, 4, 5, 6)], ids=["two-frames", "a-sector"])
+def test_damage_over_several_frames_followed_by_valid_ones_is_corruption(
+    tmp_path: Path, damaged: tuple[int, ...]
+) -> None:
+    """A bad sector spans several frames: the intact frames after it were acknowledged."""
+    _write_frames(tmp_path, _payloads(10))
+    offsets = _frame_offsets(tmp_path)
+    path = _segment(tmp_path)
+    data = bytearray(path.read_bytes())
+    for index in damaged:
+        data[offsets[index] + 20] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt) as raised:
+        read_directory(tmp_path, _no_snapshot)
+    assert raised.value.offset == offsets[damaged[0]]
+    assert "a valid frame follows" in str(raised.value)
+
+
+def test_a_later_frame_is_found_across_a_block_of_65536_numbers(tmp_path: Path) -> None:
+    """Frame numbers past a 65,536 boundary still prove that damage is not a torn tail."""
+    first = 65_530
+    journal = Journal(tmp_path, 1, first - 1, first - 1)
+    for sequence in range(first, first + 12):
+        journal.append(b'{"n": 1}', sequence)
+    journal.close()
+    path = _segment(tmp_path)
+    offsets = [
+        found.offset
+        for found in journal_files.scan_file(path, SEGMENT_MAGIC, first, tail_allowed=True).frames
+    ]
+    data = bytearray(path.read_bytes())
+    for index in range(2, 8):  # frames 65532..65537: the next valid one is numbered 65538
+        data[offsets[index] + 17] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt, match="a valid frame follows"):
+        journal_files.scan_file(path, SEGMENT_MAGIC, first, tail_allowed=True)

@@ -153,19 +153,25 @@ def _frame_at(data: bytes, offset: int) -> tuple[Frame | None, str]:
 
 
 def _valid_frame_after(data: bytes, offset: int, after_lsn: int) -> int | None:
-    """The offset of a valid frame numbered above ``after_lsn`` somewhere past ``offset``.
+    """The offset of a valid frame numbered above ``after_lsn`` anywhere past ``offset``.
 
     Finding one means the damage at ``offset`` is not a torn tail: data the process
-    had written (and maybe acknowledged) follows it. Frames are looked for by their
-    lsn bytes, which a frame right after the damaged one would carry.
+    had written (and maybe acknowledged) follows it. Frames are found by their lsn,
+    whose six high bytes are the same as ``after_lsn + 1``'s for the next 65,536
+    numbers (and so on, 65,536 at a time, up to as many frames as the rest of the
+    file could hold); every place those bytes occur is tried as a frame.
     """
-    for candidate in (after_lsn + 1, after_lsn + 2):
-        needle = _LSN.pack(candidate)
+    first = after_lsn + 1
+    most_frames = (len(data) - offset) // _FRAME.size + 1
+    for step in range(0, most_frames + 0x10000, 0x10000):
+        needle = _LSN.pack(first + step)[2:]
         position = data.find(needle, offset + 1)
         while position != -1:
-            start = position - 8  # the lsn sits 8 bytes into the frame header
-            if start > offset and _frame_at(data, start)[0] is not None:
-                return start
+            start = position - 10  # the lsn's high bytes sit 10 bytes into the frame header
+            if start > offset:
+                found = _frame_at(data, start)[0]
+                if found is not None and found.lsn > after_lsn:
+                    return start
             position = data.find(needle, position + 1)
     return None
 

@@ -336,6 +336,9 @@ class MockDB:
 
     # -- durability -----------------------------------------------------------
 
+    def _can_write(self) -> bool:
+        return self._refusal is None and (self._journal is None or self._journal.failure is None)
+
     def _check_writable(self) -> None:
         """Refuse a write before it applies anything when the journal cannot keep it."""
         refusal = self._refusal
@@ -587,7 +590,7 @@ class MockDB:
             waited_s = self._acquire(lock, deadline, kind)
             outcome = "success"
             try:
-                if attempt == 0 and self._refusal is None and self._holds.due((username,), self._clock()):
+                if attempt == 0 and self._can_write() and self._holds.due((username,), self._clock()):
                     outcome = "deferred"
                 else:
                     value, lsn = read()
@@ -872,7 +875,7 @@ class MockDB:
         lock). A hold that is not due after all, because the wall clock stepped back, is
         scheduled again, so that the sweeper cannot lose it.
         """
-        if self._refusal is not None or (self._journal is not None and self._journal.failure is not None):
+        if not self._can_write():
             return  # nothing can be kept; the holds expire after the restart
         self._written.lsn = 0
         lock = self._rw.gen_wlock()
