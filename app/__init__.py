@@ -115,6 +115,8 @@ def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) 
     except JournalError as error:
         # A clear sentence for the operator, not a traceback: the start stops here.
         raise ConfigError(f"LEDGER_DATA_DIR: {error}") from None
+    except OSError as error:  # permissions, a read-only mount, a full disk while cutting a torn tail
+        raise ConfigError(f"LEDGER_DATA_DIR {data_dir}: {error}") from None
     recovered = store.recovery
     if recovered is not None:
         _log.info(

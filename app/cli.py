@@ -102,7 +102,7 @@ def _open(data_dir: Path, *, read_only: bool) -> Any:
 
     try:
         return MockDB.open(data_dir, read_only=read_only)
-    except JournalError as error:
+    except (JournalError, OSError) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -669,6 +669,7 @@ class MockDB:
         try:
             waited_s = self._acquire(lock, deadline, "batch")
         except OperationTimeout as error:
+            self._check_writable()  # a failed journal keeps no record, not even of a timeout
             self._append_items(username, items, [error] * len(items))
             raise
         failures: list[LedgerError | None] = []
@@ -1222,6 +1223,7 @@ class MockDB:
         try:
             waited_s = self._acquire(lock, deadline, kind.value)
         except OperationTimeout as error:
+            self._check_writable()  # a failed journal keeps no record, not even of a timeout
             error.transaction = self._append(kind, audit, failed_for, error.code)
             raise
         outcome = "success"
