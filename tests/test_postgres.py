@@ -18,6 +18,7 @@ import requests
 from flask import Flask
 
 from app import create_app
+from app.auth import token_digest
 from app.ledger.errors import OperationTimeout
 from app.ledger.idempotency import Outcome
 from app.ledger.model import AccountView, Deadline, HoldStatus, OperationResult, OperationType, Status
@@ -101,7 +102,10 @@ def test_migrations_apply_once_in_order_and_record_their_version(postgres_url: s
 def test_workers_starting_together_apply_each_migration_exactly_once(postgres_url: str) -> None:
     with scratch_database(postgres_url) as fresh:
         applied = run_together([lambda: migrate(fresh)] * 6)
-        assert sorted(len(names) for names in applied) == [0] * 5 + [len(migrations())]
+        # Each file is applied by exactly one of them (not necessarily all by the same one:
+        # the lock is per file).
+        every_name = sorted(name for names in applied for name in names)
+        assert every_name == sorted(migration.name for migration in migrations())
         assert schema_version(fresh) == len(migrations())
 
 
@@ -373,3 +377,34 @@ def test_several_gunicorn_workers_share_one_ledger(url: str) -> None:
             "SELECT count(*) FROM audit WHERE type = 'transfer' AND status = 'SUCCESS'"
         ).fetchone()
     assert row == (12 * 20,)
+
+
+def test_an_unanswered_commit_is_neither_retried_nor_called_a_timeout(url: str) -> None:
+    """The COMMIT ran but its answer was lost and the database cannot be reached to ask:
+    the caller hears that the outcome is unknown; the deposit is applied exactly once."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from app.ledger.errors import CommitOutcomeUnknown
+    from tests.pgproxy import CommitCutter
+
+    parts = urlsplit(url)
+    cutter = CommitCutter((parts.hostname or "127.0.0.1", parts.port or 5432))
+    proxied = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{cutter.port}"))
+    store = PostgresStore(proxied, sweep_interval_s=None, max_connections=2, migrate=False)
+    try:
+        store.create_account("alice", token_digest("alice"), 100, deadline=patient())
+        cutter.arm(b"goledger_append")
+        with pytest.raises(CommitOutcomeUnknown) as raised:
+            store.deposit("alice", 7, deadline=Deadline.after_ms(5000))
+        assert cutter.cut.is_set()
+        assert raised.value.status == 503
+        assert raised.value.transaction is None  # not audited as a timeout: it may have applied
+    finally:
+        cutter.outage.clear()
+        store.close()
+        cutter.close()
+    with psycopg.connect(url, autocommit=True) as connection:
+        balance = connection.execute("SELECT balance FROM accounts WHERE username = 'alice'").fetchone()
+        deposits = connection.execute("SELECT count(*) FROM audit WHERE type = 'deposit'").fetchone()
+    assert balance == (107,)
+    assert deposits == (1,)

@@ -101,6 +101,16 @@ class StorageUnavailable(LedgerError):
         self.headers["Retry-After"] = "30"
 
 
+class CommitOutcomeUnknown(StorageUnavailable):
+    """The connection to the database broke while it committed: applied or not, nobody
+    can tell yet. Never retried (a retry could apply it twice) and never audited as a
+    timeout (that would say nothing was applied)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = "1"
+
+
 class StoreInvariantBroken(Exception):
     """An internal invariant failed: a bug, reported as a 500 and logged in full."""
 

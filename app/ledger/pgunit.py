@@ -31,6 +31,7 @@ from psycopg.rows import TupleRow
 
 from app.ledger.accounts import AccountState
 from app.ledger.audit import encoding_tail
+from app.ledger.errors import CommitOutcomeUnknown
 from app.ledger.model import Deadline, HoldStatus, OperationType, Status, Transaction, new_id, utc_now_iso
 from app.ledger.rules import check_account
 
@@ -251,9 +252,17 @@ class Unit:
         try:
             *_, sealed = run_script(self.connection, statements)
         except psycopg.OperationalError:
-            sealed = self._landed([record_id for record_id, _, _ in drafts]) if self.commit else []
-            if not sealed:
+            if not self.commit or not self.connection.broken:
                 raise
+            # The COMMIT went out with the rest and no answer came back: the transaction
+            # may have landed. Only finding its records settles it; anything else must not
+            # be retried (a retry would apply it twice) nor audited as "nothing applied".
+            sealed = self._landed([record_id for record_id, _, _ in drafts])
+            if not sealed:
+                raise CommitOutcomeUnknown(
+                    "The database connection broke while committing; the operation may or may not "
+                    "have been applied. Retry with the same Idempotency-Key, or read the history."
+                ) from None
             _log.warning("the connection broke during COMMIT, but the transaction had landed")
         self.committed = self.commit
         records = [

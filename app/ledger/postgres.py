@@ -132,6 +132,19 @@ VERIFY_TIMEOUT_S = 10.0
 #: The bound of reads that have no deadline of their own (authentication, pages, verify).
 READ_TIMEOUT_S = 2.0
 
+#: Every pooled connection: a server that stops answering (a partition, a failover
+#: to another address) is given up on after seconds, not the OS's TCP minutes; and
+#: no statement runs longer than a read may (writes set tighter bounds per
+#: transaction from their deadline, with SET LOCAL).
+CONNECTION_SAFEGUARDS: dict[str, object] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+    "options": f"-c statement_timeout={int(READ_TIMEOUT_S * 1000)}",
+}
+
 # Queries are built from these constants only (never from input), hence the S608 waivers.
 _RECORD = (
     "a.id, a.sequence, a.type, a.source, a.target, a.amount, a.status, a.reason, a.created_at, "
@@ -230,7 +243,7 @@ class PostgresStore:
             url,
             min_size=min_connections,
             max_size=max_connections,
-            kwargs={"autocommit": True, "application_name": "goledger"},
+            kwargs={"autocommit": True, "application_name": "goledger", **CONNECTION_SAFEGUARDS},
             open=False,
             name="goledger",
             # Give up a failing reconnection after this long: the next request starts a fresh
