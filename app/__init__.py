@@ -93,6 +93,7 @@ def _build_store(config: Config) -> Any:
             return MockDB(**options)
         return _open_data_dir(config.data_dir, config.snapshot_bytes, options)
     import psycopg
+    from psycopg_pool import PoolTimeout
 
     from app.ledger.postgres import PostgresStore
 
@@ -102,7 +103,7 @@ def _build_store(config: Config) -> Any:
             max_connections=config.pg_pool_size,
             lock_trouble_after_s=config.op_timeout_ms / 1000,
         )
-    except psycopg.OperationalError as error:
+    except (psycopg.OperationalError, PoolTimeout) as error:
         raise ConfigError(f"Cannot reach the PostgreSQL store named by LEDGER_STORE: {error}") from error
 
 
