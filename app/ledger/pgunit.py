@@ -73,8 +73,13 @@ _SET_TIMEOUTS = "SELECT set_config('lock_timeout', %s, true), set_config('statem
 
 def begin_within(deadline: Deadline) -> list[Statement]:
     """Begin a transaction whose every lock wait and statement ends by the deadline."""
+    return [("BEGIN", ()), _timeouts(deadline)]
+
+
+def _timeouts(deadline: Deadline) -> Statement:
+    """Bound the transaction's next lock waits and statements by what is left of the deadline."""
     timeout_ms = str(max(1, int(deadline.remaining_s() * 1000)))  # 0 would mean "no limit"
-    return [("BEGIN", ()), (_SET_TIMEOUTS, (timeout_ms, timeout_ms))]
+    return (_SET_TIMEOUTS, (timeout_ms, timeout_ms))
 
 
 def run_script(
@@ -156,6 +161,8 @@ class Unit:
         #: Accounts a restart found it must lock besides the operation's own.
         self.extra = extra
         self.began = False
+        #: The operation's deadline (from ``begin``): each message re-applies what is left of it.
+        self.deadline: Deadline | None = None
         self.now_s = now_s
         self.commit = commit
         self.committed = False
@@ -177,6 +184,7 @@ class Unit:
         # other parties of those holds are locked too, since their rows change.
         wanted = sorted({*touched, *self.extra})
         self.began = True
+        self.deadline = deadline
         connection = self.connection
         started = time.perf_counter()
         statements = begin_within(deadline) if self.commit else []
@@ -247,6 +255,9 @@ class Unit:
             for spec in self.records
         ]
         statements = [*self._changes(), (_APPEND, _append_parameters(drafts, created_at))]
+        if self.deadline is not None:
+            # The bounds set at BEGIN would give this message the whole budget again.
+            statements.insert(0, _timeouts(self.deadline))
         if self.commit:
             statements.append(("COMMIT", ()))
         try:

@@ -114,7 +114,7 @@ _log = logging.getLogger("goledger.postgres")
 #: Attempts of one operation after serialisation failures, deadlocks, lost connections.
 MAX_ATTEMPTS = 5
 #: Lock budget of the FAILED record written after a timeout (outside the deadline).
-TIMEOUT_RECORD_BUDGET_MS = 1000
+TIMEOUT_RECORD_BUDGET_MS = 300
 SWEEP_INTERVAL_S = 1.0
 RECONNECT_TIMEOUT_S = 10.0
 SWEEP_DEADLINE_MS = 1000
