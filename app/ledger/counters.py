@@ -45,8 +45,12 @@ class OperationCounters:
         (``lock_trouble_after_s``): a caller's own tight ``X-Timeout-Ms`` is theirs alone.
         """
         if budget_s * 2 >= self._lock_trouble_after_s:
-            with self._lock:
-                self._last_lock_timeout_at = time.monotonic()
+            self.lock_trouble()
+
+    def lock_trouble(self) -> None:
+        """Health turns "degraded" for ``LOCK_TROUBLE_WINDOW_S`` from now."""
+        with self._lock:
+            self._last_lock_timeout_at = time.monotonic()
 
     def performance_ok(self) -> bool:
         with self._lock:

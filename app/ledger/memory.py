@@ -15,7 +15,9 @@ Four locks, each the only owner of its data, always taken in this order:
    operations are appended while the write lock is still held, so the audit order
    is exactly the order in which balances changed, and each record's hash chains to
    the one before it.
-4. ``_counters_lock`` guards the health and metrics counters.
+4. the health and metrics counters (``app.ledger.counters.OperationCounters``, shared
+   with the PostgreSQL store) have a mutex of their own, taken last and only for a
+   few dictionary updates; ``_seen_lock`` guards the account count metrics saw last.
 
 Idempotency keys live in an ``IdempotencyTable`` with its own mutex. With a
 journal, the store hands a key's outcome to the table while it holds
@@ -84,6 +86,7 @@ from app.ledger.audit import (
     sealed_record,
     verify_ledger,
 )
+from app.ledger.counters import OperationCounters
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
@@ -118,7 +121,7 @@ from app.ledger.model import (
     new_id,
     utc_now_iso,
 )
-from app.ledger.store import LOCK_WAIT_BUCKETS_S, Health, Stats
+from app.ledger.store import Health, Stats
 
 T = TypeVar("T")
 R = TypeVar("R", bound=OperationResult | HoldResult)
@@ -126,8 +129,6 @@ P = ParamSpec("P")
 
 _log = logging.getLogger("goledger.store")
 
-#: A lock wait that ran past its deadline this recently makes health "degraded".
-LOCK_TROUBLE_WINDOW_S = 60.0
 
 #: How long the hold sweeper may wait for the balance lock on one pass.
 SWEEP_LOCK_TIMEOUT_MS = 1000
@@ -239,15 +240,10 @@ class MockDB:
         #: The hash check of a trail read from disk, running from ``open`` on.
         self.chain_check: threading.Thread | None = None
 
-        self._counters_lock = threading.Lock()
-        self._operation_count = 0
-        self._operations: dict[tuple[str, str], int] = {}
-        self._lock_wait_buckets = [0] * (len(LOCK_WAIT_BUCKETS_S) + 1)
-        self._lock_wait_sum_s = 0.0
-        self._last_lock_timeout_at: float | None = None
+        self._counters = OperationCounters()  # health and metrics counters, their own mutex
         self._lock_trouble_after_s = lock_trouble_after_s
-        self._accounts_seen = 0  # the last account count a metrics scrape saw
-        self._started_at = time.monotonic()
+        self._seen_lock = threading.Lock()
+        self._accounts_seen = 0  # the last account count a metrics scrape saw (under _seen_lock)
 
         # Not ``or``: an empty table has len() == 0 and would be replaced.
         self._idempotency = idempotency if idempotency is not None else IdempotencyTable()
@@ -1060,16 +1056,12 @@ class MockDB:
         if self._journal is not None and self._journal.failure is not None:
             database_ok = False  # writes are refused until a restart
         audit_ok = self._check_new_records()
-        with self._counters_lock:
-            operation_count = self._operation_count
-            last_timeout = self._last_lock_timeout_at
-        now = time.monotonic()
         return Health(
-            uptime_seconds=now - self._started_at,
-            operation_count=operation_count,
+            uptime_seconds=time.monotonic() - self._counters.started_at,
+            operation_count=self._counters.operation_count(),
             database=database_ok,
             audit_log=audit_ok,
-            performance=last_timeout is None or now - last_timeout > LOCK_TROUBLE_WINDOW_S,
+            performance=self._counters.performance_ok(),
         )
 
     def stats(self) -> Stats:
@@ -1084,21 +1076,14 @@ class MockDB:
                 probe.release()
         with self._audit_lock:
             audit_records = len(self._audit)
-        with self._counters_lock:
+        with self._seen_lock:
             if accounts is not None:
                 self._accounts_seen = accounts
             accounts = self._accounts_seen
-            operations = dict(self._operations)
-            buckets = tuple(self._lock_wait_buckets)
-            wait_sum_s = self._lock_wait_sum_s
-        cumulative = []
-        running = 0
-        for count in buckets:
-            running += count
-            cumulative.append(running)
+        operations, cumulative, wait_sum_s = self._counters.snapshot()
         return Stats(
             operations=operations,
-            lock_wait_buckets=tuple(cumulative),
+            lock_wait_buckets=cumulative,
             lock_wait_sum_s=wait_sum_s,
             accounts=accounts,
             audit_records=audit_records,
@@ -1164,8 +1149,7 @@ class MockDB:
             return time.perf_counter() - started
         waited_s = time.perf_counter() - started
         if waited_s >= self._lock_trouble_after_s:
-            with self._counters_lock:
-                self._last_lock_timeout_at = time.monotonic()
+            self._counters.lock_trouble()
         self._count(kind, OperationTimeout.code, waited_s)
         raise OperationTimeout("The operation could not finish within its deadline.")
 
@@ -1322,12 +1306,7 @@ class MockDB:
         return record
 
     def _count(self, kind: str, outcome: str, lock_wait_s: float) -> None:
-        bucket = bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
-        with self._counters_lock:
-            self._operation_count += 1
-            self._operations[(kind, outcome)] = self._operations.get((kind, outcome), 0) + 1
-            self._lock_wait_buckets[bucket] += 1
-            self._lock_wait_sum_s += lock_wait_s
+        self._counters.count([(kind, outcome)], lock_wait_s)
 
     def _append_items(
         self,
@@ -1377,14 +1356,11 @@ class MockDB:
         self, items: Sequence[BatchItem], failures: Sequence[LedgerError | None], lock_wait_s: float
     ) -> None:
         """Count a batch: one operation per item, one lock wait for the whole batch."""
-        bucket = bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
-        with self._counters_lock:
-            for item, failure in zip(items, failures, strict=False):
-                key = (item.kind.value, "success" if failure is None else failure.code)
-                self._operations[key] = self._operations.get(key, 0) + 1
-            self._operation_count += len(items)
-            self._lock_wait_buckets[bucket] += 1
-            self._lock_wait_sum_s += lock_wait_s
+        outcomes = [
+            (item.kind.value, "success" if failure is None else failure.code)
+            for item, failure in zip(items, failures, strict=False)
+        ]
+        self._counters.count(outcomes, lock_wait_s)
 
 
 def _failure_outcome(error: LedgerError) -> Callable[[list[Transaction]], LedgerError]:
