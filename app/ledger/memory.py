@@ -90,7 +90,6 @@ from app.ledger.counters import OperationCounters
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
-    BatchFailed,
     HoldNotFound,
     HoldNotPending,
     InvalidInput,
@@ -681,10 +680,7 @@ class MockDB:
                     username, items, failures, outcome=_failure_outcome(error)
                 )[0]
                 raise
-            if atomic:
-                failures, failed_index = self._apply_atomically(username, items)
-            else:
-                failures, failed_index = [self._apply_alone(username, item) for item in items], None
+            failures, failed_index = rules.apply_batch(self._accounts.get, username, items, atomic=atomic)
             account = caller.view()
             records = self._append_items(
                 username,
@@ -710,40 +706,6 @@ class MockDB:
             return caller.view()
 
         return self._run_write(item.kind, username, source, target, item.amount, deadline, apply)
-
-    def _apply_alone(self, username: str, item: BatchItem) -> LedgerError | None:
-        try:
-            rules.apply_item(self._accounts.get, username, item)
-        except LedgerError as error:
-            return error
-        return None
-
-    def _apply_atomically(
-        self, username: str, items: Sequence[BatchItem]
-    ) -> tuple[list[LedgerError | None], int | None]:
-        copies: dict[str, AccountState] = {}
-
-        def copy_of(name: str) -> AccountState | None:
-            if name not in copies:
-                account = self._accounts.get(name)
-                if account is None:
-                    return None
-                copies[name] = account.copy()
-            return copies[name]
-
-        for index, item in enumerate(items):
-            try:
-                rules.apply_item(copy_of, username, item)
-            except LedgerError as error:
-                refused = BatchFailed(
-                    f"Not applied: item {index} of this atomic batch failed ({error.code})."
-                )
-                failures: list[LedgerError | None] = [refused] * len(items)
-                failures[index] = error
-                return failures, index
-        for name, copy in copies.items():
-            self._accounts[name].take(copy)
-        return [None] * len(items), None
 
     # -- holds ----------------------------------------------------------------
 

@@ -56,7 +56,6 @@ from app.ledger.counters import OperationCounters
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
-    BatchFailed,
     HoldNotFound,
     HoldNotPending,
     IdempotencyKeyReused,
@@ -91,6 +90,7 @@ from app.ledger.pgunit import HoldRow, RecordSpec, Restart, Unit, begin_within, 
 from app.ledger.rules import (
     AUDIT_CURSOR,
     HISTORY_CURSOR,
+    apply_batch,
     apply_item,
     check_account,
     check_amount,
@@ -541,11 +541,7 @@ class PostgresStore:
             except VersionConflict as error:
                 error.transaction = self._append_items(unit, username, items, [error] * len(items))[0]
                 raise
-            failed_index = None
-            if atomic:
-                failures, failed_index = _apply_atomically(unit, username, items)
-            else:
-                failures = [_apply_alone(unit, username, item) for item in items]
+            failures, failed_index = apply_batch(unit.accounts.get, username, items, atomic=atomic)
             records = self._append_items(unit, username, items, failures)
             outcomes = tuple(
                 ItemOutcome(index, record)
@@ -1017,40 +1013,6 @@ def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
 def _find_hold(connection: Connection, hold_id: str) -> HoldRow | None:
     row = connection.execute(_FIND_HOLD, (hold_id,)).fetchone()
     return None if row is None else _hold_row(row)
-
-
-def _apply_alone(unit: Unit, username: str, item: BatchItem) -> LedgerError | None:
-    try:
-        apply_item(unit.accounts.get, username, item)
-    except LedgerError as error:
-        return error
-    return None
-
-
-def _apply_atomically(
-    unit: Unit, username: str, items: Sequence[BatchItem]
-) -> tuple[list[LedgerError | None], int | None]:
-    """Apply every item to copies; write the copies back only if every one succeeded."""
-    copies: dict[str, AccountState] = {}
-
-    def copy_of(name: str) -> AccountState | None:
-        if name not in copies:
-            account = unit.accounts.get(name)
-            if account is None:
-                return None
-            copies[name] = account.copy()
-        return copies[name]
-
-    for index, item in enumerate(items):
-        try:
-            apply_item(copy_of, username, item)
-        except LedgerError as error:
-            refused = BatchFailed(f"Not applied: item {index} of this atomic batch failed ({error.code}).")
-            failures: list[LedgerError | None] = [refused] * len(items)
-            failures[index] = error
-            return failures, index
-    unit.accounts.update(copies)
-    return [None] * len(items), None
 
 
 def _pause(deadline: Deadline, attempt: int) -> bool:

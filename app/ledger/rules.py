@@ -18,8 +18,10 @@ from app.ledger.accounts import AccountState
 from app.ledger.errors import (
     AccountNotFound,
     BalanceOverflow,
+    BatchFailed,
     InsufficientFunds,
     InvalidInput,
+    LedgerError,
     StoreInvariantBroken,
     VersionConflict,
 )
@@ -111,6 +113,53 @@ def apply_item(lookup: Callable[[str], AccountState | None], username: str, item
     target.balance += item.amount
     target.version += 1
     check_account(caller)
+
+
+def apply_batch(
+    lookup: Callable[[str], AccountState | None], username: str, items: Sequence[BatchItem], *, atomic: bool
+) -> tuple[list[LedgerError | None], int | None]:
+    """Apply a batch's items in order; each item's failure (``None``: applied), and the
+    index of the item that refused an atomic batch.
+
+    Not atomic: each item stands alone. Atomic: the items are applied to copies of
+    the accounts they touch, written back only if every one succeeded; otherwise
+    nothing changes and every other item fails as ``batch_failed``.
+    """
+    if not atomic:
+        return [_apply_alone(lookup, username, item) for item in items], None
+    copies: dict[str, AccountState] = {}
+
+    def copy_of(name: str) -> AccountState | None:
+        if name not in copies:
+            account = lookup(name)
+            if account is None:
+                return None
+            copies[name] = account.copy()
+        return copies[name]
+
+    for index, item in enumerate(items):
+        failure = _apply_alone(copy_of, username, item)
+        if failure is not None:
+            refused = BatchFailed(f"Not applied: item {index} of this atomic batch failed ({failure.code}).")
+            failures: list[LedgerError | None] = [refused] * len(items)
+            failures[index] = failure
+            return failures, index
+    for name, copy in copies.items():
+        original = lookup(name)
+        if original is None:
+            raise StoreInvariantBroken(f"account {name} vanished during a batch")
+        original.take(copy)
+    return [None] * len(items), None
+
+
+def _apply_alone(
+    lookup: Callable[[str], AccountState | None], username: str, item: BatchItem
+) -> LedgerError | None:
+    try:
+        apply_item(lookup, username, item)
+    except LedgerError as error:
+        return error
+    return None
 
 
 _MONEY_OPERATIONS = (OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER)
