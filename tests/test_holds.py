@@ -38,6 +38,7 @@ from app.ledger.model import (
 from app.ledger.store import LedgerStore
 from tests.conftest import ADMIN_TOKEN, empty_postgres, new_store, open_account, stop_sweeper
 from tests.tampering import adjust
+from tests.test_batch import audit  # the whole trail, gap-free (no touch: expires nothing)
 from tests.threads import JOIN_TIMEOUT_S, holding_write_lock
 
 HOLDS = "/account/holds"
@@ -189,22 +190,6 @@ def figures(client: FlaskClient, username: str) -> tuple[int, int, int]:
     """(balance, held, version) of an account."""
     body = money(client, username)
     return body["balance"], body["held"], body["version"]
-
-
-def audit(client: FlaskClient) -> list[dict[str, Any]]:
-    """The whole trail through ``/admin/audit`` (no touch: expires nothing); gap-free."""
-    records: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        query: dict[str, object] = {"limit": 500} if cursor is None else {"limit": 500, "cursor": cursor}
-        response = client.get("/admin/audit", query_string=query, headers=ADMIN)
-        assert response.status_code == 200, response.json
-        records += response.json["transactions"]
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            break
-    assert [record["sequence"] for record in records] == list(range(1, len(records) + 1))
-    return records
 
 
 def shape(record: Mapping[str, Any]) -> Shape:
