@@ -585,7 +585,7 @@ class MockDB:
             waited_s = self._acquire(lock, deadline, kind)
             outcome = "success"
             try:
-                if attempt == 0 and self._can_write() and self._holds.due((username,), self._clock()):
+                if attempt == 0 and self._holds.due((username,), self._clock()) and self._can_write():
                     outcome = "deferred"
                 else:
                     value, lsn = read()

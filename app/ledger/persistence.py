@@ -75,38 +75,29 @@ class ReplayedError(LedgerError):
         self.headers = dict(headers)
 
 
+def _content(record: Transaction) -> Row:
+    """The fields the chain hashes, in its order (``app.ledger.audit.canonical_encoding``)."""
+    return [
+        record.sequence,
+        record.id,
+        record.type.value,
+        record.source,
+        record.target,
+        record.amount,
+        record.status.value,
+        record.reason,
+        record.created_at,
+    ]
+
+
 def snapshot_record_row(record: Transaction) -> Row:
     """A record as a snapshot keeps it: no ``previous_hash`` (the record before has
     it) and no parties (the snapshot's ``index`` has them)."""
-    return [
-        record.sequence,
-        record.id,
-        record.type.value,
-        record.source,
-        record.target,
-        record.amount,
-        record.status.value,
-        record.reason,
-        record.created_at,
-        record.hash,
-    ]
+    return [*_content(record), record.hash]
 
 
 def record_row(record: Transaction, parties: Sequence[str]) -> Row:
-    return [
-        record.sequence,
-        record.id,
-        record.type.value,
-        record.source,
-        record.target,
-        record.amount,
-        record.status.value,
-        record.reason,
-        record.created_at,
-        record.previous_hash,
-        record.hash,
-        list(parties),
-    ]
+    return [*_content(record), record.previous_hash, record.hash, list(parties)]
 
 
 #: Enum lookups by value (``OperationType(value)`` costs a microsecond; a replay does millions).
