@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import psycopg
@@ -27,24 +26,13 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from psycopg import sql
 
 from app import create_app
-from app.auth import token_digest
-from app.ledger.memory import MockDB
-from app.ledger.model import Deadline
 from app.ledger.pgschema import migrate
 from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
+from tests.stores import app_config, empty_postgres, new_store
 
-ADMIN_TOKEN = "test-admin-token"
 POSTGRES_URL_VARIABLE = "GOLEDGER_TEST_POSTGRES_URL"
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432"
-#: Connections each test store may open (the server allows 100, shared by everyone).
-TEST_POOL_SIZE = 8
-
-_RESET = (
-    "DELETE FROM audit_parties; DELETE FROM audit; DELETE FROM holds; DELETE FROM idempotency_keys; "
-    "DELETE FROM accounts; "
-    "UPDATE chain_head SET sequence = 0, hash = repeat('0', 64)"
-)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -101,47 +89,12 @@ def postgres_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def server_url(url: str, dbname: str) -> str:
-    """The URL of another database on the same server as ``url`` (a postgresql:// URL)."""
-    return urlsplit(url)._replace(path=f"/{dbname}").geturl()
-
-
-@contextmanager
-def scratch_database(url: str) -> Iterator[str]:
-    """A brand-new, empty database beside ``url``'s, dropped afterwards."""
-    name = f"goledger_scratch_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url(url, "postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server_url(url, name)
-    finally:
-        with psycopg.connect(server_url(url, "postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def empty_postgres(url: str) -> str:
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(_RESET)
-    return url
-
-
 @pytest.fixture
 def store_url(store_kind: str, request: pytest.FixtureRequest) -> str:
     """``memory``, or the URL of the session's PostgreSQL database, emptied for this test."""
     if store_kind == "memory":
         return "memory"
     return empty_postgres(request.getfixturevalue("postgres_url"))
-
-
-def app_config(store_url: str, **overrides: object) -> dict[str, object]:
-    """A test config for ``create_app`` on the given store."""
-    return {
-        "admin_token": ADMIN_TOKEN,
-        "demo": True,
-        "store": store_url,
-        "pg_pool_size": TEST_POOL_SIZE,
-        **overrides,
-    }
 
 
 @pytest.fixture
@@ -162,13 +115,6 @@ def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
 
 
-def new_store(store_url: str, **options: object) -> LedgerStore:
-    """A bare store of the given kind (``options`` go to its constructor)."""
-    if store_url == "memory":
-        return MockDB(**options)  # type: ignore[arg-type]
-    return PostgresStore(store_url, max_connections=TEST_POOL_SIZE, **options)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def store(store_url: str) -> Iterator[LedgerStore]:
     ledger = new_store(store_url)
@@ -182,12 +128,3 @@ def stop_sweeper(store: LedgerStore) -> None:
         store.stop_sweeper()
     else:
         store.close()  # MockDB.close stops only its sweeper
-
-
-def open_account(store: LedgerStore, username: str, balance: int, token: str | None = None) -> None:
-    """Open an account directly in a store (token defaults to the username)."""
-    store.create_account(username, token_digest(token or username), balance, deadline=Deadline.after_ms(5000))
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": token}

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from app.api.common import store
 from app.ledger.audit import GENESIS_HASH
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN
+from tests.stores import ADMIN_TOKEN
 from tests.tampering import adjust, rehash, remove, tamper
 
 ADMIN = {"Authorization": ADMIN_TOKEN}

@@ -29,8 +29,9 @@ from app.ledger.model import (
     OperationType,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN, open_account
+from tests.stores import ADMIN_TOKEN, open_account
 from tests.threads import holding_write_lock, run_together
+from tests.trails import audit
 
 BATCH = "/account/coins/batch"
 AARON = {"Authorization": "1"}
@@ -75,22 +76,6 @@ def state(ledger: LedgerStore, names: Sequence[str] = NAMES) -> State:
     """Each account's (balance, version), read straight from the store."""
     views = {name: ledger.account(name, deadline=Deadline.after_ms(2000)) for name in names}
     return {name: (view.balance, view.version) for name, view in views.items()}
-
-
-def audit(client: FlaskClient) -> list[dict[str, Any]]:
-    """The whole audit trail through ``/admin/audit``; its sequences must be 1, 2, 3, … without gaps."""
-    records: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        query: dict[str, object] = {"limit": 500} if cursor is None else {"limit": 500, "cursor": cursor}
-        response = client.get("/admin/audit", query_string=query, headers=ADMIN)
-        assert response.status_code == 200, response.json
-        records += response.json["transactions"]
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            break
-    assert [record["sequence"] for record in records] == list(range(1, len(records) + 1))
-    return records
 
 
 def assert_verified(client: FlaskClient) -> None:

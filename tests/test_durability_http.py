@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.ledger.memory import MockDB
-from tests.servers import ROOT, free_port, gunicorn_command, gunicorn_process, server_env
-from tests.test_crash import fetch_audit, open_accounts
+from tests.servers import ROOT, free_port, gunicorn_command, gunicorn_process, open_accounts, server_env
+from tests.trails import fetch_audit
 
 pytestmark = pytest.mark.slow
 

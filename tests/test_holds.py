@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,10 +35,12 @@ from app.ledger.model import (
     Status,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN, empty_postgres, new_store, open_account, stop_sweeper
+from tests.clocks import START_S, FakeClock
+from tests.conftest import stop_sweeper
+from tests.stores import ADMIN_TOKEN, empty_postgres, new_store, open_account
 from tests.tampering import adjust
-from tests.test_batch import audit  # the whole trail, gap-free (no touch: expires nothing)
 from tests.threads import JOIN_TIMEOUT_S, holding_write_lock
+from tests.trails import audit  # the whole trail, gap-free (no touch: expires nothing)
 
 HOLDS = "/account/holds"
 COINS = "/account/coins"
@@ -49,40 +50,12 @@ CAROL = {"Authorization": "carol-token"}
 ADMIN = {"Authorization": ADMIN_TOKEN}
 HEADERS = {"aaron": AARON, "bryan": BRYAN, "carol": CAROL}
 OPENING = 10_000
-#: The fake wall clock starts here (2030-03-17T17:46:40Z), far from the real one.
-START_S = 1_900_000_000.0
 HOLD_ID = re.compile(r"hold_[0-9a-f]{32}")
 #: What every hold-operation answer carries.
 RESULT_KEYS = {"hold", "transaction", "username", "balance", "held", "available", "version"}
 HOLD_KEYS = {"id", "from", "to", "amount", "captured", "status", "expires_at", "created_at"}
 
 Shape = tuple[str, str | None, str | None, int, str, str | None]
-
-
-class FakeClock:
-    """A wall clock that moves only when told; one thread may run ahead of the rest.
-
-    ``ahead(s)`` puts the calling thread ``s`` seconds in the future (the others keep
-    the shared time), so one racer can see a hold as due while the others do not.
-    """
-
-    def __init__(self, now_s: float = START_S) -> None:
-        self.now_s = now_s
-        self._local = threading.local()
-
-    def __call__(self) -> float:
-        return self.now_s + getattr(self._local, "ahead_s", 0.0)
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
-
-    @contextmanager
-    def ahead(self, seconds: float) -> Iterator[None]:
-        self._local.ahead_s = seconds
-        try:
-            yield
-        finally:
-            self._local.ahead_s = 0.0
 
 
 def iso(epoch_s: float) -> str:

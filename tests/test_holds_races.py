@@ -34,8 +34,9 @@ from app.ledger.model import (
     Transaction,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN, app_config, new_store, open_account, stop_sweeper
-from tests.test_holds import FakeClock
+from tests.clocks import FakeClock
+from tests.conftest import stop_sweeper
+from tests.stores import ADMIN_TOKEN, app_config, new_store, open_account
 from tests.threads import run_together
 
 #: Rounds of the three-way race (each with a fresh hold).

@@ -36,7 +36,7 @@ from app.ledger.model import (
     utc_now_iso,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN
+from tests.stores import ADMIN_TOKEN
 from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
 
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 
 from app.api.common import store
 from app.ledger.model import MAX_BALANCE, MAX_BATCH_ITEMS, BatchItem, OperationType
-from tests.conftest import ADMIN_TOKEN, app_config
+from tests.stores import ADMIN_TOKEN, app_config
 from tests.threads import holding_write_lock
 
 AARON = {"Authorization": "1"}

@@ -24,7 +24,9 @@ from app.ledger.idempotency import Outcome
 from app.ledger.model import AccountView, Deadline, HoldStatus, OperationResult, OperationType, Status
 from app.ledger.pgschema import migrate, migrations, schema_version
 from app.ledger.postgres import PostgresStore
-from tests.conftest import (
+from tests.clocks import FakeClock
+from tests.servers import gunicorn_server
+from tests.stores import (
     ADMIN_TOKEN,
     TEST_POOL_SIZE,
     app_config,
@@ -33,8 +35,6 @@ from tests.conftest import (
     scratch_database,
     server_url,
 )
-from tests.servers import gunicorn_server
-from tests.test_holds import FakeClock
 from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
 
 AARON = {"Authorization": "1"}

@@ -72,7 +72,7 @@ from app.ledger.model import (
 )
 from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
-from tests.conftest import empty_postgres
+from tests.stores import empty_postgres
 
 #: Names accounts may be opened under; a small alphabet so that they collide often.
 NAMES = ("ann", "bob", "cyd", "dee")

@@ -35,8 +35,7 @@ from app.ledger.model import (
     Transaction,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import open_account
-from tests.test_races import (
+from tests.outcomes import (
     PAGE_LIMIT,
     Outcome,
     assert_trail_explains,
@@ -52,10 +51,10 @@ from tests.test_races import (
     patient,
     replay,
     roles,
-    run_together,
     versions,
 )
-from tests.threads import JOIN_TIMEOUT_S, Crew, holding_write_lock
+from tests.stores import open_account
+from tests.threads import JOIN_TIMEOUT_S, Crew, holding_write_lock, run_together
 
 TRANSFER = OperationType.TRANSFER
 
