@@ -1,8 +1,16 @@
-"""Fixtures: the app built from the factory with a test config, its client, a bare store.
+"""Fixtures: the app built from the factory with a test config, its client, a bare
+store, and ``driver``, the per-store driver of the test's store.
 
-Conformance: every test that asks for ``app``, ``client``, ``runner`` or ``store``
-runs once on each store, the embedded ``MockDB`` and the PostgreSQL store, unless it
-is marked ``memory_only`` (it looks at MockDB's own locks or data structures).
+Conformance: every test that asks for ``app``, ``client``, ``runner``, ``store`` or
+``driver`` runs once on each store, the embedded ``MockDB`` and the PostgreSQL store,
+unless it is marked ``memory_only`` (it looks at MockDB's own locks or data structures).
+
+``driver`` (``tests/drivers.py``) is how a test does to a store what ``LedgerStore``
+does not offer: tamper with its data, stall its writers, stop its hold sweeper, put it
+on a fake clock, read its raw state. It drives the bare ``store`` when the test uses
+that fixture, otherwise the ``app``'s store. The helpers these fixtures are built from
+(``new_store``, ``app_config``, ``open_account``, ``ADMIN_TOKEN``…) are in
+``tests/stores.py``.
 
 PostgreSQL: ``GOLEDGER_TEST_POSTGRES_URL`` names a database the run may use and
 empty (``.ci/run`` creates a fresh one per run); without it the session creates
@@ -27,8 +35,8 @@ from psycopg import sql
 
 from app import create_app
 from app.ledger.pgschema import migrate
-from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
+from tests.drivers import StoreDriver, driver_for
 from tests.stores import app_config, empty_postgres, new_store
 
 POSTGRES_URL_VARIABLE = "GOLEDGER_TEST_POSTGRES_URL"
@@ -122,9 +130,13 @@ def store(store_url: str) -> Iterator[LedgerStore]:
     ledger.close()
 
 
-def stop_sweeper(store: LedgerStore) -> None:
-    """Stop a store's background hold sweeper, leaving the store usable."""
-    if isinstance(store, PostgresStore):
-        store.stop_sweeper()
+@pytest.fixture
+def driver(store_url: str, request: pytest.FixtureRequest) -> Iterator[StoreDriver]:
+    """The driver of the test's store (``tests/drivers.py``): the bare ``store``'s if the
+    test uses that fixture, otherwise the ``app``'s."""
+    if "store" in request.fixturenames:
+        ledger: LedgerStore = request.getfixturevalue("store")
     else:
-        store.close()  # MockDB.close stops only its sweeper
+        ledger = request.getfixturevalue("app").extensions["ledger"]
+    with driver_for(ledger) as store_driver:
+        yield store_driver

@@ -29,8 +29,9 @@ from app.ledger.model import (
     OperationType,
 )
 from app.ledger.store import LedgerStore
+from tests.drivers import StoreDriver
 from tests.stores import ADMIN_TOKEN, open_account
-from tests.threads import holding_write_lock, run_together
+from tests.threads import run_together
 from tests.trails import audit
 
 BATCH = "/account/coins/batch"
@@ -804,13 +805,13 @@ def test_an_if_match_that_names_no_version_is_refused_unaudited(
 
 @pytest.mark.parametrize("atomic", [False, True])
 def test_a_batch_past_its_deadline_applies_nothing(
-    app: Flask, client: FlaskClient, ledger: LedgerStore, atomic: bool
+    driver: StoreDriver, client: FlaskClient, ledger: LedgerStore, atomic: bool
 ) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
     operations = [add(10), transfer("bryan", 20), withdraw(30)]
 
-    with holding_write_lock(app.extensions["ledger"]):
+    with driver.holding_write_lock():
         response = send(client, operations, atomic=atomic, headers={**AARON, "X-Timeout-Ms": "20"})
 
     assert response.status_code == 503, response.json
@@ -914,13 +915,13 @@ def test_a_key_reused_with_another_batch_is_409(client: FlaskClient, ledger: Led
 
 
 def test_a_keyed_batch_that_timed_out_runs_on_retry(
-    app: Flask, client: FlaskClient, ledger: LedgerStore
+    driver: StoreDriver, client: FlaskClient, ledger: LedgerStore
 ) -> None:
     before = state(ledger)
     key = {**AARON, "Idempotency-Key": "payout-4"}
     operations = [transfer("bryan", 100), add(7)]
 
-    with holding_write_lock(app.extensions["ledger"]):
+    with driver.holding_write_lock():
         timed_out = send(client, operations, headers={**key, "X-Timeout-Ms": "20"})
     assert timed_out.status_code == 503
     assert state(ledger) == before

@@ -19,6 +19,7 @@ import pytest
 from app.ledger.errors import InsufficientFunds, OperationTimeout, VersionConflict
 from app.ledger.model import AccountView, Deadline, OperationResult, OperationType
 from app.ledger.store import LedgerStore
+from tests.drivers import StoreDriver, memory_driver
 from tests.outcomes import (
     Outcome,
     assert_gap_free,
@@ -37,7 +38,7 @@ from tests.outcomes import (
     versions,
 )
 from tests.stores import open_account
-from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
+from tests.threads import run_together
 
 # -- deposits -------------------------------------------------------------------
 
@@ -215,18 +216,15 @@ def test_readers_never_see_a_torn_account(store: LedgerStore) -> None:
 @pytest.mark.memory_only  # MockDB's reader-writer lock
 def test_reads_share_the_lock_and_writes_wait_behind_it(store: LedgerStore) -> None:
     open_account(store, "alice", 1000)
-    reading = store._rw.gen_rlock()
-    assert reading.acquire(blocking=True, timeout=JOIN_TIMEOUT_S)
-    try:
+    driver = memory_driver(store)
+    with driver.holding_read_lock():
         # Readers get in beside a reader already inside; a writer must wait for it.
         views = run_together([lambda: store.account("alice", deadline=patient())] * 50)
         with pytest.raises(OperationTimeout):
             store.deposit("alice", 1, deadline=Deadline.after_ms(20))
-    finally:
-        reading.release()
     assert set(views) == {AccountView("alice", 1000, 0)}
 
-    with holding_write_lock(store), pytest.raises(OperationTimeout):
+    with driver.holding_write_lock(), pytest.raises(OperationTimeout):
         store.account("alice", deadline=Deadline.after_ms(20))
     assert store.account("alice", deadline=patient()) == AccountView("alice", 1000, 0)
 
@@ -334,13 +332,15 @@ def test_if_match_retry_loop_applies_every_deposit_once(store: LedgerStore) -> N
 
 
 @pytest.mark.parametrize("kind", [OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER])
-def test_operations_past_their_deadline_apply_nothing(store: LedgerStore, kind: OperationType) -> None:
+def test_operations_past_their_deadline_apply_nothing(
+    store: LedgerStore, driver: StoreDriver, kind: OperationType
+) -> None:
     waiters = 20
     open_account(store, "alice", 1000)
     open_account(store, "bob", 1000)
     source, target = roles(kind, "alice", "bob")
 
-    with holding_write_lock(store):
+    with driver.holding_write_lock():
         outcomes = run_together(
             [lambda: attempt(store, kind, source, target, 10, deadline=Deadline.after_ms(30))] * waiters
         )
