@@ -388,7 +388,7 @@ def test_atomic_later_items_see_earlier_ones(client: FlaskClient, ledger: Ledger
     assert_verified(client)
 
 
-def test_mockdb_atomic_batch_refused_then_the_rest_applies(store: LedgerStore) -> None:
+def test_atomic_batch_refused_then_the_rest_applies(store: LedgerStore) -> None:
     """On the store: a refused atomic batch leaves no trace of its copies in the next batch."""
     open_account(store, "a", 100)
     open_account(store, "b", 0)
@@ -448,7 +448,7 @@ def test_mockdb_atomic_batch_refused_then_the_rest_applies(store: LedgerStore) -
     ids=["empty", "too many", "transfer without target", "deposit with target", "open", "zero", "too large"],
 )
 @pytest.mark.parametrize("atomic", [False, True])
-def test_mockdb_batch_rechecks_its_items(
+def test_batch_rechecks_its_items_on_the_store(
     store: LedgerStore, items: list[BatchItem], code: str, atomic: bool
 ) -> None:
     open_account(store, "a", 100)

@@ -84,7 +84,7 @@ def test_a_failed_transfer_to_an_unknown_name_does_not_reach_that_names_future_h
     assert [r["type"] for r in records["transactions"]] == ["open"]
 
 
-def test_the_store_refuses_an_empty_page() -> None:
+def test_the_memory_store_refuses_an_empty_page() -> None:
     ledger = MockDB()
     open_account(ledger, "alice", 10)
     with pytest.raises(InvalidInput, match="limit"):

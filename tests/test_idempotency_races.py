@@ -552,7 +552,7 @@ def test_a_stream_of_unique_keys_never_holds_more_than_max_keys() -> None:
     assert 0 < refusals < 10_000  # the stream did fill the table, and it did recover
 
 
-def test_the_store_keeps_the_table_it_is_given() -> None:
+def test_the_memory_store_keeps_the_table_it_is_given() -> None:
     """``MockDB(idempotency=table)`` must use ``table`` (and its bounds), even while it is empty."""
     store = MockDB(idempotency=IdempotencyTable(ttl_s=TTL_S, max_keys=1, clock=FakeClock()))
     assert not store.idempotent("aaron", "first", "fp", patient(), Counted()).replayed
