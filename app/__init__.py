@@ -82,8 +82,8 @@ def _close_at_exit(ledger: Any) -> None:
 
 def _build_store(config: Config) -> Any:
     if config.uses_memory_store:
-        from app.ledger.idempotency import IdempotencyTable
         from app.ledger.memory import MockDB
+        from app.ledger.memory.keys import IdempotencyTable
 
         options: dict[str, Any] = {
             "idempotency": IdempotencyTable(max_keys=config.idempotency_max_keys),
@@ -108,8 +108,8 @@ def _build_store(config: Config) -> Any:
 
 
 def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> Any:
-    from app.ledger.journal import JournalError
     from app.ledger.memory import MockDB
+    from app.ledger.memory.journal import JournalError
 
     try:
         store = MockDB.open(data_dir, snapshot_bytes=snapshot_bytes, **options)

@@ -97,8 +97,8 @@ def snapshot_command(data_dir: Path | None) -> None:
 
 
 def _open(data_dir: Path, *, read_only: bool) -> Any:
-    from app.ledger.journal import JournalError
     from app.ledger.memory import MockDB
+    from app.ledger.memory.journal import JournalError
 
     try:
         return MockDB.open(data_dir, read_only=read_only)
@@ -130,7 +130,7 @@ def migrate_command() -> None:
     if settings.uses_memory_store:
         click.echo("LEDGER_STORE=memory: the embedded store has no schema to migrate.")
         return
-    from app.ledger.pgschema import migrate, schema_version
+    from app.ledger.postgres.schema import migrate, schema_version
 
     applied = migrate(settings.store)
     click.echo(

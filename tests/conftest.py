@@ -30,8 +30,8 @@ from app import create_app
 from app.auth import token_digest
 from app.ledger.memory import MockDB
 from app.ledger.model import Deadline
-from app.ledger.pgschema import migrate
 from app.ledger.postgres import PostgresStore
+from app.ledger.postgres.schema import migrate
 from app.ledger.store import LedgerStore
 
 ADMIN_TOKEN = "test-admin-token"

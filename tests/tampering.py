@@ -28,7 +28,7 @@ def tamper(ledger: LedgerStore, sequence: int, **changes: object) -> None:
     """Rewrite fields of one stored audit record."""
     if isinstance(ledger, MockDB):
         index = sequence - 1
-        ledger._audit[index] = dataclasses.replace(ledger._audit[index], **changes)  # type: ignore[arg-type]
+        ledger._trail._records[index] = dataclasses.replace(ledger._trail._records[index], **changes)  # type: ignore[arg-type]
         return
     assert isinstance(ledger, PostgresStore)
     with psycopg.connect(ledger.url, autocommit=True) as connection:
@@ -46,7 +46,7 @@ def rehash(ledger: LedgerStore, sequence: int, amount: int) -> None:
 
 def remove(ledger: LedgerStore, sequence: int) -> None:
     if isinstance(ledger, MockDB):
-        del ledger._audit[sequence - 1]
+        del ledger._trail._records[sequence - 1]
         return
     assert isinstance(ledger, PostgresStore)
     with psycopg.connect(ledger.url, autocommit=True) as connection:

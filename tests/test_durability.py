@@ -23,10 +23,10 @@ from app.ledger.errors import (
     LedgerError,
     StorageUnavailable,
 )
-from app.ledger.journal import DataDirLocked, JournalCorrupt, read_directory
 from app.ledger.memory import MockDB
+from app.ledger.memory.journal import DataDirLocked, JournalCorrupt, read_directory
+from app.ledger.memory.recovery import snapshot_lsn
 from app.ledger.model import BatchItem, Deadline, HoldStatus, OperationType
-from app.ledger.recovery import snapshot_lsn
 from tests.threads import JOIN_TIMEOUT_S, run_together
 
 NAMES = ("alice", "bob", "carol", "dave")
@@ -77,7 +77,7 @@ def state_of(store: MockDB, hold_ids: list[str]) -> dict[str, Any]:
         "holds": {hold_id: store.get_hold(NAMES[0], hold_id, deadline=_deadline()) for hold_id in hold_ids},
         "keys": sorted(
             (username, key, fingerprint, repr(outcome))
-            for username, key, fingerprint, _, outcome in store._idempotency.kept()
+            for username, key, fingerprint, _, outcome in store._keys.kept()
         ),
         "verified": store.verify().figures(),
     }
@@ -381,7 +381,7 @@ def test_the_journal_snapshots_itself_past_its_bound(tmp_path: Path) -> None:
     _seed(store, balance=10_000)
     for _ in range(40):
         store.transfer("alice", "bob", 1, deadline=_deadline())
-    thread = store._snapshot_thread
+    thread = store.snapshot_thread
     assert thread is not None  # the bound was crossed: a snapshot was started
     thread.join(JOIN_TIMEOUT_S)
     assert not thread.is_alive()
@@ -411,7 +411,7 @@ def test_a_damaged_snapshot_stops_the_start(tmp_path: Path) -> None:
 
 def test_an_edited_journal_breaks_the_chain_and_verify_says_so(tmp_path: Path) -> None:
     """Tampering that keeps the framing valid (the CRC recomputed) is caught by the hash chain."""
-    from app.ledger import journal as journal_files
+    from app.ledger.memory import journal as journal_files
 
     store = _open(tmp_path)
     _seed(store)
@@ -471,7 +471,7 @@ def test_a_read_only_open_changes_nothing(tmp_path: Path) -> None:
 def test_a_failed_automatic_snapshot_is_not_retried_on_every_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.ledger import journal as journal_files
+    from app.ledger.memory import journal as journal_files
 
     attempts: list[int] = []
 
@@ -485,7 +485,7 @@ def test_a_failed_automatic_snapshot_is_not_retried_on_every_write(
         _seed(store, balance=10_000)
         for _ in range(20):
             store.transfer("alice", "bob", 1, deadline=_deadline())
-            thread = store._snapshot_thread
+            thread = store.snapshot_thread
             if thread is not None:
                 thread.join(JOIN_TIMEOUT_S)
         assert attempts == [1]  # one attempt; the next waits SNAPSHOT_RETRY_S
@@ -519,7 +519,7 @@ def test_a_retry_waiting_on_a_key_is_not_answered_when_the_first_request_cannot_
 
     store = _open(tmp_path, sync=sync)
     _seed(store, balance=100)
-    table = store._idempotency
+    table = store._keys
     waiting = threading.Event()
     claim = table._claim
 
@@ -563,7 +563,7 @@ def test_a_retry_waiting_on_a_key_is_not_answered_when_the_first_request_cannot_
 def test_a_snapshot_that_fails_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.ledger import journal as journal_files
+    from app.ledger.memory import journal as journal_files
 
     def half_written(temporary: Path, payloads: object) -> int:
         temporary.write_bytes(b"GOLEDGER-SNAP-01 half of it")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app.ledger import journal as journal_files
-from app.ledger.journal import (
+from app.ledger.memory import journal as journal_files
+from app.ledger.memory.journal import (
     SEGMENT_MAGIC,
     DataDirectory,
     DataDirLocked,
@@ -302,7 +302,7 @@ def test_one_owner_per_directory_across_processes(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys; from pathlib import Path; from app.ledger.journal import DataDirectory; "
+                "import sys; from pathlib import Path; from app.ledger.memory.journal import DataDirectory; "
                 "DataDirectory(Path(sys.argv[1]))",
                 str(tmp_path),
             ],

@@ -14,8 +14,8 @@ from app.auth import authenticate
 from app.config import Config
 from app.errors import error_response
 from app.ledger.errors import LedgerError
-from app.ledger.idempotency import Result
 from app.ledger.model import AccountView, BatchResult, Deadline, Hold, HoldResult, ItemOutcome, Transaction
+from app.ledger.outcomes import Result
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_idempotency_key, parse_if_match, parse_timeout_ms
 
