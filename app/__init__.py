@@ -109,7 +109,7 @@ def _build_store(config: Config) -> Any:
 
 def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> Any:
     from app.ledger.memory import MockDB
-    from app.ledger.memory.journal import JournalError
+    from app.ledger.memory.files import JournalError
 
     try:
         store = MockDB.open(data_dir, snapshot_bytes=snapshot_bytes, **options)

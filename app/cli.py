@@ -98,7 +98,7 @@ def snapshot_command(data_dir: Path | None) -> None:
 
 def _open(data_dir: Path, *, read_only: bool) -> Any:
     from app.ledger.memory import MockDB
-    from app.ledger.memory.journal import JournalError
+    from app.ledger.memory.files import JournalError
 
     try:
         return MockDB.open(data_dir, read_only=read_only)

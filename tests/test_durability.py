@@ -24,7 +24,7 @@ from app.ledger.errors import (
     StorageUnavailable,
 )
 from app.ledger.memory import MockDB
-from app.ledger.memory.journal import DataDirLocked, JournalCorrupt, read_directory
+from app.ledger.memory.files import DataDirLocked, JournalCorrupt, read_directory
 from app.ledger.memory.recovery import snapshot_lsn
 from app.ledger.model import BatchItem, Deadline, HoldStatus, OperationType
 from tests.threads import JOIN_TIMEOUT_S, run_together
@@ -411,7 +411,7 @@ def test_a_damaged_snapshot_stops_the_start(tmp_path: Path) -> None:
 
 def test_an_edited_journal_breaks_the_chain_and_verify_says_so(tmp_path: Path) -> None:
     """Tampering that keeps the framing valid (the CRC recomputed) is caught by the hash chain."""
-    from app.ledger.memory import journal as journal_files
+    from app.ledger.memory import files as journal_files
 
     store = _open(tmp_path)
     _seed(store)
@@ -471,7 +471,7 @@ def test_a_read_only_open_changes_nothing(tmp_path: Path) -> None:
 def test_a_failed_automatic_snapshot_is_not_retried_on_every_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.ledger.memory import journal as journal_files
+    from app.ledger.memory import files as journal_files
 
     attempts: list[int] = []
 
@@ -563,7 +563,7 @@ def test_a_retry_waiting_on_a_key_is_not_answered_when_the_first_request_cannot_
 def test_a_snapshot_that_fails_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.ledger.memory import journal as journal_files
+    from app.ledger.memory import files as journal_files
 
     def half_written(temporary: Path, payloads: object) -> int:
         temporary.write_bytes(b"GOLEDGER-SNAP-01 half of it")

@@ -20,9 +20,10 @@ from typing import Any
 
 from app.ledger.accounts import AccountState, HoldState
 from app.ledger.errors import LedgerError, StorageUnavailable
-from app.ledger.memory import journal as journal_files
+from app.ledger.memory import files as journal_files
 from app.ledger.memory import persistence
-from app.ledger.memory.journal import Journal, JournalUnavailable
+from app.ledger.memory.files import JournalUnavailable
+from app.ledger.memory.journal import Journal
 from app.ledger.memory.keys import NOT_KEPT, IdempotencyTable
 from app.ledger.model import Transaction
 from app.ledger.outcomes import Result, outcome_row

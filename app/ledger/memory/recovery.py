@@ -16,8 +16,8 @@ from typing import Any
 from app.ledger.accounts import AccountState, HoldState
 from app.ledger.audit import GENESIS_HASH
 from app.ledger.memory import persistence
+from app.ledger.memory.files import FileScan, Frame, JournalCorrupt, JournalError, Recovered
 from app.ledger.memory.holds import HoldBook
-from app.ledger.memory.journal import FileScan, Frame, JournalCorrupt, JournalError, Recovered
 from app.ledger.memory.keys import IdempotencyTable
 from app.ledger.model import Transaction
 from app.ledger.outcomes import outcome_from_row
