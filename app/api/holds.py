@@ -17,8 +17,8 @@ from app.api.common import (
     hold_json,
     request_deadline,
     run_money_operation,
-    store,
 )
+from app.extensions import store
 from app.ledger.errors import HoldNotFound, InvalidInput
 from app.ledger.model import DEFAULT_HOLD_TIMEOUT_S, Deadline
 from app.ledger.outcomes import Result
