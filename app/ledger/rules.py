@@ -34,7 +34,9 @@ from app.ledger.model import (
     MAX_HOLD_TIMEOUT_S,
     MIN_HOLD_TIMEOUT_S,
     BatchItem,
+    Deadline,
     HoldStatus,
+    OperationResult,
     OperationType,
 )
 
@@ -283,3 +285,40 @@ def decode_cursor(cursor: str, pattern: re.Pattern[str]) -> int:
 def check_limit(limit: int) -> None:
     if limit < 1:
         raise InvalidInput("invalid_limit", "The limit must be at least 1.")
+
+
+class SingleOperations:
+    """``deposit``, ``withdraw`` and ``transfer``: each one item run by the store's ``_run_one``.
+
+    Both stores inherit these three entry points, so that they are spelled once;
+    ``_run_one`` applies ``apply_item`` under the store's own locking.
+    """
+
+    def _run_one(
+        self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
+    ) -> OperationResult:
+        raise NotImplementedError
+
+    def deposit(
+        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
+    ) -> OperationResult:
+        return self._run_one(username, BatchItem(OperationType.DEPOSIT, amount), deadline, expected_version)
+
+    def withdraw(
+        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
+    ) -> OperationResult:
+        return self._run_one(
+            username, BatchItem(OperationType.WITHDRAWAL, amount), deadline, expected_version
+        )
+
+    def transfer(
+        self,
+        username: str,
+        target: str,
+        amount: int,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> OperationResult:
+        item = BatchItem(OperationType.TRANSFER, amount, target)
+        return self._run_one(username, item, deadline, expected_version)

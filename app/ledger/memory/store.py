@@ -63,7 +63,7 @@ VERIFY_LOCK_TIMEOUT_MS = 10_000
 SNAPSHOT_LOCK_TIMEOUT_MS = 30_000
 
 
-class MockDB(HoldOperations):
+class MockDB(HoldOperations, rules.SingleOperations):
     """The embedded store: balances in a dict under a reader-writer lock."""
 
     # -- opening a data directory --------------------------------------------
@@ -244,33 +244,6 @@ class MockDB(HoldOperations):
     # -- money ----------------------------------------------------------------
 
     @durable
-    def deposit(
-        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
-    ) -> OperationResult:
-        return self._run_one(username, BatchItem(OperationType.DEPOSIT, amount), deadline, expected_version)
-
-    @durable
-    def withdraw(
-        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
-    ) -> OperationResult:
-        return self._run_one(
-            username, BatchItem(OperationType.WITHDRAWAL, amount), deadline, expected_version
-        )
-
-    @durable
-    def transfer(
-        self,
-        username: str,
-        target: str,
-        amount: int,
-        *,
-        deadline: Deadline,
-        expected_version: int | None = None,
-    ) -> OperationResult:
-        return self._run_one(
-            username, BatchItem(OperationType.TRANSFER, amount, target), deadline, expected_version
-        )
-
     def _run_one(
         self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
     ) -> OperationResult:
