@@ -11,11 +11,15 @@ import logging
 import os
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from app.config import Config, ConfigError
+from app.ledger.store import LedgerStore
+
+if TYPE_CHECKING:
+    from app.ledger.memory import MockDB
 
 _log = logging.getLogger("goledger")
 
@@ -25,7 +29,7 @@ DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
-    from app import cli, errors
+    from app import cli, errors, extensions
     from app.api import (
         admin,
         balance,
@@ -52,11 +56,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # OPTIONS is answered like any other unsupported method: a JSON 405 with Allow.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
-    app.extensions["ledger_config"] = config
-    app.extensions["ledger_admin_digest"] = token_digest(config.admin_token) if config.admin_token else None
-    app.extensions["ledger"] = _build_store(config)
-    _close_at_exit(app.extensions["ledger"])
-    app.extensions["ledger_observability"] = Observability(app, app.extensions["ledger"])
+    ledger = _build_store(config)
+    _close_at_exit(ledger)
+    admin_digest = token_digest(config.admin_token) if config.admin_token else None
+    extensions.attach(app, config, ledger, admin_digest, Observability(app, ledger))
 
     errors.init_app(app)
     for module in (balance, deposit, withdraw, transfer, batch, holds, history, health, metrics, admin, docs):
@@ -68,7 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _close_at_exit(ledger: Any) -> None:
+def _close_at_exit(ledger: LedgerStore) -> None:
     """Stop the store's background threads at exit, without keeping the store alive."""
     reference = weakref.ref(ledger)
 
@@ -80,10 +83,11 @@ def _close_at_exit(ledger: Any) -> None:
     atexit.register(close)
 
 
-def _build_store(config: Config) -> Any:
+def _build_store(config: Config) -> LedgerStore:
+    """The store the configuration names: MockDB (in memory, or on a data directory) or PostgreSQL."""
     if config.uses_memory_store:
-        from app.ledger.idempotency import IdempotencyTable
         from app.ledger.memory import MockDB
+        from app.ledger.memory.keys import IdempotencyTable
 
         options: dict[str, Any] = {
             "idempotency": IdempotencyTable(max_keys=config.idempotency_max_keys),
@@ -107,9 +111,9 @@ def _build_store(config: Config) -> Any:
         raise ConfigError(f"Cannot reach the PostgreSQL store named by LEDGER_STORE: {error}") from error
 
 
-def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> Any:
-    from app.ledger.journal import JournalError
+def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> MockDB:
     from app.ledger.memory import MockDB
+    from app.ledger.memory.files import JournalError
 
     try:
         store = MockDB.open(data_dir, snapshot_bytes=snapshot_bytes, **options)
@@ -132,10 +136,11 @@ def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) 
 
 def _seed_demo(app: Flask) -> None:
     from app.auth import token_digest
+    from app.extensions import store
     from app.ledger.errors import AccountExists
     from app.ledger.model import Deadline
 
-    ledger = app.extensions["ledger"]
+    ledger = store(app)
     if not ledger.is_empty():
         return
     for username, token, balance in DEMO_ACCOUNTS:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
+
+if TYPE_CHECKING:
+    from app.ledger.memory import MockDB
 
 ledger_cli = AppGroup("ledger", help="Operate the ledger.")
 
@@ -15,7 +18,7 @@ ledger_cli = AppGroup("ledger", help="Operate the ledger.")
 @ledger_cli.command("health")
 def health_command() -> None:
     """Print the store's health and exit non-zero when it is not healthy."""
-    from app.api.common import store
+    from app.extensions import store
 
     report = store().health()
     click.echo(
@@ -43,7 +46,7 @@ def verify_command(data_dir: Path | None) -> None:
     checked (a torn tail is reported, not cut). Exits 1 and lists the problems when
     anything is wrong.
     """
-    from app.api.common import store
+    from app.extensions import store
 
     if data_dir is None:
         _report(store().verify())
@@ -76,7 +79,7 @@ def snapshot_command(data_dir: Path | None) -> None:
 
     Works on the app's store (LEDGER_DATA_DIR) or, with --data-dir, on that directory.
     """
-    from app.api.common import store
+    from app.extensions import store
     from app.ledger.errors import StorageUnavailable
     from app.ledger.memory import MockDB
 
@@ -96,9 +99,9 @@ def snapshot_command(data_dir: Path | None) -> None:
     )
 
 
-def _open(data_dir: Path, *, read_only: bool) -> Any:
-    from app.ledger.journal import JournalError
+def _open(data_dir: Path, *, read_only: bool) -> MockDB:
     from app.ledger.memory import MockDB
+    from app.ledger.memory.files import JournalError
 
     try:
         return MockDB.open(data_dir, read_only=read_only)
@@ -124,13 +127,13 @@ def migrate_command() -> None:
     Every worker also migrates when it starts; this runs the same step on its own
     (a deploy step before the workers start, or a check of the version).
     """
-    from app.api.common import config
+    from app.extensions import config
 
     settings = config()
     if settings.uses_memory_store:
         click.echo("LEDGER_STORE=memory: the embedded store has no schema to migrate.")
         return
-    from app.ledger.pgschema import migrate, schema_version
+    from app.ledger.postgres.schema import migrate, schema_version
 
     applied = migrate(settings.store)
     click.echo(

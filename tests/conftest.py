@@ -34,7 +34,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from psycopg import sql
 
 from app import create_app
-from app.ledger.pgschema import migrate
+from app.ledger.postgres.schema import migrate
 from app.ledger.store import LedgerStore
 from tests.drivers import StoreDriver, driver_for
 from tests.stores import app_config, empty_postgres, new_store

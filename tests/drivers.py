@@ -8,7 +8,7 @@ the expiry a read through the store would cause (``peek_*``), and size a race to
 store (``race_rounds``). ``MemoryDriver`` drives ``MockDB``; ``PostgresDriver`` drives
 ``PostgresStore``. ``MemoryDriver`` also reaches the internals that only
 ``memory_only`` tests look at (its reader-writer lock, its sweeper, its idempotency
-table, its snapshot thread).
+table).
 
 The ``driver`` fixture (``tests/conftest.py``) gives the driver of the test's store;
 ``driver_for(store)`` that of any other. This module is the only one in ``tests/``
@@ -19,7 +19,6 @@ reaches, so that a change inside a store is answered here alone.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -31,9 +30,9 @@ from psycopg import sql
 
 from app.ledger.audit import chain_hash
 from app.ledger.errors import LedgerError
-from app.ledger.idempotency import Result
 from app.ledger.memory import MockDB
 from app.ledger.model import AccountView, Hold, HoldStatus, Transaction, iso_from_epoch
+from app.ledger.outcomes import Result
 from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
 from tests.threads import JOIN_TIMEOUT_S
@@ -134,11 +133,11 @@ class MemoryDriver(StoreDriver):
 
     def tamper(self, sequence: int, **changes: object) -> None:
         index = sequence - 1
-        trail = self.store._audit  # MockDB._audit: the audit records, a list in sequence order
+        trail = self.store._trail._records  # MockDB._trail: its AuditTrail; ._records: the records in order
         trail[index] = dataclasses.replace(trail[index], **changes)  # type: ignore[arg-type]
 
     def remove(self, sequence: int) -> None:
-        del self.store._audit[sequence - 1]  # MockDB._audit: the audit records, a list in sequence order
+        del self.store._trail._records[sequence - 1]  # MockDB._trail: its AuditTrail; ._records: the records
 
     def adjust(self, username: str, *, balance: int = 0, held: int = 0) -> None:
         account = self.store._accounts[username]  # MockDB._accounts: username -> AccountState
@@ -225,11 +224,11 @@ class MemoryDriver(StoreDriver):
 
     def kept_keys(self) -> list[tuple[str, str, str, float, Result | LedgerError]]:
         """Every idempotency key with an outcome: ``(username, key, fingerprint, created_at, outcome)``."""
-        return self.store._idempotency.kept()  # MockDB._idempotency: its IdempotencyTable
+        return self.store._keys.kept()  # MockDB._keys: its IdempotencyTable
 
     def on_key_in_flight(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` whenever a request finds its key claimed by a request still running."""
-        table = self.store._idempotency  # MockDB._idempotency: its IdempotencyTable
+        table = self.store._keys  # MockDB._keys: its IdempotencyTable
         claim = table._claim  # IdempotencyTable._claim: a request takes its key's slot, or finds it taken
 
         def claim_and_tell(slot: tuple[str, str], fingerprint: str) -> Any:
@@ -239,10 +238,6 @@ class MemoryDriver(StoreDriver):
             return entry, owner
 
         table._claim = claim_and_tell  # type: ignore[method-assign]  # IdempotencyTable._claim, as above
-
-    def snapshot_thread(self) -> threading.Thread | None:
-        """The thread of the latest automatic snapshot (``None``: none was started)."""
-        return self.store._snapshot_thread  # MockDB._snapshot_thread: the latest automatic snapshot's
 
 
 class PostgresDriver(StoreDriver):

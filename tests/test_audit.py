@@ -173,19 +173,12 @@ def test_the_canonical_encoding_is_the_documented_compact_json_array(app: Flask,
 
 def test_a_records_encoding_is_its_sequence_then_its_tail(app: Flask, client: FlaskClient) -> None:
     """The split the PostgreSQL store hashes with in the database (goledger_append)."""
-    from app.ledger.audit import canonical_encoding, chain_hash, encoding_tail
+    from app.ledger.audit import canonical_encoding, chain_hash
+    from app.ledger.records import RecordDraft
 
     some_traffic(client)
     for record in ledger_of(app).audit_page(limit=500, cursor=None).transactions:
-        tail = encoding_tail(
-            record.id,
-            record.type,
-            record.source,
-            record.target,
-            record.amount,
-            record.status,
-            record.reason,
-            record.created_at,
-        )
+        draft = RecordDraft(record.type, record.source, record.target, record.amount, record.reason)
+        tail = draft.tail(record.id, record.created_at)
         assert b"[" + str(record.sequence).encode() + tail == canonical_encoding(record)
         assert chain_hash(record.previous_hash, record) == record.hash

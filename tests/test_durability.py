@@ -23,10 +23,10 @@ from app.ledger.errors import (
     LedgerError,
     StorageUnavailable,
 )
-from app.ledger.journal import DataDirLocked, JournalCorrupt, read_directory
 from app.ledger.memory import MockDB
+from app.ledger.memory.files import DataDirLocked, JournalCorrupt, read_directory
+from app.ledger.memory.recovery import snapshot_lsn
 from app.ledger.model import BatchItem, Deadline, HoldStatus, OperationType
-from app.ledger.recovery import snapshot_lsn
 from tests.drivers import MemoryDriver
 from tests.threads import JOIN_TIMEOUT_S, run_together
 
@@ -382,7 +382,7 @@ def test_the_journal_snapshots_itself_past_its_bound(tmp_path: Path) -> None:
     _seed(store, balance=10_000)
     for _ in range(40):
         store.transfer("alice", "bob", 1, deadline=_deadline())
-    thread = MemoryDriver(store).snapshot_thread()
+    thread = store.snapshot_thread
     assert thread is not None  # the bound was crossed: a snapshot was started
     thread.join(JOIN_TIMEOUT_S)
     assert not thread.is_alive()
@@ -412,7 +412,7 @@ def test_a_damaged_snapshot_stops_the_start(tmp_path: Path) -> None:
 
 def test_an_edited_journal_breaks_the_chain_and_verify_says_so(tmp_path: Path) -> None:
     """Tampering that keeps the framing valid (the CRC recomputed) is caught by the hash chain."""
-    from app.ledger import journal as journal_files
+    from app.ledger.memory import files as journal_files
 
     store = _open(tmp_path)
     _seed(store)
@@ -472,7 +472,7 @@ def test_a_read_only_open_changes_nothing(tmp_path: Path) -> None:
 def test_a_failed_automatic_snapshot_is_not_retried_on_every_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.ledger import journal as journal_files
+    from app.ledger.memory import files as journal_files
 
     attempts: list[int] = []
 
@@ -486,7 +486,7 @@ def test_a_failed_automatic_snapshot_is_not_retried_on_every_write(
         _seed(store, balance=10_000)
         for _ in range(20):
             store.transfer("alice", "bob", 1, deadline=_deadline())
-            thread = MemoryDriver(store).snapshot_thread()
+            thread = store.snapshot_thread
             if thread is not None:
                 thread.join(JOIN_TIMEOUT_S)
         assert attempts == [1]  # one attempt; the next waits SNAPSHOT_RETRY_S
@@ -555,7 +555,7 @@ def test_a_retry_waiting_on_a_key_is_not_answered_when_the_first_request_cannot_
 def test_a_snapshot_that_fails_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.ledger import journal as journal_files
+    from app.ledger.memory import files as journal_files
 
     def half_written(temporary: Path, payloads: object) -> int:
         temporary.write_bytes(b"GOLEDGER-SNAP-01 half of it")

@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app.ledger.errors import HoldNotPending
-from app.ledger.holds import ExpirySweeper
+from app.ledger.memory.holds import ExpirySweeper
 from app.ledger.model import (
     DEFAULT_HOLD_TIMEOUT_S,
     MAX_BALANCE,

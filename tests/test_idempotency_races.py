@@ -21,10 +21,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from app.ledger.audit import GENESIS_HASH, sealed_record
+from app.ledger.audit import GENESIS_HASH
 from app.ledger.errors import IdempotencyKeyReused, IdempotencyStoreFull, OperationTimeout
-from app.ledger.idempotency import IdempotencyTable, Outcome
 from app.ledger.memory import MockDB
+from app.ledger.memory.keys import IdempotencyTable
 from app.ledger.model import (
     AccountView,
     Deadline,
@@ -35,6 +35,8 @@ from app.ledger.model import (
     new_id,
     utc_now_iso,
 )
+from app.ledger.outcomes import Outcome
+from app.ledger.records import RecordDraft
 from app.ledger.store import LedgerStore
 from tests.drivers import StoreDriver
 from tests.stores import ADMIN_TOKEN
@@ -172,18 +174,8 @@ class FakeClock:
 
 def a_result(amount: int = 1) -> OperationResult:
     """A stand-in result for ``IdempotencyTable`` tests (the table never looks inside)."""
-    record = sealed_record(
-        GENESIS_HASH,
-        1,
-        new_id("tx_"),
-        OperationType.DEPOSIT,
-        None,
-        "aaron",
-        amount,
-        Status.SUCCESS,
-        None,
-        utc_now_iso(),
-    )
+    draft = RecordDraft(OperationType.DEPOSIT, None, "aaron", amount)
+    record = draft.seal(GENESIS_HASH, 1, new_id("tx_"), utc_now_iso())
     return OperationResult(record, AccountView("aaron", amount, 1))
 
 

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from app.ledger import journal as journal_files
-from app.ledger.journal import (
+from app.ledger.memory import files as journal_files
+from app.ledger.memory.files import (
     SEGMENT_MAGIC,
     DataDirectory,
     DataDirLocked,
-    Journal,
     JournalCorrupt,
     JournalUnavailable,
     read_directory,
     segment_name,
 )
+from app.ledger.memory.journal import Journal
 from tests.threads import JOIN_TIMEOUT_S
 
 
@@ -302,7 +302,7 @@ def test_one_owner_per_directory_across_processes(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys; from pathlib import Path; from app.ledger.journal import DataDirectory; "
+                "import sys; from pathlib import Path; from app.ledger.memory.files import DataDirectory; "
                 "DataDirectory(Path(sys.argv[1]))",
                 str(tmp_path),
             ],

@@ -20,10 +20,10 @@ from flask import Flask
 from app import create_app
 from app.auth import token_digest
 from app.ledger.errors import OperationTimeout
-from app.ledger.idempotency import Outcome
 from app.ledger.model import AccountView, Deadline, HoldStatus, OperationResult, OperationType, Status
-from app.ledger.pgschema import migrate, migrations, schema_version
+from app.ledger.outcomes import Outcome
 from app.ledger.postgres import PostgresStore
+from app.ledger.postgres.schema import migrate, migrations, schema_version
 from tests.clocks import FakeClock
 from tests.drivers import driver_for
 from tests.servers import gunicorn_server

@@ -52,7 +52,6 @@ from app.ledger.errors import (
     IdempotencyKeyReused,
     LedgerError,
 )
-from app.ledger.idempotency import Outcome
 from app.ledger.memory import MockDB
 from app.ledger.model import (
     MAX_AMOUNT,
@@ -70,6 +69,7 @@ from app.ledger.model import (
     Transaction,
     iso_from_epoch,
 )
+from app.ledger.outcomes import Outcome
 from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
 from tests.drivers import driver_for

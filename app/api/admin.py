@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from app.api.common import audit_record_json, request_deadline, store
+from app.api.common import audit_record_json, request_deadline
 from app.auth import authenticate_admin, new_token, token_digest
+from app.extensions import admin_digest, store
 from app.ledger.errors import InvalidInput
 from app.params import (
     DEFAULT_PAGE_LIMIT,
@@ -22,7 +23,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 @bp.before_request
 def _require_admin() -> None:
-    authenticate_admin(current_app.extensions["ledger_admin_digest"], request.headers.get("Authorization"))
+    authenticate_admin(admin_digest(), request.headers.get("Authorization"))
 
 
 @bp.post("/accounts")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from app.api.common import authenticated_caller, etag, request_deadline, store
+from app.api.common import authenticated_caller, etag, request_deadline
+from app.extensions import store
 
 bp = Blueprint("balance", __name__)
 

@@ -11,8 +11,8 @@ from flask import Blueprint, Response
 
 from app.api.common import MoneyRequest, run_money_operation
 from app.ledger.errors import Forbidden, InvalidInput, LedgerError
-from app.ledger.idempotency import Result
 from app.ledger.model import MAX_BATCH_ITEMS, BatchItem, Deadline, OperationType
+from app.ledger.outcomes import Result
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_amount, parse_username
 

@@ -8,27 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, jsonify, request
 
 from app.auth import authenticate
-from app.config import Config
 from app.errors import error_response
+from app.extensions import config, store
 from app.ledger.errors import LedgerError
-from app.ledger.idempotency import Result
 from app.ledger.model import AccountView, BatchResult, Deadline, Hold, HoldResult, ItemOutcome, Transaction
+from app.ledger.outcomes import Result
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_idempotency_key, parse_if_match, parse_timeout_ms
-
-
-def store() -> LedgerStore:
-    """The application's ledger store (created once, in ``create_app``)."""
-    ledger: LedgerStore = current_app.extensions["ledger"]
-    return ledger
-
-
-def config() -> Config:
-    settings: Config = current_app.extensions["ledger_config"]
-    return settings
 
 
 def request_deadline() -> Deadline:

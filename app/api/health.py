@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from app.api.common import store
+from app.extensions import store
 
 bp = Blueprint("health", __name__)
 

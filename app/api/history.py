@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from app.api.common import authenticated_caller, request_deadline, store, transaction_json
+from app.api.common import authenticated_caller, request_deadline, transaction_json
+from app.extensions import store
 from app.params import DEFAULT_PAGE_LIMIT, parse_cursor, parse_limit
 
 bp = Blueprint("history", __name__)

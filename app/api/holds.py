@@ -17,11 +17,11 @@ from app.api.common import (
     hold_json,
     request_deadline,
     run_money_operation,
-    store,
 )
+from app.extensions import store
 from app.ledger.errors import HoldNotFound, InvalidInput
-from app.ledger.idempotency import Result
 from app.ledger.model import DEFAULT_HOLD_TIMEOUT_S, Deadline
+from app.ledger.outcomes import Result
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_amount, parse_hold_timeout, parse_username
 

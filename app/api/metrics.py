@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 from prometheus_client import generate_latest
+
+from app.extensions import observability
 
 bp = Blueprint("metrics", __name__)
 
@@ -13,5 +15,5 @@ _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    registry = current_app.extensions["ledger_observability"].registry
+    registry = observability().registry
     return Response(generate_latest(registry), mimetype=None, content_type=_CONTENT_TYPE)

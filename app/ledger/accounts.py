@@ -1,13 +1,17 @@
-"""The mutable state of one account while a store works on it.
+"""The mutable state of accounts and holds while a store works on them.
 
-``MockDB`` keeps one per account, touched only under its write lock; the PostgreSQL
-store copies locked rows into them for the length of one transaction. Either way
-the rules in ``app.ledger.rules`` change them.
+``MockDB`` keeps one ``AccountState`` per account and one ``HoldState`` per hold,
+touched only under its write lock; the PostgreSQL store copies locked rows into
+them for the length of one transaction. Either way only the rules in
+``app.ledger.rules`` change them.
 """
 
 from __future__ import annotations
 
-from app.ledger.model import AccountView
+from collections.abc import Sequence
+from typing import Any
+
+from app.ledger.model import AccountView, Hold, HoldStatus, iso_from_epoch
 
 
 class AccountState:
@@ -41,3 +45,59 @@ class AccountState:
     def row(self) -> list[int]:
         """The state as a journal entry keeps it: ``[balance, held, version]``."""
         return [self.balance, self.held, self.version]
+
+
+class HoldState:
+    """One hold: ``amount`` of ``source``'s money reserved for ``target`` until ``expires_at_s``."""
+
+    __slots__ = ("amount", "captured", "created_at", "expires_at_s", "id", "source", "status", "target")
+
+    def __init__(
+        self,
+        hold_id: str,
+        source: str,
+        target: str,
+        amount: int,
+        expires_at_s: float,
+        created_at: str,
+        status: HoldStatus = HoldStatus.PENDING,
+        captured: int = 0,
+    ) -> None:
+        self.id = hold_id
+        self.source = source
+        self.target = target
+        self.amount = amount
+        self.expires_at_s = expires_at_s
+        self.created_at = created_at
+        self.status = status
+        self.captured = captured
+
+    def view(self) -> Hold:
+        return Hold(
+            self.id,
+            self.source,
+            self.target,
+            self.amount,
+            self.captured,
+            self.status,
+            iso_from_epoch(self.expires_at_s),
+            self.created_at,
+        )
+
+    def row(self) -> list[object]:
+        """The hold as the journal, a snapshot and the database's columns keep it."""
+        return [
+            self.id,
+            self.source,
+            self.target,
+            self.amount,
+            self.captured,
+            self.status.value,
+            self.expires_at_s,
+            self.created_at,
+        ]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> HoldState:
+        hold_id, source, target, amount, captured, status, expires_at_s, created_at = row
+        return cls(hold_id, source, target, amount, expires_at_s, created_at, HoldStatus(status), captured)

@@ -9,13 +9,11 @@ snapshot under their own locks and verify outside them.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
 from app.ledger.model import Hold, HoldStatus, OperationType, Status, Transaction
+from app.ledger.records import digest, encode
 
 GENESIS_HASH = "0" * 64
 
@@ -25,46 +23,9 @@ _CREDITS = (OperationType.OPEN, OperationType.DEPOSIT)
 _MOVES = (OperationType.TRANSFER, OperationType.CAPTURE)
 
 
-def _encode(
-    sequence: int,
-    record_id: str,
-    kind: OperationType,
-    source: str | None,
-    target: str | None,
-    amount: int,
-    status: Status,
-    reason: str | None,
-    created_at: str,
-) -> bytes:
-    # orjson writes exactly what json.dumps(separators=(",", ":")) would for these
-    # ASCII strings, integers and nulls, in a tenth of the time.
-    return orjson.dumps(
-        [sequence, record_id, str(kind), source, target, amount, str(status), reason, created_at]
-    )
-
-
-def encoding_tail(
-    record_id: str,
-    kind: OperationType,
-    source: str | None,
-    target: str | None,
-    amount: int,
-    status: Status,
-    reason: str | None,
-    created_at: str,
-) -> bytes:
-    """A record's canonical encoding after its sequence number.
-
-    ``canonical_encoding(record) == b"[" + str(record.sequence).encode() + tail``:
-    what a store that numbers records elsewhere (PostgreSQL, under its chain lock)
-    needs to seal them with ``chain_hash``'s exact bytes.
-    """
-    return _encode(0, record_id, kind, source, target, amount, status, reason, created_at)[2:]
-
-
 def canonical_encoding(record: Transaction) -> bytes:
-    """The bytes a record's hash covers: every field but the hashes, in a fixed order."""
-    return _encode(
+    """The bytes a record's hash covers (``app.ledger.records.encode``)."""
+    return encode(
         record.sequence,
         record.id,
         record.type,
@@ -79,40 +40,6 @@ def canonical_encoding(record: Transaction) -> bytes:
 
 def chain_hash(previous_hash: str, record: Transaction) -> str:
     return digest(previous_hash, canonical_encoding(record))
-
-
-def digest(previous_hash: str, encoding: bytes) -> str:
-    """The chain hash of a record whose canonical encoding is ``encoding``."""
-    return hashlib.sha256(previous_hash.encode("ascii") + encoding).hexdigest()
-
-
-def sealed_record(
-    previous_hash: str,
-    sequence: int,
-    record_id: str,
-    kind: OperationType,
-    source: str | None,
-    target: str | None,
-    amount: int,
-    status: Status,
-    reason: str | None,
-    created_at: str,
-) -> Transaction:
-    """A new record, chained to ``previous_hash``."""
-    encoding = _encode(sequence, record_id, kind, source, target, amount, status, reason, created_at)
-    return Transaction(
-        record_id,
-        sequence,
-        kind,
-        source,
-        target,
-        amount,
-        status,
-        reason,
-        created_at,
-        previous_hash,
-        digest(previous_hash, encoding),
-    )
 
 
 @dataclass(frozen=True, slots=True)

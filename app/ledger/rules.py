@@ -1,10 +1,10 @@
 """The ledger's business rules on mutable account state, with no storage behind them.
 
-The PostgreSQL store locks the rows an operation touches, copies them into
-``AccountState`` objects, applies these rules and writes back what changed. The
-rules raise before they change anything, so a refused operation leaves its
-accounts exactly as they were. The embedded ``MockDB`` applies the same rules to
-its own ``AccountState`` objects under its write lock.
+Every money and hold rule lives here once. The PostgreSQL store locks the rows an
+operation touches, copies them into ``AccountState``/``HoldState`` objects, applies
+these rules and writes back what changed; the embedded ``MockDB`` applies them to
+its own objects under its write lock. The rules raise before they change anything,
+so a refused operation leaves its accounts and holds exactly as they were.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import binascii
 import re
 from collections.abc import Callable, Sequence
 
-from app.ledger.accounts import AccountState
+from app.ledger.accounts import AccountState, HoldState
 from app.ledger.errors import (
     AccountNotFound,
     BalanceOverflow,
     BatchFailed,
+    HoldNotFound,
+    HoldNotPending,
     InsufficientFunds,
     InvalidInput,
     LedgerError,
@@ -32,6 +34,9 @@ from app.ledger.model import (
     MAX_HOLD_TIMEOUT_S,
     MIN_HOLD_TIMEOUT_S,
     BatchItem,
+    Deadline,
+    HoldStatus,
+    OperationResult,
     OperationType,
 )
 
@@ -85,9 +90,7 @@ def roles(username: str, item: BatchItem) -> tuple[str | None, str | None]:
 
 def apply_item(lookup: Callable[[str], AccountState | None], username: str, item: BatchItem) -> None:
     """Check, then apply, one money operation; a failing check raises before any change."""
-    caller = lookup(username)
-    if caller is None:
-        raise AccountNotFound(f"Account {username} does not exist.")
+    caller = existing(lookup, username)
     if item.kind is OperationType.DEPOSIT:
         check_credit(caller, item.amount)
         caller.balance += item.amount
@@ -101,9 +104,7 @@ def apply_item(lookup: Callable[[str], AccountState | None], username: str, item
         return
     if item.kind is not OperationType.TRANSFER or item.target is None:
         raise StoreInvariantBroken(f"not a money operation: {item}")
-    target = lookup(item.target)
-    if target is None:
-        raise AccountNotFound(f"Account {item.target} does not exist.")
+    target = existing(lookup, item.target)
     if target is caller:
         raise InvalidInput("same_account", "Cannot transfer to the same account.")
     check_funds(caller, item.amount)
@@ -113,6 +114,89 @@ def apply_item(lookup: Callable[[str], AccountState | None], username: str, item
     target.balance += item.amount
     target.version += 1
     check_account(caller)
+
+
+def reserve(
+    lookup: Callable[[str], AccountState | None],
+    username: str,
+    target: str,
+    amount: int,
+    expected_version: int | None = None,
+) -> AccountState:
+    """Check, then reserve ``amount`` of the caller's available money for ``target``.
+
+    Returns the caller's account; the store records the new ``HoldState``.
+    """
+    caller = existing(lookup, username)
+    check_version(caller, expected_version)
+    if lookup(target) is None:
+        raise AccountNotFound(f"Account {target} does not exist.")
+    if target == username:
+        raise InvalidInput("same_account", "The payer and the payee are the same account.")
+    check_funds(caller, amount)
+    caller.held += amount
+    caller.version += 1
+    check_account(caller)
+    return caller
+
+
+def check_hold_of(hold: HoldState | None, username: str, hold_id: str) -> HoldState:
+    """The hold, if ``username`` is one of its parties (anyone else is told it does not exist)."""
+    if hold is None or username not in (hold.source, hold.target):
+        raise HoldNotFound(f"No hold {hold_id} of yours.")
+    return hold
+
+
+def check_pending(
+    lookup: Callable[[str], AccountState | None],
+    hold: HoldState,
+    username: str,
+    expected_version: int | None,
+) -> None:
+    """A capture or void may go ahead: the hold is still pending, the caller's version as expected."""
+    if hold.status is not HoldStatus.PENDING:
+        raise HoldNotPending(f"The hold is {hold.status.value}, no longer PENDING.")
+    check_version(existing(lookup, username), expected_version)
+
+
+def captured_amount(hold: HoldState, amount: int | None) -> int:
+    """How much a capture moves: ``amount``, or the whole hold."""
+    captured = hold.amount if amount is None else amount
+    if captured > hold.amount:
+        raise InvalidInput("invalid_amount", f"The hold is for {hold.amount} coins, {captured} requested.")
+    return captured
+
+
+def capture(lookup: Callable[[str], AccountState | None], hold: HoldState, amount: int | None) -> int:
+    """Move ``amount`` (default: all) of a pending hold to its payee and release the rest;
+    the amount moved."""
+    captured = captured_amount(hold, amount)
+    source, target = existing(lookup, hold.source), existing(lookup, hold.target)
+    check_credit(target, captured)
+    release(source, hold, HoldStatus.CAPTURED, captured)
+    source.balance -= captured
+    target.balance += captured
+    target.version += 1
+    check_account(source)
+    return captured
+
+
+def release(source: AccountState, hold: HoldState, status: HoldStatus, captured: int = 0) -> None:
+    """Resolve a pending hold (``source`` is its payer): free its money, set its final status."""
+    if hold.status is not HoldStatus.PENDING or hold.source != source.username:
+        raise StoreInvariantBroken(f"hold {hold.id} released twice or against the wrong account")
+    source.held -= hold.amount
+    source.version += 1
+    check_account(source)
+    hold.status = status
+    hold.captured = captured
+
+
+def existing(lookup: Callable[[str], AccountState | None], username: str) -> AccountState:
+    account = lookup(username)
+    if account is None:
+        raise AccountNotFound(f"Account {username} does not exist.")
+    return account
 
 
 def apply_batch(
@@ -201,3 +285,40 @@ def decode_cursor(cursor: str, pattern: re.Pattern[str]) -> int:
 def check_limit(limit: int) -> None:
     if limit < 1:
         raise InvalidInput("invalid_limit", "The limit must be at least 1.")
+
+
+class SingleOperations:
+    """``deposit``, ``withdraw`` and ``transfer``: each one item run by the store's ``_run_one``.
+
+    Both stores inherit these three entry points, so that they are spelled once;
+    ``_run_one`` applies ``apply_item`` under the store's own locking.
+    """
+
+    def _run_one(
+        self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
+    ) -> OperationResult:
+        raise NotImplementedError
+
+    def deposit(
+        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
+    ) -> OperationResult:
+        return self._run_one(username, BatchItem(OperationType.DEPOSIT, amount), deadline, expected_version)
+
+    def withdraw(
+        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
+    ) -> OperationResult:
+        return self._run_one(
+            username, BatchItem(OperationType.WITHDRAWAL, amount), deadline, expected_version
+        )
+
+    def transfer(
+        self,
+        username: str,
+        target: str,
+        amount: int,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> OperationResult:
+        item = BatchItem(OperationType.TRANSFER, amount, target)
+        return self._run_one(username, item, deadline, expected_version)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.ledger.audit import Verification
-from app.ledger.idempotency import Outcome, Result
 from app.ledger.model import (
     AccountView,
     BatchItem,
@@ -22,6 +21,7 @@ from app.ledger.model import (
     OperationResult,
     Page,
 )
+from app.ledger.outcomes import Outcome, Result
 
 #: Upper bounds (seconds) of the lock-wait histogram's buckets; +Inf is implied.
 LOCK_WAIT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)

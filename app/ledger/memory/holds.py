@@ -2,6 +2,8 @@
 
 ``HoldBook`` has no lock of its own: it is part of the ledger's state and every
 method must be called with ``MockDB._rw`` held for writing (reads: for reading).
+The rules that change a hold are ``app.ledger.rules``'; the book indexes holds and
+notes which changed, so that the journal entry of the change carries them.
 
 ``ExpirySweeper`` is a single daemon thread with a deadline-ordered heap. Its
 condition variable guards only the heap; it is never held while the thread takes
@@ -17,39 +19,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from app.ledger.model import Hold, HoldStatus, iso_from_epoch
+from app.ledger.accounts import HoldState
+from app.ledger.model import Hold, HoldStatus
 
 _log = logging.getLogger("goledger.holds")
-
-
-class HoldState:
-    """Mutable state of one hold (under the owner's write lock only)."""
-
-    __slots__ = ("amount", "captured", "created_at", "expires_at_s", "id", "source", "status", "target")
-
-    def __init__(
-        self, hold_id: str, source: str, target: str, amount: int, expires_at_s: float, created_at: str
-    ) -> None:
-        self.id = hold_id
-        self.source = source
-        self.target = target
-        self.amount = amount
-        self.captured = 0
-        self.status = HoldStatus.PENDING
-        self.expires_at_s = expires_at_s
-        self.created_at = created_at
-
-    def view(self) -> Hold:
-        return Hold(
-            self.id,
-            self.source,
-            self.target,
-            self.amount,
-            self.captured,
-            self.status,
-            iso_from_epoch(self.expires_at_s),
-            self.created_at,
-        )
 
 
 class HoldBook:
@@ -58,11 +31,18 @@ class HoldBook:
     def __init__(self) -> None:
         self._holds: dict[str, HoldState] = {}
         self._pending: dict[str, set[str]] = {}
+        self._changed: list[HoldState] = []
 
     def add(self, state: HoldState) -> None:
         self._holds[state.id] = state
         for name in (state.source, state.target):
             self._pending.setdefault(name, set()).add(state.id)
+        self._changed.append(state)
+
+    def drain_changed(self) -> list[HoldState]:
+        """The holds added or resolved since the last call (what a journal entry carries)."""
+        changed, self._changed = self._changed, []
+        return changed
 
     def put(self, state: HoldState) -> None:
         """Set a hold as the journal or a snapshot has it (replay: new or changed)."""
@@ -85,10 +65,9 @@ class HoldBook:
     def get(self, hold_id: str) -> HoldState | None:
         return self._holds.get(hold_id)
 
-    def settle(self, state: HoldState, status: HoldStatus, captured: int = 0) -> None:
-        """Resolve a pending hold exactly once."""
-        state.status = status
-        state.captured = captured
+    def resolved(self, state: HoldState) -> None:
+        """Note that a rule resolved this hold: it is pending no more."""
+        self._changed.append(state)
         for name in (state.source, state.target):
             pending = self._pending.get(name)
             if pending is not None:

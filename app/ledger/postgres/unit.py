@@ -24,16 +24,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import psycopg
 from psycopg.rows import TupleRow
 
-from app.ledger.accounts import AccountState
-from app.ledger.audit import encoding_tail
+from app.ledger import rules
+from app.ledger.accounts import AccountState, HoldState
 from app.ledger.errors import CommitOutcomeUnknown
-from app.ledger.model import Deadline, HoldStatus, OperationType, Status, Transaction, new_id, utc_now_iso
-from app.ledger.rules import check_account
+from app.ledger.model import Deadline, HoldStatus, OperationType, Transaction, new_id, utc_now_iso
+from app.ledger.records import RecordDraft, success
 
 _log = logging.getLogger("goledger.postgres")
 
@@ -103,36 +102,6 @@ def run_script(
             return results
 
 
-@dataclass(frozen=True, slots=True)
-class RecordSpec:
-    """An audit record still to be sealed: ``failure`` is its reason (``None``: SUCCESS);
-    ``parties`` are the accounts whose history shows it."""
-
-    kind: OperationType
-    source: str | None
-    target: str | None
-    amount: int
-    failure: str | None
-    parties: tuple[str, ...]
-
-
-def success(kind: OperationType, source: str | None, target: str | None, amount: int) -> RecordSpec:
-    parties = tuple(name for name in (source, target) if name is not None)
-    return RecordSpec(kind, source, target, amount, None, parties)
-
-
-@dataclass(slots=True)
-class HoldRow:
-    id: str
-    source: str
-    target: str
-    amount: int
-    captured: int
-    status: HoldStatus
-    expires_at_s: float
-    created_at: str
-
-
 class Restart(Exception):
     """The transaction must start again with more accounts locked (never out of order)."""
 
@@ -168,10 +137,10 @@ class Unit:
         self.committed = False
         self.accounts: dict[str, AccountState] = {}
         self._original: dict[str, tuple[int, int, int]] = {}
-        self.records: list[RecordSpec] = []
+        self.records: list[RecordDraft] = []
         self.outcomes: list[tuple[str, str]] = []
-        self.new_holds: list[HoldRow] = []
-        self.settled: dict[str, HoldRow] = {}
+        self.new_holds: list[HoldState] = []
+        self.settled: dict[str, HoldState] = {}
         self.lock_wait_s = 0.0
         self._url = url
 
@@ -208,9 +177,7 @@ class Unit:
         for hold_id, source, target, amount in due_holds:
             if hold_id in self.settled:
                 continue
-            self.release(
-                HoldRow(hold_id, source, target, amount, 0, HoldStatus.PENDING, 0.0, ""), HoldStatus.EXPIRED
-            )
+            self.release(HoldState(hold_id, source, target, amount, 0.0, ""), HoldStatus.EXPIRED)
             self.records.append(success(OperationType.EXPIRE, source, target, amount))
             self.outcomes.append((OperationType.EXPIRE.value, "success"))
 
@@ -224,37 +191,31 @@ class Unit:
         self.accounts[account.username] = account
         self._original[account.username] = account.key()
 
-    def release(self, hold: HoldRow, status: HoldStatus, captured: int = 0) -> None:
-        """Settle a pending hold (its source's account is locked): free its money, record its status."""
-        source = self.accounts[hold.source]
-        source.held -= hold.amount
-        source.version += 1
-        check_account(source)
-        hold.status = status
-        hold.captured = captured
+    def release(self, hold: HoldState, status: HoldStatus) -> None:
+        """Release a pending hold whose payer's account is locked (void, expiry)."""
+        rules.release(self.accounts[hold.source], hold, status)
         self.settled[hold.id] = hold
+
+    def capture(self, hold: HoldState, amount: int | None) -> int:
+        """Capture a pending hold whose parties' accounts are locked; the amount moved."""
+        captured = rules.capture(self.accounts.get, hold, amount)
+        self.settled[hold.id] = hold
+        return captured
 
     # -- writing ----------------------------------------------------------------
 
-    def append(self, specs: Sequence[RecordSpec]) -> list[Transaction]:
+    def append(self, drafts: Sequence[RecordDraft]) -> list[Transaction]:
         """Write the changed accounts and holds, chain every pending record, commit if standalone.
 
         One message, one round trip: the writes, ``goledger_append`` (which takes the
         chain head's lock, numbers and hashes the records in the database) and the
-        ``COMMIT``. Returns the records of ``specs`` (the expiries before them are
+        ``COMMIT``. Returns the records of ``drafts`` (the expiries before them are
         chained too, first).
         """
-        self.records.extend(specs)
+        self.records.extend(drafts)
         created_at = utc_now_iso()
-        drafts = [
-            (
-                new_id("tx_"),
-                spec,
-                Status.SUCCESS if spec.failure is None else Status.FAILED,
-            )
-            for spec in self.records
-        ]
-        statements = [*self._changes(), (_APPEND, _append_parameters(drafts, created_at))]
+        numbered = [(new_id("tx_"), draft) for draft in self.records]
+        statements = [*self._changes(), (_APPEND, _append_parameters(numbered, created_at))]
         if self.deadline is not None:
             # The bounds set at BEGIN would give this message the whole budget again.
             statements.insert(0, _timeouts(self.deadline))
@@ -268,7 +229,7 @@ class Unit:
             # The COMMIT went out with the rest and no answer came back: the transaction
             # may have landed. Only finding its records settles it; anything else must not
             # be retried (a retry would apply it twice) nor audited as "nothing applied".
-            sealed = self._landed([record_id for record_id, _, _ in drafts])
+            sealed = self._landed([record_id for record_id, _ in numbered])
             if not sealed:
                 raise CommitOutcomeUnknown(
                     "The database connection broke while committing; the operation may or may not "
@@ -277,28 +238,14 @@ class Unit:
             _log.warning("the connection broke during COMMIT, but the transaction had landed")
         self.committed = self.commit
         records = [
-            Transaction(
-                record_id,
-                sequence,
-                spec.kind,
-                spec.source,
-                spec.target,
-                spec.amount,
-                status,
-                spec.failure,
-                created_at,
-                previous_hash,
-                digest,
-            )
-            for (record_id, spec, status), (sequence, previous_hash, digest) in zip(
-                drafts, sealed, strict=True
-            )
+            draft.sealed(record_id, sequence, created_at, previous_hash, digest)
+            for (record_id, draft), (sequence, previous_hash, digest) in zip(numbered, sealed, strict=True)
         ]
         self.records = []
         self._original = {name: account.key() for name, account in self.accounts.items()}
         self.new_holds = []
         self.settled = {}
-        return records[len(records) - len(specs) :]
+        return records[len(records) - len(drafts) :]
 
     def _changes(self) -> list[Statement]:
         """The writes of changed accounts, new holds and settled holds."""
@@ -342,40 +289,28 @@ class Unit:
         return rows if len(rows) == len(record_ids) else []
 
 
-def _append_parameters(
-    drafts: Sequence[tuple[str, RecordSpec, Status]], created_at: str
-) -> tuple[object, ...]:
+def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: str) -> tuple[object, ...]:
     """``goledger_append``'s arguments: one array per column, each record's encoding tail,
     and one (name, record position) pair per account whose history shows a record."""
-    parties = [(name, position) for position, (_, spec, _) in enumerate(drafts, 1) for name in spec.parties]
+    parties = [
+        (name, position) for position, (_, draft) in enumerate(numbered, 1) for name in draft.shown_to()
+    ]
+    drafts = [draft for _, draft in numbered]
     return (
-        [record_id for record_id, _, _ in drafts],
-        [spec.kind.value for _, spec, _ in drafts],
-        [spec.source for _, spec, _ in drafts],
-        [spec.target for _, spec, _ in drafts],
-        [spec.amount for _, spec, _ in drafts],
-        [status.value for _, _, status in drafts],
-        [spec.failure for _, spec, _ in drafts],
+        [record_id for record_id, _ in numbered],
+        [draft.kind.value for draft in drafts],
+        [draft.source for draft in drafts],
+        [draft.target for draft in drafts],
+        [draft.amount for draft in drafts],
+        [draft.status.value for draft in drafts],
+        [draft.reason for draft in drafts],
         [created_at] * len(drafts),
-        [
-            encoding_tail(
-                record_id, spec.kind, spec.source, spec.target, spec.amount, status, spec.failure, created_at
-            )
-            for record_id, spec, status in drafts
-        ],
+        [draft.tail(record_id, created_at) for record_id, draft in numbered],
         [name for name, _ in parties],
         [position for _, position in parties],
     )
 
 
-def _columns(holds: list[HoldRow]) -> tuple[object, ...]:
-    return (
-        [hold.id for hold in holds],
-        [hold.source for hold in holds],
-        [hold.target for hold in holds],
-        [hold.amount for hold in holds],
-        [hold.captured for hold in holds],
-        [hold.status.value for hold in holds],
-        [hold.expires_at_s for hold in holds],
-        [hold.created_at for hold in holds],
-    )
+def _columns(holds: list[HoldState]) -> tuple[object, ...]:
+    """The new holds as one array per column of ``holds``."""
+    return tuple(list(column) for column in zip(*(hold.row() for hold in holds), strict=True))

@@ -13,13 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.ledger import persistence
-from app.ledger.accounts import AccountState
+from app.ledger.accounts import AccountState, HoldState
 from app.ledger.audit import GENESIS_HASH
-from app.ledger.holds import HoldBook, HoldState
-from app.ledger.idempotency import IdempotencyTable
-from app.ledger.journal import FileScan, Frame, JournalCorrupt, JournalError, Recovered
-from app.ledger.model import HoldStatus, Transaction
+from app.ledger.memory import persistence
+from app.ledger.memory.files import FileScan, Frame, JournalCorrupt, JournalError, Recovered
+from app.ledger.memory.holds import HoldBook
+from app.ledger.memory.keys import IdempotencyTable
+from app.ledger.model import Transaction
+from app.ledger.outcomes import outcome_from_row
 
 
 @dataclass
@@ -75,27 +76,6 @@ def snapshot_lsn(header: Frame) -> int:
     return lsn
 
 
-def hold_row(state: HoldState) -> persistence.Row:
-    return [
-        state.id,
-        state.source,
-        state.target,
-        state.amount,
-        state.captured,
-        state.status.value,
-        state.expires_at_s,
-        state.created_at,
-    ]
-
-
-def hold_state(row: persistence.Row) -> HoldState:
-    hold_id, source, target, amount, captured, status, expires_at_s, created_at = row
-    state = HoldState(hold_id, source, target, amount, expires_at_s, created_at)
-    state.captured = captured
-    state.status = HoldStatus(status)
-    return state
-
-
 class _Loader:
     def __init__(self, idempotency: IdempotencyTable) -> None:
         self.state = LedgerState()
@@ -117,7 +97,7 @@ class _Loader:
             for name, digest in entry.get("c", {}).items():
                 state.credentials[name] = bytes.fromhex(digest)
             for row in entry.get("h", ()):
-                state.holds.put(hold_state(row))
+                state.holds.put(HoldState.from_row(row))
             if "i" in entry:
                 self._key(entry["i"])
         except (KeyError, TypeError, ValueError) as error:
@@ -162,7 +142,7 @@ class _Loader:
                 state.credentials[username] = bytes.fromhex(digest)
         elif name == "holds":
             for row in rows:
-                state.holds.put(hold_state(row))
+                state.holds.put(HoldState.from_row(row))
         elif name == "index":
             for username, sequences in rows:
                 state.records_by_account[username] = sequences
@@ -209,5 +189,5 @@ class _Loader:
     def _key(self, row: persistence.Row) -> None:
         username, key, fingerprint, created_at, outcome = row
         audit = self.state.audit
-        result = persistence.outcome_from_row(outcome, lambda sequence: audit[sequence - 1])
+        result = outcome_from_row(outcome, lambda sequence: audit[sequence - 1])
         self._idempotency.restore(username, key, fingerprint, created_at, result)

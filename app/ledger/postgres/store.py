@@ -49,23 +49,20 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from app.ledger import pgschema
-from app.ledger.accounts import AccountState
+from app.ledger import rules
+from app.ledger.accounts import HoldState
 from app.ledger.audit import GENESIS_HASH, AccountSnapshot, Verification, check_chain, verify_ledger
 from app.ledger.counters import OperationCounters
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
     HoldNotFound,
-    HoldNotPending,
     IdempotencyKeyReused,
-    InvalidInput,
     LedgerError,
     OperationTimeout,
     StoreInvariantBroken,
     VersionConflict,
 )
-from app.ledger.idempotency import Outcome, Result
 from app.ledger.model import (
     MAX_BALANCE,
     AccountView,
@@ -81,22 +78,20 @@ from app.ledger.model import (
     Page,
     Status,
     Transaction,
-    iso_from_epoch,
     new_id,
     utc_now_iso,
 )
-from app.ledger.persistence import outcome_from_row, outcome_row
-from app.ledger.pgunit import HoldRow, RecordSpec, Restart, Unit, begin_within, run_script, success
+from app.ledger.outcomes import Outcome, Result, outcome_from_row, outcome_row
+from app.ledger.postgres import schema
+from app.ledger.postgres.unit import Restart, Unit, begin_within, run_script
+from app.ledger.records import RecordDraft, success
 from app.ledger.rules import (
     AUDIT_CURSOR,
     HISTORY_CURSOR,
     apply_batch,
     apply_item,
-    check_account,
     check_amount,
     check_batch,
-    check_credit,
-    check_funds,
     check_hold_timeout,
     check_limit,
     check_version,
@@ -171,7 +166,7 @@ _ALL_RECORDS = f"SELECT {_RECORD} FROM audit a ORDER BY a.sequence"  # noqa: S60
 class _Abort(Exception):
     """A database failure inside an idempotency key's transaction; the key's loop decides."""
 
-    def __init__(self, retry: bool, label: str, specs: Sequence[RecordSpec]) -> None:
+    def __init__(self, retry: bool, label: str, specs: Sequence[RecordDraft]) -> None:
         super().__init__(f"{label}: {'retry' if retry else 'timeout'}")
         self.retry = retry
         self.label = label
@@ -205,21 +200,9 @@ def _record(row: TupleRow) -> Transaction:
     )  # fmt: skip
 
 
-def _hold_row(row: TupleRow) -> HoldRow:
-    hold_id, source, target, amount, captured, status, expires_at_s, created_at = row
-    return HoldRow(hold_id, source, target, amount, captured, HoldStatus(status), expires_at_s, created_at)
-
-
-def _hold_view(hold: HoldRow) -> Hold:
-    return Hold(
-        hold.id, hold.source, hold.target, hold.amount, hold.captured, hold.status,
-        iso_from_epoch(hold.expires_at_s), hold.created_at,
-    )  # fmt: skip
-
-
 def _failed(kind: OperationType, source: str | None, target: str | None, amount: int, reason: str,
-            parties: tuple[str, ...]) -> RecordSpec:  # fmt: skip
-    return RecordSpec(kind, source, target, amount, reason, parties)
+            parties: tuple[str, ...]) -> RecordDraft:  # fmt: skip
+    return RecordDraft(kind, source, target, amount, reason, parties)
 
 
 class PostgresStore:
@@ -237,7 +220,7 @@ class PostgresStore:
         migrate: bool = True,
     ) -> None:
         if migrate:
-            pgschema.migrate(url)
+            schema.migrate(url)
         self._url = url
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             url,
@@ -271,7 +254,7 @@ class PostgresStore:
     # -- the transaction runner --------------------------------------------------
 
     def _write(
-        self, label: str, deadline: Deadline, work: Callable[[Unit], T], timeout_specs: Sequence[RecordSpec]
+        self, label: str, deadline: Deadline, work: Callable[[Unit], T], timeout_specs: Sequence[RecordDraft]
     ) -> T:
         """Run ``work`` in one transaction, retried within the deadline; inside an idempotency
         key's transaction when there is one (then that transaction commits)."""
@@ -331,7 +314,7 @@ class PostgresStore:
         connection: Connection,
         label: str,
         work: Callable[[Unit], T],
-        timeout_specs: Sequence[RecordSpec],
+        timeout_specs: Sequence[RecordDraft],
     ) -> T:
         extra: set[str] = self._local.extra
         unit = Unit(connection, now_s=self._clock(), commit=False, url=self._url, extra=extra)
@@ -347,7 +330,7 @@ class PostgresStore:
         return result
 
     def _timed_out(
-        self, label: str, specs: Sequence[RecordSpec], started: float, budget_s: float
+        self, label: str, specs: Sequence[RecordDraft], started: float, budget_s: float
     ) -> OperationTimeout:
         """Count a timeout and audit it apart (it applied nothing); the error to raise.
 
@@ -365,7 +348,7 @@ class PostgresStore:
                 _log.warning("could not audit a timed-out %s", label, exc_info=True)
         return error
 
-    def _append_alone(self, specs: Sequence[RecordSpec], deadline: Deadline) -> list[Transaction]:
+    def _append_alone(self, specs: Sequence[RecordDraft], deadline: Deadline) -> list[Transaction]:
         def append(connection: Connection) -> list[Transaction]:
             unit = Unit(connection, now_s=self._clock(), commit=True, url=self._url, extra=set())
             unit.begin(deadline, ())
@@ -373,7 +356,7 @@ class PostgresStore:
 
         return self._read(append, deadline)
 
-    def _fail(self, unit: Unit, label: str, error: LedgerError, spec: RecordSpec) -> LedgerError:
+    def _fail(self, unit: Unit, label: str, error: LedgerError, spec: RecordDraft) -> LedgerError:
         """Audit a business failure in the operation's transaction; the error, carrying its record."""
         unit.outcomes.append((label, error.code))
         error.transaction = unit.append([spec])[0]
@@ -503,7 +486,7 @@ class PostgresStore:
         def work(unit: Unit) -> OperationResult:
             unit.begin(deadline, [name for name in (username, item.target) if name is not None])
             try:
-                caller = _existing(unit, username)
+                caller = rules.existing(unit.accounts.get, username)
                 check_version(caller, expected_version)
                 apply_item(unit.accounts.get, username, item)
             except LedgerError as error:
@@ -535,7 +518,7 @@ class PostgresStore:
 
         def work(unit: Unit) -> BatchResult:
             unit.begin(deadline, names)
-            caller = _existing(unit, username)
+            caller = rules.existing(unit.accounts.get, username)
             try:
                 check_version(caller, expected_version)
             except VersionConflict as error:
@@ -590,34 +573,16 @@ class PostgresStore:
         def work(unit: Unit) -> HoldResult:
             unit.begin(deadline, (username, target))
             try:
-                caller = _existing(unit, username)
-                check_version(caller, expected_version)
-                if target not in unit.accounts:
-                    raise AccountNotFound(f"Account {target} does not exist.")
-                if target == username:
-                    raise InvalidInput("same_account", "The payer and the payee are the same account.")
-                check_funds(caller, amount)
+                caller = rules.reserve(unit.accounts.get, username, target, amount, expected_version)
             except LedgerError as error:
                 raise self._fail(
                     unit, kind.value, error, _failed(kind, username, target, amount, error.code, (username,))
                 ) from None
-            caller.held += amount
-            caller.version += 1
-            check_account(caller)
-            hold = HoldRow(
-                hold_id,
-                username,
-                target,
-                amount,
-                0,
-                HoldStatus.PENDING,
-                unit.now_s + timeout_s,
-                utc_now_iso(),
-            )
+            hold = HoldState(hold_id, username, target, amount, unit.now_s + timeout_s, utc_now_iso())
             unit.new_holds.append(hold)
             [record] = unit.append([success(kind, username, target, amount)])
             unit.outcomes.append((kind.value, "success"))
-            return HoldResult(_hold_view(hold), caller.view(), record)
+            return HoldResult(hold.view(), caller.view(), record)
 
         timeout = _failed(kind, username, target, amount, OperationTimeout.code, (username,))
         return self._write(kind.value, deadline, work, [timeout])
@@ -635,23 +600,8 @@ class PostgresStore:
         if amount is not None:
             check_amount(amount)
 
-        def settle(unit: Unit, hold: HoldRow) -> int:
-            captured = hold.amount if amount is None else amount
-            if captured > hold.amount:
-                raise InvalidInput(
-                    "invalid_amount", f"The hold is for {hold.amount} coins, {captured} requested."
-                )
-            check_credit(unit.accounts[hold.target], captured)
-            unit.release(hold, HoldStatus.CAPTURED, captured)
-            source, target = unit.accounts[hold.source], unit.accounts[hold.target]
-            source.balance -= captured
-            target.balance += captured
-            target.version += 1
-            check_account(source)
-            return captured
-
         return self._resolve_hold(
-            OperationType.CAPTURE, username, hold_id, amount or 0, deadline, expected_version, settle
+            OperationType.CAPTURE, username, hold_id, amount, deadline, expected_version, Unit.capture
         )
 
     def void_hold(
@@ -659,12 +609,12 @@ class PostgresStore:
     ) -> HoldResult:
         """Release the whole of a pending hold."""
 
-        def settle(unit: Unit, hold: HoldRow) -> int:
+        def settle(unit: Unit, hold: HoldState, _: int | None) -> int:
             unit.release(hold, HoldStatus.VOIDED)
             return hold.amount
 
         return self._resolve_hold(
-            OperationType.VOID, username, hold_id, 0, deadline, expected_version, settle
+            OperationType.VOID, username, hold_id, None, deadline, expected_version, settle
         )
 
     def _resolve_hold(
@@ -672,46 +622,41 @@ class PostgresStore:
         kind: OperationType,
         username: str,
         hold_id: str,
-        amount: int,
+        amount: int | None,
         deadline: Deadline,
         expected_version: int | None,
-        settle: Callable[[Unit, HoldRow], int],
+        settle: Callable[[Unit, HoldState, int | None], int],
     ) -> HoldResult:
         """Capture or void: find the hold, lock both parties, check it is still pending, ``settle`` it.
 
-        ``settle`` returns the amount the record carries; the record's ``from``/``to``
-        are the hold's parties once it is found (the caller and nobody before).
+        ``settle`` (given ``amount``) returns the amount the record carries; the record's
+        ``from``/``to`` are the hold's parties once it is found (the caller and nobody before).
         """
         label = kind.value
 
         def work(unit: Unit) -> HoldResult:
-            found = _find_hold(unit.connection, hold_id)
-            if found is None or username not in (found.source, found.target):
+            try:
+                found = rules.check_hold_of(_find_hold(unit.connection, hold_id), username, hold_id)
+            except HoldNotFound as error:
                 unit.begin(deadline, ())
-                error = HoldNotFound(f"No hold {hold_id} of yours.")
-                raise self._fail(
-                    unit, label, error, _failed(kind, username, None, amount, error.code, (username,))
-                )
+                spec = _failed(kind, username, None, amount or 0, error.code, (username,))
+                raise self._fail(unit, label, error, spec) from None
             unit.begin(deadline, (found.source, found.target))
             hold = unit.settled.get(hold_id) or _find_hold(unit.connection, hold_id)
             if hold is None:
                 raise StoreInvariantBroken(f"hold {hold_id} vanished")
-            recorded = hold.amount
+            recorded = hold.amount if amount is None else amount
             try:
-                if hold.status is not HoldStatus.PENDING:
-                    raise HoldNotPending(f"The hold is {hold.status.value}, no longer PENDING.")
-                check_version(unit.accounts[username], expected_version)
-                if kind is OperationType.CAPTURE:
-                    recorded = hold.amount if amount == 0 else amount
-                recorded = settle(unit, hold)
+                rules.check_pending(unit.accounts.get, hold, username, expected_version)
+                recorded = settle(unit, hold, amount)
             except LedgerError as error:
                 spec = _failed(kind, hold.source, hold.target, recorded, error.code, (username,))
                 raise self._fail(unit, label, error, spec) from None
             [record] = unit.append([success(kind, hold.source, hold.target, recorded)])
             unit.outcomes.append((label, "success"))
-            return HoldResult(_hold_view(hold), unit.accounts[username].view(), record)
+            return HoldResult(hold.view(), unit.accounts[username].view(), record)
 
-        timeout = _failed(kind, username, None, amount, OperationTimeout.code, (username,))
+        timeout = _failed(kind, username, None, amount or 0, OperationTimeout.code, (username,))
         return self._write(label, deadline, work, [timeout])
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
@@ -719,7 +664,7 @@ class PostgresStore:
             row = connection.execute(_READ_HOLD, (now_s, username, username, hold_id)).fetchone()
             if row is None or username not in (row[1], row[2]):
                 raise HoldNotFound(f"No hold {hold_id} of yours.")
-            return _hold_view(_hold_row(row[:8])), bool(row[8])
+            return HoldState.from_row(row[:8]).view(), bool(row[8])
 
         return self._read_after_expiry(username, deadline, "hold_read", read)
 
@@ -805,7 +750,7 @@ class PostgresStore:
                         "SELECT username, balance, held FROM accounts"
                     )
                 }
-                holds = [_hold_view(_hold_row(row)) for row in connection.execute(_ALL_HOLDS)]
+                holds = [HoldState.from_row(row).view() for row in connection.execute(_ALL_HOLDS)]
                 records = [_record(row) for row in connection.execute(_ALL_RECORDS)]
             return accounts, holds, records
 
@@ -994,13 +939,6 @@ def _replayed(connection: Connection, stored: list[Any]) -> Result | LedgerError
     return outcome_from_row(stored, records.__getitem__)
 
 
-def _existing(unit: Unit, username: str) -> AccountState:
-    account = unit.accounts.get(username)
-    if account is None:
-        raise AccountNotFound(f"Account {username} does not exist.")
-    return account
-
-
 def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
     """The parties of (at most ``SWEEP_BATCH``) pending holds due at ``now_s``, oldest first."""
     return connection.execute(
@@ -1010,9 +948,9 @@ def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
     ).fetchall()
 
 
-def _find_hold(connection: Connection, hold_id: str) -> HoldRow | None:
+def _find_hold(connection: Connection, hold_id: str) -> HoldState | None:
     row = connection.execute(_FIND_HOLD, (hold_id,)).fetchone()
-    return None if row is None else _hold_row(row)
+    return None if row is None else HoldState.from_row(row)
 
 
 def _pause(deadline: Deadline, attempt: int) -> bool:

@@ -30,7 +30,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from app.ledger.errors import (
     IdempotencyKeyReused,
@@ -39,21 +38,11 @@ from app.ledger.errors import (
     OperationTimeout,
     StorageUnavailable,
 )
-from app.ledger.model import BatchResult, Deadline, HoldResult, OperationResult
-
-#: What an operation run under a key produces (batches and hold operations included).
-Result = OperationResult | BatchResult | HoldResult
+from app.ledger.model import Deadline
+from app.ledger.outcomes import Outcome, Result
 
 KEY_TTL_S = 24 * 3600.0
 DEFAULT_MAX_KEYS = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a keyed request answers: a result or a business failure, first time or replayed."""
-
-    result: Result | LedgerError
-    replayed: bool
 
 
 #: Failures that applied nothing durable: the key is released, not kept.

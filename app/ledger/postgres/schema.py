@@ -30,7 +30,7 @@ class Migration:
 def migrations() -> list[Migration]:
     """Every migration shipped with the package, oldest first."""
     found = []
-    for entry in resources.files("app.ledger.migrations").iterdir():
+    for entry in resources.files("app.ledger.postgres.migrations").iterdir():
         match = _FILE_NAME.fullmatch(entry.name)
         if match is not None:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))

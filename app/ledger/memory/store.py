@@ -1,0 +1,434 @@
+"""``MockDB``: the public operations of the embedded store, and the order of its locks.
+
+See the package docstring (``app.ledger.memory``) for the locks and the durability
+guarantees. Every rule an operation applies is ``app.ledger.rules``'; this module
+decides what runs under which lock, what is audited and what is journaled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.ledger import rules
+from app.ledger.accounts import AccountState
+from app.ledger.audit import AccountSnapshot, Verification, verify_ledger
+from app.ledger.errors import (
+    AccountExists,
+    LedgerError,
+    OperationTimeout,
+    StoreInvariantBroken,
+    VersionConflict,
+)
+from app.ledger.memory import files as journal_files
+from app.ledger.memory import recovery
+from app.ledger.memory.core import durable, failure_outcome
+from app.ledger.memory.durability import (
+    CLAIM,
+    DEFAULT_SNAPSHOT_BYTES,
+    Claim,
+    SnapshotReport,
+    SnapshotState,
+)
+from app.ledger.memory.hold_operations import HoldOperations
+from app.ledger.memory.journal import Journal
+from app.ledger.memory.persistence import snapshot_record_row
+from app.ledger.model import (
+    MAX_BALANCE,
+    AccountView,
+    BatchItem,
+    BatchResult,
+    Deadline,
+    ItemOutcome,
+    OperationResult,
+    OperationType,
+    Page,
+    Transaction,
+)
+from app.ledger.outcomes import Outcome, Result, outcome_row
+from app.ledger.records import RecordDraft
+from app.ledger.store import Health, Stats
+
+_log = logging.getLogger("goledger.store")
+
+#: How long a metrics scrape may wait for the balance lock.
+STATS_LOCK_TIMEOUT_S = 0.5
+#: How long ``verify`` may wait for the balance lock.
+VERIFY_LOCK_TIMEOUT_MS = 10_000
+#: How long a snapshot may wait for the balance lock.
+SNAPSHOT_LOCK_TIMEOUT_MS = 30_000
+
+
+class MockDB(HoldOperations, rules.SingleOperations):
+    """The embedded store: balances in a dict under a reader-writer lock."""
+
+    # -- opening a data directory --------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
+        read_only: bool = False,
+        sync: Callable[[int], None] | None = None,
+        write: Callable[[int, memoryview], int] | None = None,
+        **options: Any,
+    ) -> MockDB:
+        """The ledger kept in ``data_dir``: its snapshot and journal replayed, then journaling.
+
+        Takes the directory's lock for as long as the store lives (``DataDirLocked`` if
+        another process holds it). A torn tail is cut off and logged; any other damage
+        raises ``JournalCorrupt``. ``read_only`` (offline verification): nothing on disk
+        is changed, a torn tail is only reported, and every write is refused.
+        ``snapshot_bytes``: snapshot automatically once the current journal segment
+        grows past this many bytes (0: never). ``sync``/``write``: the system calls the
+        journal uses (tests inject failing ones).
+        """
+        directory = journal_files.DataDirectory(Path(data_dir), create=not read_only)
+        try:
+            store = cls(**options)
+            durability = store._durability
+            durability.directory = directory
+            with recovery.collector_paused():
+                recovered = journal_files.read_directory(directory.path, recovery.snapshot_lsn)
+                store.recovery = recovered
+                store._restore(recovered)
+                last_lsn = recovered.last_lsn
+                recovered.release_frames()
+            if read_only:
+                durability.refusal = f"{data_dir} is open read-only (offline verification)"
+                return store  # ``verify`` checks the whole chain itself
+            if recovered.torn is not None:
+                journal_files.cut_torn_tail(recovered.torn)
+            # What a crash between a snapshot's rename and its clean-up left behind.
+            journal_files.remove_before(directory.path, recovered.first_segment)
+            durability.journal = Journal(
+                directory.path, recovered.last_segment, last_lsn, len(store._trail), sync=sync, write=write
+            )
+            durability.snapshot_bytes = snapshot_bytes
+        except BaseException:
+            directory.release()
+            raise
+        store._check_chain_in_background()
+        return store
+
+    def _restore(self, recovered: journal_files.Recovered) -> None:
+        """Adopt what the data directory holds (before the store is shared)."""
+        state = recovery.load(recovered, self._keys)
+        self._accounts = state.accounts
+        self._credentials = state.credentials
+        self._holds = state.holds
+        self._trail.restore(state.audit, state.records_by_account, state.last_hash)
+        now_s = self._clock()
+        for hold in self._holds.pending():
+            self._sweeper.schedule(max(hold.expires_at_s, now_s), hold.id)
+
+    def _check_chain_in_background(self) -> None:
+        """Hash-check the trail read from disk while the ledger already serves.
+
+        Replay checks every record's place in the chain; recomputing every hash
+        (a second per million records) is health's incremental check, started here
+        at once instead of at the first probe. A broken record marks the trail
+        broken: health answers 503 and ``verify`` lists it.
+        """
+
+        def check() -> None:
+            if not self._trail.check_new_records(wait=True):
+                _log.error("the audit trail read from disk is broken: %s", self._trail.problem)
+
+        self.chain_check = threading.Thread(target=check, name="goledger-chain-check", daemon=True)
+        self.chain_check.start()
+
+    # -- durability -----------------------------------------------------------
+
+    def _snapshot_due(self) -> None:
+        self._durability.snapshot_in_background(self._capture_snapshot)
+
+    def snapshot(self) -> SnapshotReport:
+        """Write the whole state to a snapshot and delete the journal it makes redundant.
+
+        Writers pause while the state is copied (under the write lock, then the audit
+        trail's lock, then the idempotency table's); the file is written after every
+        lock is released.
+        """
+        return self._durability.snapshot(self._capture_snapshot)
+
+    def _capture_snapshot(self, journal: Journal) -> SnapshotState:
+        lock = self._rw.gen_wlock()
+        self._acquire(lock, Deadline.after_ms(SNAPSHOT_LOCK_TIMEOUT_MS), "snapshot")
+        try:
+
+            def at_the_same_instant() -> tuple[int, int, list[Any], list[Any], list[Any]]:
+                self._durability.check_writable()
+                number = journal.rotate()
+                accounts = [
+                    [name, account.balance, account.held, account.version, self._credentials[name].hex()]
+                    for name, account in self._accounts.items()
+                ]
+                keys = [
+                    [username, key, fingerprint, created_at, outcome_row(outcome)]
+                    for username, key, fingerprint, created_at, outcome in self._keys.kept()
+                ]
+                holds = [state.row() for state in self._holds.all()]
+                return number, journal.appended_lsn, accounts, holds, keys
+
+            trail, (number, lsn, accounts, holds, keys) = self._trail.copy(at_the_same_instant)
+        finally:
+            lock.release()
+        header = {"lsn": lsn, "segment": number, "records": len(trail.records), "last_hash": trail.last_hash}
+        sections: list[tuple[str, Sequence[Any]]] = [
+            ("accounts", accounts),
+            ("holds", holds),
+            ("records", [snapshot_record_row(record) for record in trail.records]),
+            ("index", [[name, sequences] for name, sequences in trail.index.items()]),
+            ("keys", keys),
+        ]
+        return SnapshotState(lsn, number, header, sections, len(trail.records), len(accounts))
+
+    @property
+    def snapshot_thread(self) -> threading.Thread | None:
+        """The automatic snapshot's thread, once one has started."""
+        return self._durability.snapshot_thread
+
+    # -- accounts -------------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        with self._rw.gen_rlock():
+            return not self._accounts
+
+    @durable
+    def create_account(
+        self, username: str, token_digest: bytes, balance: int, *, deadline: Deadline
+    ) -> AccountView:
+        def apply(_: RecordDraft) -> AccountView:
+            if username in self._accounts:
+                raise AccountExists(f"Account {username} already exists.")
+            if not 0 <= balance <= MAX_BALANCE:
+                raise StoreInvariantBroken(f"opening balance {balance} out of range")
+            account = AccountState(username, balance)
+            self._accounts[username] = account
+            with self._credentials_lock:
+                self._credentials[username] = token_digest
+            return account.view()
+
+        # The opening balance is audited like a deposit so that the audit trail alone
+        # explains every coin in the ledger. A refused opening (the name is taken) is
+        # audited too, but shown in nobody's history: it is not the holder's doing.
+        draft = RecordDraft(OperationType.OPEN, None, username, balance)
+        return self._write(
+            username,
+            draft,
+            deadline,
+            apply,
+            OperationResult,
+            failed_for=(),
+            credential=(username, token_digest),
+        ).account
+
+    def token_digest(self, username: str) -> bytes | None:
+        with self._credentials_lock:
+            return self._credentials.get(username)
+
+    def account(self, username: str, *, deadline: Deadline) -> AccountView:
+        def read() -> tuple[AccountView, int]:
+            account = rules.existing(self._accounts.get, username)
+            return account.view(), account.lsn
+
+        return self._read_after_expiry(username, deadline, "balance", read)
+
+    # -- money ----------------------------------------------------------------
+
+    @durable
+    def _run_one(
+        self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
+    ) -> OperationResult:
+        rules.check_amount(item.amount)
+
+        def apply(_: RecordDraft) -> AccountView:
+            self._expire_due((username, item.target))
+            rules.check_version(rules.existing(self._accounts.get, username), expected_version)
+            rules.apply_item(self._accounts.get, username, item)
+            return self._accounts[username].view()
+
+        draft = RecordDraft(item.kind, *rules.roles(username, item), item.amount)
+        return self._write(username, draft, deadline, apply, OperationResult)
+
+    @durable
+    def batch(
+        self,
+        username: str,
+        items: Sequence[BatchItem],
+        *,
+        atomic: bool,
+        deadline: Deadline,
+        expected_version: int | None = None,
+    ) -> BatchResult:
+        """Apply ``items`` in order under one write-lock acquisition (``rules.apply_batch``).
+
+        Either way every item is audited, and all the batch's records are appended in
+        one go, in item order, with one journal entry.
+        """
+        rules.check_batch(items)
+        drafts = [RecordDraft(item.kind, *rules.roles(username, item), item.amount) for item in items]
+        lock = self._rw.gen_wlock()
+        try:
+            waited_s = self._acquire(lock, deadline, "batch")
+        except OperationTimeout as error:
+            self._durability.check_writable()  # a failed journal keeps no record, not even of a timeout
+            self._append([draft.failed(error.code, (username,)) for draft in drafts])
+            raise
+        failures: list[LedgerError | None] = []
+        try:
+            self._durability.check_writable()
+            self._expire_due({username, *(item.target for item in items)})
+            caller = rules.existing(self._accounts.get, username)
+            try:
+                rules.check_version(caller, expected_version)
+            except VersionConflict as error:
+                failures = [error] * len(items)
+                refused = [draft.failed(error.code, (username,)) for draft in drafts]
+                error.transaction = self._append(refused, outcome=failure_outcome(error))[0]
+                raise
+            failures, failed_index = rules.apply_batch(self._accounts.get, username, items, atomic=atomic)
+            account = caller.view()
+            final = [
+                draft if failure is None else draft.failed(failure.code, (username,))
+                for draft, failure in zip(drafts, failures, strict=True)
+            ]
+            changed = dict.fromkeys(
+                name for draft in final if draft.reason is None for name in draft.shown_to()
+            )
+            records = self._append(
+                final,
+                accounts=changed,
+                outcome=lambda records: _batch_result(records, failures, account, atomic, failed_index),
+            )
+        finally:
+            lock.release()
+            self._count_items(items, failures, waited_s)
+        return _batch_result(records, failures, account, atomic, failed_index)
+
+    def close(self) -> None:
+        """Stop the background sweeper; sync and close the journal, release the data directory."""
+        self._sweeper.stop()
+        self._durability.close()
+
+    # -- history and audit ----------------------------------------------------
+
+    def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
+        rules.check_limit(limit)
+        before = None if cursor is None else rules.decode_cursor(cursor, rules.HISTORY_CURSOR)
+        durable = self._durability.durable_sequence()
+        if durable is not None:
+            before = durable + 1 if before is None else min(before, durable + 1)
+        records, more_before = self._trail.history(username, before, limit)
+        return Page(records, None if more_before is None else rules.encode_cursor("h", more_before))
+
+    def audit_page(self, *, limit: int, cursor: str | None) -> Page:
+        rules.check_limit(limit)
+        after = 0 if cursor is None else rules.decode_cursor(cursor, rules.AUDIT_CURSOR)
+        records, more = self._trail.page(after, limit, self._durability.durable_sequence())
+        next_cursor = rules.encode_cursor("a", records[-1].sequence) if more and records else None
+        return Page(records, next_cursor)
+
+    def verify(self) -> Verification:
+        # A consistent copy under both locks (in order), checked outside them:
+        # records are immutable, so copying the list is enough.
+        lock = self._rw.gen_rlock()
+        self._acquire(lock, Deadline.after_ms(VERIFY_LOCK_TIMEOUT_MS), "verify")
+        try:
+            accounts = {
+                name: AccountSnapshot(account.balance, account.held)
+                for name, account in self._accounts.items()
+            }
+            holds = self._holds.snapshot()
+            records = self._trail.records()
+        finally:
+            lock.release()
+        report = verify_ledger(accounts, records, holds)
+        self._trail.verified(report)
+        return report
+
+    # -- idempotency ----------------------------------------------------------
+
+    def idempotent(
+        self, username: str, key: str, fingerprint: str, deadline: Deadline, operation: Callable[[], Result]
+    ) -> Outcome:
+        claim = Claim(username, key, fingerprint, time.time())
+
+        def claimed() -> Result:
+            # The operation's journal entry carries the key and the outcome (``Durability.keep``).
+            token = CLAIM.set(claim)
+            try:
+                return operation()
+            finally:
+                CLAIM.reset(token)
+
+        return self._keys.run(username, key, fingerprint, deadline, claimed)
+
+    # -- health ---------------------------------------------------------------
+
+    def health(self) -> Health:
+        # Each lock is taken alone and in the documented order.
+        probe = self._rw.gen_rlock()
+        database_ok = probe.acquire(blocking=True, timeout=1.0)
+        if database_ok:
+            probe.release()
+        journal = self._durability.journal
+        if journal is not None and journal.failure is not None:
+            database_ok = False  # writes are refused until a restart
+        return Health(
+            uptime_seconds=time.monotonic() - self._counters.started_at,
+            operation_count=self._counters.operation_count(),
+            database=database_ok,
+            audit_log=self._trail.check_new_records(),
+            performance=self._counters.performance_ok(),
+        )
+
+    def stats(self) -> Stats:
+        # A scrape must not hang behind a wedged writer: after a bounded wait it
+        # reports the account count it saw last.
+        probe = self._rw.gen_rlock()
+        accounts: int | None = None
+        if probe.acquire(blocking=True, timeout=STATS_LOCK_TIMEOUT_S):
+            try:
+                accounts = len(self._accounts)
+            finally:
+                probe.release()
+        audit_records = len(self._trail)
+        with self._seen_lock:
+            if accounts is not None:
+                self._accounts_seen = accounts
+            accounts = self._accounts_seen
+        operations, cumulative, wait_sum_s = self._counters.snapshot()
+        journal = self._durability.journal
+        return Stats(
+            operations=operations,
+            lock_wait_buckets=cumulative,
+            lock_wait_sum_s=wait_sum_s,
+            accounts=accounts,
+            audit_records=audit_records,
+            idempotency_keys=len(self._keys),
+            journal={} if journal is None else journal.counters(),
+        )
+
+
+def _batch_result(
+    records: Sequence[Transaction],
+    failures: Sequence[LedgerError | None],
+    account: AccountView,
+    atomic: bool,
+    failed_index: int | None,
+) -> BatchResult:
+    outcomes = tuple(
+        ItemOutcome(index, record)
+        if failure is None
+        else ItemOutcome(index, record, failure.status, failure.code, failure.message)
+        for index, (record, failure) in enumerate(zip(records, failures, strict=True))
+    )
+    return BatchResult(outcomes, account, atomic, failed_index)

@@ -1,0 +1,128 @@
+"""The record draft: an audit record before it is numbered and chained, and its encoding.
+
+Both stores describe every record they append as a ``RecordDraft`` (named fields,
+filled in as an operation finds its parties) and seal it with ``RecordDraft.seal``
+(the embedded store, under its audit lock) or with the same bytes in the database
+(the PostgreSQL store sends ``RecordDraft.tail`` to ``goledger_append``). A new
+record field is one field here, one in ``Transaction`` and one in ``encode``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from app.ledger.model import OperationType, Status, Transaction
+
+
+def encode(
+    sequence: int,
+    record_id: str,
+    kind: OperationType,
+    source: str | None,
+    target: str | None,
+    amount: int,
+    status: Status,
+    reason: str | None,
+    created_at: str,
+) -> bytes:
+    """The bytes a record's hash covers: every field but the hashes, in a fixed order.
+
+    orjson writes exactly what ``json.dumps(separators=(",", ":"))`` would for these
+    ASCII strings, integers and nulls, in a tenth of the time.
+    """
+    return orjson.dumps(
+        [sequence, record_id, str(kind), source, target, amount, str(status), reason, created_at]
+    )
+
+
+def digest(previous_hash: str, encoding: bytes) -> str:
+    """The chain hash of a record whose canonical encoding is ``encoding``."""
+    return hashlib.sha256(previous_hash.encode("ascii") + encoding).hexdigest()
+
+
+class RecordDraft:
+    """An audit record still to be sealed.
+
+    ``reason`` is the failure code of a FAILED record (``None``: SUCCESS);
+    ``parties`` are the accounts whose history shows it.
+    """
+
+    __slots__ = ("amount", "kind", "parties", "reason", "source", "target")
+
+    def __init__(
+        self,
+        kind: OperationType,
+        source: str | None,
+        target: str | None,
+        amount: int,
+        reason: str | None = None,
+        parties: tuple[str, ...] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.source = source
+        self.target = target
+        self.amount = amount
+        self.reason = reason
+        #: ``None`` until decided: a success shows in both parties' histories.
+        self.parties = parties
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordDraft({self.kind.value}, {self.source!r} -> {self.target!r}, {self.amount}, "
+            f"reason={self.reason!r}, parties={self.parties!r})"
+        )
+
+    @property
+    def status(self) -> Status:
+        return Status.SUCCESS if self.reason is None else Status.FAILED
+
+    def shown_to(self) -> tuple[str, ...]:
+        """The accounts whose history shows the record (a success: both of its parties)."""
+        if self.parties is not None:
+            return self.parties
+        return tuple(name for name in (self.source, self.target) if name is not None)
+
+    def failed(self, reason: str, parties: tuple[str, ...]) -> RecordDraft:
+        """The FAILED record of the same operation, shown to ``parties`` only."""
+        return RecordDraft(self.kind, self.source, self.target, self.amount, reason, parties)
+
+    def encoding(self, sequence: int, record_id: str, created_at: str) -> bytes:
+        return encode(
+            sequence, record_id, self.kind, self.source, self.target, self.amount, self.status,
+            self.reason, created_at,
+        )  # fmt: skip
+
+    def tail(self, record_id: str, created_at: str) -> bytes:
+        """The canonical encoding after the sequence number.
+
+        ``encoding(sequence, ...) == b"[" + str(sequence).encode() + tail(...)``: what a
+        store that numbers records elsewhere (PostgreSQL, under its chain lock) needs
+        to seal them with exactly the bytes ``seal`` hashes.
+        """
+        return self.encoding(0, record_id, created_at)[2:]
+
+    def seal(self, previous_hash: str, sequence: int, record_id: str, created_at: str) -> Transaction:
+        """The record, numbered ``sequence`` and chained to ``previous_hash``."""
+        return self.sealed(
+            record_id,
+            sequence,
+            created_at,
+            previous_hash,
+            digest(previous_hash, self.encoding(sequence, record_id, created_at)),
+        )
+
+    def sealed(
+        self, record_id: str, sequence: int, created_at: str, previous_hash: str, record_hash: str
+    ) -> Transaction:
+        """The record as sealed elsewhere (the database computed its number and hash)."""
+        return Transaction(
+            record_id, sequence, self.kind, self.source, self.target, self.amount, self.status,
+            self.reason, created_at, previous_hash, record_hash,
+        )  # fmt: skip
+
+
+def success(kind: OperationType, source: str | None, target: str | None, amount: int) -> RecordDraft:
+    """The SUCCESS record of an operation, shown to both of its parties."""
+    return RecordDraft(kind, source, target, amount)
