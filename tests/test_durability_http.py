@@ -30,7 +30,7 @@ ADMIN = {"Authorization": ADMIN_TOKEN}
 TIMEOUT_S = 30
 #: A start that must fail has this long to exit.
 FAILED_START_TIMEOUT_S = 60
-#: The frame header: payload length, crc32, lsn (see app/ledger/journal.py).
+#: The frame header: payload length, crc32, lsn (see app/ledger/memory/files.py).
 FRAME_HEADER = struct.Struct("<IIQ")
 MAGIC_BYTES = 16
 
