@@ -645,9 +645,10 @@ class PostgresStore:
             hold = unit.settled.get(hold_id) or _find_hold(unit.connection, hold_id)
             if hold is None:
                 raise StoreInvariantBroken(f"hold {hold_id} vanished")
-            recorded = hold.amount if amount is None else amount
+            recorded = hold.amount
             try:
                 rules.check_pending(unit.accounts.get, hold, username, expected_version)
+                recorded = hold.amount if amount is None else amount  # what a refused capture shows
                 recorded = settle(unit, hold, amount)
             except LedgerError as error:
                 spec = _failed(kind, hold.source, hold.target, recorded, error.code, (username,))
