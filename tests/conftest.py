@@ -1,8 +1,16 @@
-"""Fixtures: the app built from the factory with a test config, its client, a bare store.
+"""Fixtures: the app built from the factory with a test config, its client, a bare
+store, and ``driver``, the per-store driver of the test's store.
 
-Conformance: every test that asks for ``app``, ``client``, ``runner`` or ``store``
-runs once on each store, the embedded ``MockDB`` and the PostgreSQL store, unless it
-is marked ``memory_only`` (it looks at MockDB's own locks or data structures).
+Conformance: every test that asks for ``app``, ``client``, ``runner``, ``store`` or
+``driver`` runs once on each store, the embedded ``MockDB`` and the PostgreSQL store,
+unless it is marked ``memory_only`` (it looks at MockDB's own locks or data structures).
+
+``driver`` (``tests/drivers.py``) is how a test does to a store what ``LedgerStore``
+does not offer: tamper with its data, stall its writers, stop its hold sweeper, put it
+on a fake clock, read its raw state. It drives the bare ``store`` when the test uses
+that fixture, otherwise the ``app``'s store. The helpers these fixtures are built from
+(``new_store``, ``app_config``, ``open_account``, ``ADMIN_TOKEN``…) are in
+``tests/stores.py``.
 
 PostgreSQL: ``GOLEDGER_TEST_POSTGRES_URL`` names a database the run may use and
 empty (``.ci/run`` creates a fresh one per run); without it the session creates
@@ -17,7 +25,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import psycopg
@@ -27,24 +34,13 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from psycopg import sql
 
 from app import create_app
-from app.auth import token_digest
-from app.ledger.memory import MockDB
-from app.ledger.model import Deadline
-from app.ledger.postgres import PostgresStore
 from app.ledger.postgres.schema import migrate
 from app.ledger.store import LedgerStore
+from tests.drivers import StoreDriver, driver_for
+from tests.stores import app_config, empty_postgres, new_store
 
-ADMIN_TOKEN = "test-admin-token"
 POSTGRES_URL_VARIABLE = "GOLEDGER_TEST_POSTGRES_URL"
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432"
-#: Connections each test store may open (the server allows 100, shared by everyone).
-TEST_POOL_SIZE = 8
-
-_RESET = (
-    "DELETE FROM audit_parties; DELETE FROM audit; DELETE FROM holds; DELETE FROM idempotency_keys; "
-    "DELETE FROM accounts; "
-    "UPDATE chain_head SET sequence = 0, hash = repeat('0', 64)"
-)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -101,47 +97,12 @@ def postgres_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def server_url(url: str, dbname: str) -> str:
-    """The URL of another database on the same server as ``url`` (a postgresql:// URL)."""
-    return urlsplit(url)._replace(path=f"/{dbname}").geturl()
-
-
-@contextmanager
-def scratch_database(url: str) -> Iterator[str]:
-    """A brand-new, empty database beside ``url``'s, dropped afterwards."""
-    name = f"goledger_scratch_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url(url, "postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server_url(url, name)
-    finally:
-        with psycopg.connect(server_url(url, "postgres"), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def empty_postgres(url: str) -> str:
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(_RESET)
-    return url
-
-
 @pytest.fixture
 def store_url(store_kind: str, request: pytest.FixtureRequest) -> str:
     """``memory``, or the URL of the session's PostgreSQL database, emptied for this test."""
     if store_kind == "memory":
         return "memory"
     return empty_postgres(request.getfixturevalue("postgres_url"))
-
-
-def app_config(store_url: str, **overrides: object) -> dict[str, object]:
-    """A test config for ``create_app`` on the given store."""
-    return {
-        "admin_token": ADMIN_TOKEN,
-        "demo": True,
-        "store": store_url,
-        "pg_pool_size": TEST_POOL_SIZE,
-        **overrides,
-    }
 
 
 @pytest.fixture
@@ -162,13 +123,6 @@ def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
 
 
-def new_store(store_url: str, **options: object) -> LedgerStore:
-    """A bare store of the given kind (``options`` go to its constructor)."""
-    if store_url == "memory":
-        return MockDB(**options)  # type: ignore[arg-type]
-    return PostgresStore(store_url, max_connections=TEST_POOL_SIZE, **options)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def store(store_url: str) -> Iterator[LedgerStore]:
     ledger = new_store(store_url)
@@ -176,18 +130,13 @@ def store(store_url: str) -> Iterator[LedgerStore]:
     ledger.close()
 
 
-def stop_sweeper(store: LedgerStore) -> None:
-    """Stop a store's background hold sweeper, leaving the store usable."""
-    if isinstance(store, PostgresStore):
-        store.stop_sweeper()
+@pytest.fixture
+def driver(store_url: str, request: pytest.FixtureRequest) -> Iterator[StoreDriver]:
+    """The driver of the test's store (``tests/drivers.py``): the bare ``store``'s if the
+    test uses that fixture, otherwise the ``app``'s."""
+    if "store" in request.fixturenames:
+        ledger: LedgerStore = request.getfixturevalue("store")
     else:
-        store.close()  # MockDB.close stops only its sweeper
-
-
-def open_account(store: LedgerStore, username: str, balance: int, token: str | None = None) -> None:
-    """Open an account directly in a store (token defaults to the username)."""
-    store.create_account(username, token_digest(token or username), balance, deadline=Deadline.after_ms(5000))
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": token}
+        ledger = request.getfixturevalue("app").extensions["ledger"]
+    with driver_for(ledger) as store_driver:
+        yield store_driver

@@ -1,4 +1,7 @@
-"""The real server under test: gunicorn on a free 127.0.0.1 port, always stopped."""
+"""The real server under test: gunicorn on a free 127.0.0.1 port, always stopped.
+
+Also what tests ask of a live server before they start: ``open_accounts``.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
 #: How long a killed process may take to be gone (the kernel needs milliseconds).
 KILL_TIMEOUT_S = 10.0
+#: The bound on a test's request to a live server.
+REQUEST_TIMEOUT_S = 30
 
 _WORKER_BOOTED = re.compile(r"Booting worker with pid: ([0-9]+)")
 
@@ -172,3 +177,18 @@ def gunicorn_server(*extra: str, **variables: str) -> Iterator[str]:
     """Start gunicorn, wait until it answers, yield its base URL, stop it at the end."""
     with gunicorn_process(*extra, **variables) as server:
         yield server.url
+
+
+def open_accounts(base_url: str, balances: dict[str, int], admin: dict[str, str]) -> None:
+    """Open each account with its opening balance; its token is ``<name>-token``.
+
+    ``admin``: the header that carries the server's admin token.
+    """
+    for name, opening in balances.items():
+        created = requests.post(
+            f"{base_url}/admin/accounts",
+            json={"username": name, "token": f"{name}-token", "balance": opening},
+            headers=admin,
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        assert created.status_code == 201, created.text

@@ -9,8 +9,8 @@ from flask.testing import FlaskClient
 from app.api.common import store
 from app.ledger.audit import GENESIS_HASH
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN
-from tests.tampering import adjust, rehash, remove, tamper
+from tests.drivers import StoreDriver
+from tests.stores import ADMIN_TOKEN
 
 ADMIN = {"Authorization": ADMIN_TOKEN}
 AARON = {"Authorization": "1"}
@@ -75,9 +75,11 @@ def test_verify_passes_on_an_honest_ledger(client: FlaskClient) -> None:
     "changes",
     [{"amount": 1}, {"target": "bryan"}, {"status": "FAILED"}, {"created_at": "2020-01-01T00:00:00.000000Z"}],
 )
-def test_changing_a_record_is_detected(app: Flask, client: FlaskClient, changes: dict[str, object]) -> None:
+def test_changing_a_record_is_detected(
+    driver: StoreDriver, client: FlaskClient, changes: dict[str, object]
+) -> None:
     some_traffic(client)
-    tamper(ledger_of(app), 3, **changes)
+    driver.tamper(3, **changes)
     response = client.get("/admin/verify", headers=ADMIN)
     assert response.status_code == 500
     assert response.json["ok"] is False
@@ -88,42 +90,44 @@ def test_changing_a_record_is_detected(app: Flask, client: FlaskClient, changes:
     assert health.json["components"]["audit_log"] is False
 
 
-def test_rehashing_a_changed_record_still_breaks_the_chain(app: Flask, client: FlaskClient) -> None:
+def test_rehashing_a_changed_record_still_breaks_the_chain(driver: StoreDriver, client: FlaskClient) -> None:
     some_traffic(client)
-    rehash(ledger_of(app), 3, amount=1)
+    driver.rehash(3, amount=1)
     problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
     assert any("record 4 does not link" in problem for problem in problems)
     assert any("aaron has" in problem for problem in problems)
 
 
-def test_removing_a_record_is_detected(app: Flask, client: FlaskClient) -> None:
+def test_removing_a_record_is_detected(driver: StoreDriver, client: FlaskClient) -> None:
     some_traffic(client)
-    remove(ledger_of(app), 4)
+    driver.remove(4)
     response = client.get("/admin/verify", headers=ADMIN)
     assert response.status_code == 500
     assert any("sequence" in problem for problem in response.json["problems"])
 
 
-def test_a_balance_that_disagrees_with_the_trail_is_detected(app: Flask, client: FlaskClient) -> None:
-    adjust(ledger_of(app), "bryan", balance=1)
+def test_a_balance_that_disagrees_with_the_trail_is_detected(
+    driver: StoreDriver, client: FlaskClient
+) -> None:
+    driver.adjust("bryan", balance=1)
     problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
     assert "bryan has 10001 but its audit records add up to 10000" in problems
     assert any("money is not conserved" in problem for problem in problems)
 
 
 @pytest.mark.memory_only  # PostgreSQL refuses it (test_postgres.py)
-def test_a_negative_balance_is_detected(app: Flask, client: FlaskClient) -> None:
-    ledger_of(app)._accounts["bryan"].balance = -5
+def test_a_negative_balance_is_detected(driver: StoreDriver, client: FlaskClient) -> None:
+    driver.adjust("bryan", balance=-5 - driver.peek_account("bryan").balance)  # bryan has -5
     problems = client.get("/admin/verify", headers=ADMIN).json["problems"]
     assert "bryan has a negative balance: -5" in problems
 
 
 def test_health_notices_tampering_with_records_it_has_not_checked_yet(
-    app: Flask, client: FlaskClient
+    driver: StoreDriver, client: FlaskClient
 ) -> None:
     assert client.get("/system/health").status_code == 200  # checks records 1 and 2
     some_traffic(client)
-    tamper(ledger_of(app), 5, amount=71)
+    driver.tamper(5, amount=71)
     health = client.get("/system/health")
     assert health.status_code == 503
     assert health.json["components"]["audit_log"] is False
@@ -135,9 +139,11 @@ def test_cli_verify_exits_zero_on_an_honest_ledger(app: Flask) -> None:
     assert result.output.startswith("ok accounts=2 records=2")
 
 
-def test_cli_verify_exits_non_zero_and_lists_problems(app: Flask, client: FlaskClient) -> None:
+def test_cli_verify_exits_non_zero_and_lists_problems(
+    app: Flask, driver: StoreDriver, client: FlaskClient
+) -> None:
     some_traffic(client)
-    tamper(ledger_of(app), 4, amount=49)
+    driver.tamper(4, amount=49)
     result = app.test_cli_runner().invoke(args=["ledger", "verify"])
     assert result.exit_code == 1
     assert "FAILED" in result.output

@@ -29,8 +29,10 @@ from app.ledger.model import (
     OperationType,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN, open_account
-from tests.threads import holding_write_lock, run_together
+from tests.drivers import StoreDriver
+from tests.stores import ADMIN_TOKEN, open_account
+from tests.threads import run_together
+from tests.trails import audit
 
 BATCH = "/account/coins/batch"
 AARON = {"Authorization": "1"}
@@ -75,22 +77,6 @@ def state(ledger: LedgerStore, names: Sequence[str] = NAMES) -> State:
     """Each account's (balance, version), read straight from the store."""
     views = {name: ledger.account(name, deadline=Deadline.after_ms(2000)) for name in names}
     return {name: (view.balance, view.version) for name, view in views.items()}
-
-
-def audit(client: FlaskClient) -> list[dict[str, Any]]:
-    """The whole audit trail through ``/admin/audit``; its sequences must be 1, 2, 3, … without gaps."""
-    records: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        query: dict[str, object] = {"limit": 500} if cursor is None else {"limit": 500, "cursor": cursor}
-        response = client.get("/admin/audit", query_string=query, headers=ADMIN)
-        assert response.status_code == 200, response.json
-        records += response.json["transactions"]
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            break
-    assert [record["sequence"] for record in records] == list(range(1, len(records) + 1))
-    return records
 
 
 def assert_verified(client: FlaskClient) -> None:
@@ -402,7 +388,7 @@ def test_atomic_later_items_see_earlier_ones(client: FlaskClient, ledger: Ledger
     assert_verified(client)
 
 
-def test_mockdb_atomic_batch_refused_then_the_rest_applies(store: LedgerStore) -> None:
+def test_atomic_batch_refused_then_the_rest_applies(store: LedgerStore) -> None:
     """On the store: a refused atomic batch leaves no trace of its copies in the next batch."""
     open_account(store, "a", 100)
     open_account(store, "b", 0)
@@ -462,7 +448,7 @@ def test_mockdb_atomic_batch_refused_then_the_rest_applies(store: LedgerStore) -
     ids=["empty", "too many", "transfer without target", "deposit with target", "open", "zero", "too large"],
 )
 @pytest.mark.parametrize("atomic", [False, True])
-def test_mockdb_batch_rechecks_its_items(
+def test_batch_rechecks_its_items_on_the_store(
     store: LedgerStore, items: list[BatchItem], code: str, atomic: bool
 ) -> None:
     open_account(store, "a", 100)
@@ -819,13 +805,13 @@ def test_an_if_match_that_names_no_version_is_refused_unaudited(
 
 @pytest.mark.parametrize("atomic", [False, True])
 def test_a_batch_past_its_deadline_applies_nothing(
-    app: Flask, client: FlaskClient, ledger: LedgerStore, atomic: bool
+    driver: StoreDriver, client: FlaskClient, ledger: LedgerStore, atomic: bool
 ) -> None:
     before = state(ledger)
     opening_records = len(audit(client))
     operations = [add(10), transfer("bryan", 20), withdraw(30)]
 
-    with holding_write_lock(app.extensions["ledger"]):
+    with driver.holding_write_lock():
         response = send(client, operations, atomic=atomic, headers={**AARON, "X-Timeout-Ms": "20"})
 
     assert response.status_code == 503, response.json
@@ -929,13 +915,13 @@ def test_a_key_reused_with_another_batch_is_409(client: FlaskClient, ledger: Led
 
 
 def test_a_keyed_batch_that_timed_out_runs_on_retry(
-    app: Flask, client: FlaskClient, ledger: LedgerStore
+    driver: StoreDriver, client: FlaskClient, ledger: LedgerStore
 ) -> None:
     before = state(ledger)
     key = {**AARON, "Idempotency-Key": "payout-4"}
     operations = [transfer("bryan", 100), add(7)]
 
-    with holding_write_lock(app.extensions["ledger"]):
+    with driver.holding_write_lock():
         timed_out = send(client, operations, headers={**key, "X-Timeout-Ms": "20"})
     assert timed_out.status_code == 503
     assert state(ledger) == before

@@ -25,8 +25,9 @@ import requests
 from app.auth import token_digest
 from app.ledger.memory import MockDB
 from app.ledger.model import Deadline
-from tests.servers import RunningServer, gunicorn_process
+from tests.servers import REQUEST_TIMEOUT_S, RunningServer, gunicorn_process, open_accounts
 from tests.threads import Crew
+from tests.trails import fetch_audit
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,6 @@ CLIENTS = 12
 ACKS_BEFORE_KILL = 300
 #: A client never sends more than this many requests in a cycle (a bound if the kill failed).
 MAX_REQUESTS_PER_CLIENT = 400
-REQUEST_TIMEOUT_S = 30
 SNAPSHOT_BYTES = "LEDGER_SNAPSHOT_BYTES"
 #: Journal size that makes the store snapshot every few dozen operations.
 SMALL_SNAPSHOT_BYTES = "20000"
@@ -127,24 +127,6 @@ def run_client(base_url: str, cycle: int, index: int, counter: AckCounter) -> Cl
     return log
 
 
-def fetch_audit(base_url: str, admin: dict[str, str] = ADMIN) -> list[dict[str, Any]]:
-    """The whole audit trail, every page."""
-    records: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, str | int] = {"limit": 500}
-        if cursor is not None:
-            params["cursor"] = cursor
-        page = requests.get(
-            f"{base_url}/admin/audit", params=params, headers=admin, timeout=REQUEST_TIMEOUT_S
-        )
-        assert page.status_code == 200, page.text
-        records.extend(page.json()["transactions"])
-        cursor = page.json()["next_cursor"]
-        if cursor is None:
-            return records
-
-
 def replay(records: list[dict[str, Any]]) -> tuple[dict[str, int], dict[tuple[int, str], int], int]:
     """Balances from the audit trail alone; each party's balance right after each record;
     and money put in minus money taken out (openings and deposits less withdrawals)."""
@@ -175,7 +157,7 @@ def replay(records: list[dict[str, Any]]) -> tuple[dict[str, int], dict[tuple[in
 
 def check_recovered(base_url: str, logs: list[ClientLog], records_before: int) -> None:
     """Everything acknowledged before the kill is there, as answered; the ledger is whole."""
-    audit = fetch_audit(base_url)
+    audit = fetch_audit(base_url, ADMIN)
     assert [record["sequence"] for record in audit] == list(range(1, len(audit) + 1))
     by_id = {record["id"]: record for record in audit}
     assert len(by_id) == len(audit)
@@ -220,7 +202,7 @@ def check_recovered(base_url: str, logs: list[ClientLog], records_before: int) -
 
 def check_idempotent_retries(base_url: str, logs: list[ClientLog]) -> None:
     """Keyed requests, retried after the restart: acknowledged ones replay, cut-off ones run once."""
-    known = {record["id"] for record in fetch_audit(base_url)}
+    known = {record["id"] for record in fetch_audit(base_url, ADMIN)}
     replayed = 0
     with requests.Session() as session:
         for log in logs:
@@ -274,18 +256,6 @@ def numbered(directory: Path, pattern: str) -> list[int]:
     return sorted(int(path.name.split("-")[1].split(".")[0]) for path in directory.glob(pattern))
 
 
-def open_accounts(base_url: str, balances: dict[str, int], admin: dict[str, str] = ADMIN) -> None:
-    """Open each account with its opening balance; its token is ``<name>-token``."""
-    for name, opening in balances.items():
-        created = requests.post(
-            f"{base_url}/admin/accounts",
-            json={"username": name, "token": f"{name}-token", "balance": opening},
-            headers=admin,
-            timeout=REQUEST_TIMEOUT_S,
-        )
-        assert created.status_code == 201, created.text
-
-
 def open_hold(base_url: str) -> dict[str, Any]:
     """A pending hold (crash0 → crash1) that every crash must leave pending and unchanged."""
     created = requests.post(
@@ -326,7 +296,7 @@ def crash_cycles(data_dir: Path, cycles: list[dict[str, str]], *, with_hold: boo
     for cycle, extra in enumerate([*cycles, None]):
         with gunicorn_process(**env, **(extra or {})) as server:
             if cycle == 0:
-                open_accounts(server.url, dict.fromkeys(ACCOUNTS, OPENING_BALANCE))
+                open_accounts(server.url, dict.fromkeys(ACCOUNTS, OPENING_BALANCE), ADMIN)
                 hold = open_hold(server.url) if with_hold else None
             else:
                 check_recovered(server.url, logs, records_before)

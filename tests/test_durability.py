@@ -27,6 +27,7 @@ from app.ledger.memory import MockDB
 from app.ledger.memory.files import DataDirLocked, JournalCorrupt, read_directory
 from app.ledger.memory.recovery import snapshot_lsn
 from app.ledger.model import BatchItem, Deadline, HoldStatus, OperationType
+from tests.drivers import MemoryDriver
 from tests.threads import JOIN_TIMEOUT_S, run_together
 
 NAMES = ("alice", "bob", "carol", "dave")
@@ -60,7 +61,7 @@ def _seed(store: MockDB, balance: int = 1000) -> None:
 
 
 def state_of(store: MockDB, hold_ids: list[str]) -> dict[str, Any]:
-    """Everything a client can see of a ledger, through the store's public methods."""
+    """Everything a client can see of a ledger: the store's public reads, and its kept idempotency keys."""
     records = []
     cursor: str | None = None
     while True:
@@ -77,7 +78,7 @@ def state_of(store: MockDB, hold_ids: list[str]) -> dict[str, Any]:
         "holds": {hold_id: store.get_hold(NAMES[0], hold_id, deadline=_deadline()) for hold_id in hold_ids},
         "keys": sorted(
             (username, key, fingerprint, repr(outcome))
-            for username, key, fingerprint, _, outcome in store._keys.kept()
+            for username, key, fingerprint, _, outcome in MemoryDriver(store).kept_keys()
         ),
         "verified": store.verify().figures(),
     }
@@ -519,17 +520,8 @@ def test_a_retry_waiting_on_a_key_is_not_answered_when_the_first_request_cannot_
 
     store = _open(tmp_path, sync=sync)
     _seed(store, balance=100)
-    table = store._keys
     waiting = threading.Event()
-    claim = table._claim
-
-    def claim_and_signal(slot: tuple[str, str], fingerprint: str) -> Any:
-        entry, owner = claim(slot, fingerprint)
-        if not owner:
-            waiting.set()  # the retry found the first request's key in flight
-        return entry, owner
-
-    table._claim = claim_and_signal  # type: ignore[method-assign]
+    MemoryDriver(store).on_key_in_flight(waiting.set)  # the retry found the first request's key in flight
     outcomes: dict[str, object] = {}
 
     def send(name: str) -> None:

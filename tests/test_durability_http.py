@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.ledger.memory import MockDB
-from tests.servers import ROOT, free_port, gunicorn_command, gunicorn_process, server_env
-from tests.test_crash import fetch_audit, open_accounts
+from tests.servers import ROOT, free_port, gunicorn_command, gunicorn_process, open_accounts, server_env
+from tests.trails import fetch_audit
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ ADMIN = {"Authorization": ADMIN_TOKEN}
 TIMEOUT_S = 30
 #: A start that must fail has this long to exit.
 FAILED_START_TIMEOUT_S = 60
-#: The frame header: payload length, crc32, lsn (see app/ledger/journal.py).
+#: The frame header: payload length, crc32, lsn (see app/ledger/memory/files.py).
 FRAME_HEADER = struct.Struct("<IIQ")
 MAGIC_BYTES = 16
 

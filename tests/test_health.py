@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
+from tests.drivers import StoreDriver
+
 
 def test_health_reports_the_original_fields(client: FlaskClient) -> None:
     client.post("/account/coins/add?username=aaron&amount=1", headers={"Authorization": "1"})
@@ -22,17 +24,11 @@ def test_health_needs_no_token(client: FlaskClient) -> None:
 
 
 @pytest.mark.memory_only  # MockDB's balance lock; PostgreSQL: test_postgres.py
-def test_health_is_unhealthy_when_the_balance_lock_is_wedged(client: FlaskClient) -> None:
-    from app.api.common import store
-
-    with client.application.app_context():
-        ledger = store()
-    blocker = ledger._rw.gen_wlock()  # type: ignore[attr-defined]
-    assert blocker.acquire(blocking=True, timeout=5)
-    try:
+def test_health_is_unhealthy_when_the_balance_lock_is_wedged(
+    client: FlaskClient, driver: StoreDriver
+) -> None:
+    with driver.holding_write_lock():
         response = client.get("/system/health")
-    finally:
-        blocker.release()
     assert response.status_code == 503
     assert response.json["status"] == "unhealthy"
     assert response.json["components"]["database"] is False

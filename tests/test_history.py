@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
+
+from app.ledger.errors import InvalidInput
+from app.ledger.memory import MockDB
+from tests.stores import ADMIN_TOKEN, open_account
 
 AARON = {"Authorization": "1"}
 
@@ -68,8 +73,6 @@ def test_a_user_sees_only_their_own_records(client: FlaskClient) -> None:
 def test_a_failed_transfer_to_an_unknown_name_does_not_reach_that_names_future_history(
     client: FlaskClient,
 ) -> None:
-    from tests.conftest import ADMIN_TOKEN
-
     client.post("/account/coins/transfer?username=aaron&to=zed&amount=5", headers=AARON)
     created = client.post(
         "/admin/accounts",
@@ -81,13 +84,7 @@ def test_a_failed_transfer_to_an_unknown_name_does_not_reach_that_names_future_h
     assert [r["type"] for r in records["transactions"]] == ["open"]
 
 
-def test_the_store_refuses_an_empty_page() -> None:
-    import pytest
-
-    from app.ledger.errors import InvalidInput
-    from app.ledger.memory import MockDB
-    from tests.conftest import open_account
-
+def test_the_memory_store_refuses_an_empty_page() -> None:
     ledger = MockDB()
     open_account(ledger, "alice", 10)
     with pytest.raises(InvalidInput, match="limit"):

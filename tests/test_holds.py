@@ -1,8 +1,10 @@
 """Holds: two-phase transfers (``/account/holds``), their expiry, and the sweeper.
 
-Over the Flask test client for the contract, on ``MockDB`` directly where that says
-it more plainly (expiry by ``sweep_expired``, the sweeper thread). Time is a
-``FakeClock`` the test moves by hand: nothing here waits for a hold to expire.
+Over the Flask test client for the contract, on a bare store directly where that
+says it more plainly (expiry by ``sweep_expired``; MockDB's sweeper thread, memory
+only). Time is a ``FakeClock`` the test moves by hand: nothing here waits for a hold
+to expire. The stores' differences (stalling writers, tampering, the sweeper's
+internals) go through the store's driver (``tests/drivers.py``).
 Every test ends with exact balances, held money and versions, and with the audit
 records the operations wrote. Races between capture, void and expiry are in
 ``test_holds_races.py``.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,6 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app.ledger.errors import HoldNotPending
-from app.ledger.memory import MockDB
 from app.ledger.memory.holds import ExpirySweeper
 from app.ledger.model import (
     DEFAULT_HOLD_TIMEOUT_S,
@@ -36,10 +36,11 @@ from app.ledger.model import (
     Status,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN, empty_postgres, new_store, open_account, stop_sweeper
-from tests.tampering import adjust
-from tests.test_batch import audit  # the whole trail, gap-free (no touch: expires nothing)
-from tests.threads import JOIN_TIMEOUT_S, holding_write_lock
+from tests.clocks import START_S, FakeClock
+from tests.drivers import StoreDriver, driver_for, memory_driver
+from tests.stores import ADMIN_TOKEN, empty_postgres, new_store, open_account
+from tests.threads import JOIN_TIMEOUT_S
+from tests.trails import audit  # the whole trail, gap-free (no touch: expires nothing)
 
 HOLDS = "/account/holds"
 COINS = "/account/coins"
@@ -49,40 +50,12 @@ CAROL = {"Authorization": "carol-token"}
 ADMIN = {"Authorization": ADMIN_TOKEN}
 HEADERS = {"aaron": AARON, "bryan": BRYAN, "carol": CAROL}
 OPENING = 10_000
-#: The fake wall clock starts here (2030-03-17T17:46:40Z), far from the real one.
-START_S = 1_900_000_000.0
 HOLD_ID = re.compile(r"hold_[0-9a-f]{32}")
 #: What every hold-operation answer carries.
 RESULT_KEYS = {"hold", "transaction", "username", "balance", "held", "available", "version"}
 HOLD_KEYS = {"id", "from", "to", "amount", "captured", "status", "expires_at", "created_at"}
 
 Shape = tuple[str, str | None, str | None, int, str, str | None]
-
-
-class FakeClock:
-    """A wall clock that moves only when told; one thread may run ahead of the rest.
-
-    ``ahead(s)`` puts the calling thread ``s`` seconds in the future (the others keep
-    the shared time), so one racer can see a hold as due while the others do not.
-    """
-
-    def __init__(self, now_s: float = START_S) -> None:
-        self.now_s = now_s
-        self._local = threading.local()
-
-    def __call__(self) -> float:
-        return self.now_s + getattr(self._local, "ahead_s", 0.0)
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
-
-    @contextmanager
-    def ahead(self, seconds: float) -> Iterator[None]:
-        self._local.ahead_s = seconds
-        try:
-            yield
-        finally:
-            self._local.ahead_s = 0.0
 
 
 def iso(epoch_s: float) -> str:
@@ -110,8 +83,9 @@ def ledger(app: Flask, clock: FakeClock) -> LedgerStore:
     operation that touches one of its accounts: exactly what these tests look at.
     """
     store: LedgerStore = app.extensions["ledger"]
-    stop_sweeper(store)
-    store._clock = clock  # type: ignore[attr-defined]
+    with driver_for(store) as driver:
+        driver.stop_sweeper()
+        driver.set_clock(clock)  # create_app builds the store, and its config takes no clock
     return store
 
 
@@ -377,10 +351,10 @@ def test_if_match_applies_to_creating_a_hold(client: FlaskClient) -> None:
 
 
 def test_a_hold_that_cannot_get_the_lock_in_time_is_503_and_holds_nothing(
-    client: FlaskClient, ledger: LedgerStore
+    client: FlaskClient, driver: StoreDriver
 ) -> None:
     opening_records = len(audit(client))
-    with holding_write_lock(ledger):
+    with driver.holding_write_lock():
         response = create(client, 50, headers={**AARON, "X-Timeout-Ms": "20"})
     assert_error(response, 503, "timeout")
     assert response.headers["Retry-After"] == "1"
@@ -731,21 +705,21 @@ def test_every_hold_operation_is_audited_and_verify_passes(
     assert response.json["total_balance"] == 2 * OPENING + 500
 
 
-def test_verify_catches_held_money_that_no_hold_explains(client: FlaskClient, ledger: LedgerStore) -> None:
+def test_verify_catches_held_money_that_no_hold_explains(client: FlaskClient, driver: StoreDriver) -> None:
     hold_id = created(client, 300)
     created(client, 200, username="bryan", to="aaron")
     assert capture(client, hold_id, "bryan", 100).status_code == 200
     assert_verified(client)
 
-    adjust(ledger, "aaron", held=1)  # a coin held by no hold
+    driver.adjust("aaron", held=1)  # a coin held by no hold
 
     response = client.get("/admin/verify", headers=ADMIN)
     assert response.status_code == 500
     assert response.json["ok"] is False
     assert response.json["problems"] == ["aaron holds 1 but its pending holds add up to 0"]
 
-    adjust(ledger, "aaron", held=-1)
-    adjust(ledger, "bryan", held=-200)  # a pending hold whose money is no longer held
+    driver.adjust("aaron", held=-1)
+    driver.adjust("bryan", held=-200)  # a pending hold whose money is no longer held
     response = client.get("/admin/verify", headers=ADMIN)
     assert response.status_code == 500
     assert response.json["problems"] == ["bryan holds 0 but its pending holds add up to 200"]
@@ -892,14 +866,14 @@ def store_on_clock(store_url: str, clock: FakeClock) -> Iterator[LedgerStore]:
         yield store
     finally:
         store.close()
-    assert not store._sweeper.running  # type: ignore[attr-defined]
+    assert not driver_for(store).sweeper_running()
 
 
 def test_sweep_expired_expires_every_due_hold_and_nothing_else(
     store_on_clock: LedgerStore, clock: FakeClock
 ) -> None:
     store = store_on_clock
-    stop_sweeper(store)  # only this test's sweeps expire anything
+    driver_for(store).stop_sweeper()  # only this test's sweeps expire anything
     plans = [
         ("aaron", "bryan", 100, 30),
         ("bryan", "carol", 200, 10),
@@ -946,26 +920,25 @@ def test_sweep_expired_expires_every_due_hold_and_nothing_else(
 
 @pytest.mark.memory_only  # its sweeper's internals; PostgreSQL: test_postgres.py
 def test_the_stores_sweeper_expires_an_idle_hold_without_any_touch(
-    store_on_clock: MockDB, clock: FakeClock
+    store_on_clock: LedgerStore, clock: FakeClock
 ) -> None:
     store = store_on_clock
+    driver = memory_driver(store)
     swept = threading.Event()
     sweeper_threads: list[str] = []
-    expire = store._sweeper._expire
 
-    def expire_and_tell(hold_ids: list[str]) -> None:
-        expire(hold_ids)
+    def tell(hold_ids: list[str]) -> None:
         sweeper_threads.append(threading.current_thread().name)
         swept.set()
 
-    store._sweeper._expire = expire_and_tell
+    driver.after_each_sweep(tell)
     due = store.create_hold("aaron", "bryan", 100, timeout_s=5, deadline=patient()).hold
     later = store.create_hold("aaron", "carol", 200, timeout_s=50, deadline=patient()).hold
-    assert store._sweeper.running
+    assert driver.sweeper_running()
     records = len(store.audit_page(limit=500, cursor=None).transactions)
 
     clock.advance(5)
-    store._sweeper.wake()
+    driver.wake_sweeper()
     assert swept.wait(JOIN_TIMEOUT_S), "the sweeper did not run after the clock passed expires_at"
 
     # audit_page and verify touch nothing: the sweeper alone expired the hold.
@@ -980,10 +953,10 @@ def test_the_stores_sweeper_expires_an_idle_hold_without_any_touch(
     assert store.account("aaron", deadline=patient()) == AccountView("aaron", 1_000, 3, 200)
 
     store.close()
-    assert not store._sweeper.running
+    assert not driver.sweeper_running()
     # A stopped sweeper takes no more work (and starts no thread).
     store.create_hold("bryan", "carol", 1, timeout_s=1, deadline=patient())
-    assert not store._sweeper.running
+    assert not driver.sweeper_running()
 
 
 class _Calls:
@@ -1199,14 +1172,14 @@ def test_if_match_applies_to_capture_and_void_as_the_callers_version(client: Fla
     assert void.json["hold"]["status"] == "VOIDED"
 
 
-def test_a_timed_out_hold_is_audited_with_its_payee(store: LedgerStore) -> None:
+def test_a_timed_out_hold_is_audited_with_its_payee(store: LedgerStore, driver: StoreDriver) -> None:
     from app.ledger.errors import OperationTimeout
     from app.ledger.model import Deadline
 
     ledger = store
     open_account(ledger, "payer", 100)
     open_account(ledger, "payee", 0)
-    with holding_write_lock(ledger), pytest.raises(OperationTimeout) as raised:
+    with driver.holding_write_lock(), pytest.raises(OperationTimeout) as raised:
         ledger.create_hold("payer", "payee", 5, timeout_s=60, deadline=Deadline.after_ms(5))
     record = raised.value.transaction
     assert record is not None
@@ -1221,28 +1194,31 @@ def test_a_failed_hold_read_is_counted_as_failed(client: FlaskClient) -> None:
 
 
 @pytest.mark.memory_only
-def test_a_sweep_pass_looks_only_at_the_holds_it_is_given(store_on_clock: MockDB, clock: FakeClock) -> None:
+def test_a_sweep_pass_looks_only_at_the_holds_it_is_given(
+    store_on_clock: LedgerStore, clock: FakeClock
+) -> None:
     store = store_on_clock
-    store._sweeper.stop(timeout_s=JOIN_TIMEOUT_S)
+    driver = memory_driver(store)
+    driver.stop_sweeper()
     first = store.create_hold("aaron", "bryan", 10, timeout_s=5, deadline=patient()).hold
     second = store.create_hold("aaron", "carol", 20, timeout_s=5, deadline=patient()).hold
     clock.advance(5)
-    store._sweep_due([first.id, "hold_" + "0" * 32])  # an unknown id is skipped
-    assert store._holds.get(first.id).status is HoldStatus.EXPIRED  # type: ignore[union-attr]
-    assert store._holds.get(second.id).status is HoldStatus.PENDING  # type: ignore[union-attr]
+    driver.sweep_due([first.id, "hold_" + "0" * 32])  # an unknown id is skipped
+    assert driver.peek_hold(first.id).status is HoldStatus.EXPIRED  # type: ignore[union-attr]
+    assert driver.peek_hold(second.id).status is HoldStatus.PENDING  # type: ignore[union-attr]
     assert store.verify().ok
 
 
 @pytest.mark.memory_only
 def test_a_hold_the_sweeper_pops_too_early_is_scheduled_again(
-    store_on_clock: MockDB, clock: FakeClock
+    store_on_clock: LedgerStore, clock: FakeClock
 ) -> None:
     """The wall clock stepped back between the sweeper's pop and the store's check."""
     store = store_on_clock
-    store._sweeper.stop(timeout_s=JOIN_TIMEOUT_S)
+    driver = memory_driver(store)
+    driver.stop_sweeper()
     hold = store.create_hold("aaron", "bryan", 10, timeout_s=5, deadline=patient()).hold
-    rescheduled: list[tuple[float, str]] = []
-    store._sweeper.schedule = lambda due_s, hold_id: rescheduled.append((due_s, hold_id))  # type: ignore[method-assign]
-    store._sweep_due([hold.id])  # not due yet on the store's clock
-    assert store._holds.get(hold.id).status is HoldStatus.PENDING  # type: ignore[union-attr]
+    rescheduled = driver.catch_reschedules()
+    driver.sweep_due([hold.id])  # not due yet on the store's clock
+    assert driver.peek_hold(hold.id).status is HoldStatus.PENDING  # type: ignore[union-attr]
     assert rescheduled == [(START_S + 5, hold.id)]

@@ -5,7 +5,8 @@ Threads start together on a barrier (``run_together``) and are joined within
 thread ahead of the shared time (``FakeClock.ahead``), so to it the hold is due while
 to the capturer and the voider it is not; whichever takes the ledger's lock first
 resolves the hold. Randomness is seeded; the stores' background sweepers are stopped
-so that only the racers resolve holds. Every round ends with exact balances.
+so that only the racers resolve holds. Every round ends with exact balances. A race
+runs as many rounds as the store's driver says (a quarter of them on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from flask import Flask
 
 from app import create_app
 from app.ledger.errors import HoldNotPending, InsufficientFunds, LedgerError
-from app.ledger.memory import MockDB
 from app.ledger.model import (
     AccountView,
     Deadline,
@@ -34,8 +34,9 @@ from app.ledger.model import (
     Transaction,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN, app_config, new_store, open_account, stop_sweeper
-from tests.test_holds import FakeClock
+from tests.clocks import FakeClock
+from tests.drivers import driver_for
+from tests.stores import ADMIN_TOKEN, app_config, new_store, open_account
 from tests.threads import run_together
 
 #: Rounds of the three-way race (each with a fresh hold).
@@ -92,14 +93,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def clocked_store(store_url: str, clock: FakeClock) -> Iterator[LedgerStore]:
     store = new_store(store_url, clock=clock)
-    stop_sweeper(store)  # no background sweeps: only the racers resolve holds
+    driver_for(store).stop_sweeper()  # no background sweeps: only the racers resolve holds
     yield store
     store.close()
-
-
-def rounds_on(store: LedgerStore, rounds: int) -> int:
-    """A race's rounds on this store: a quarter on PostgreSQL, where each costs round trips."""
-    return rounds if isinstance(store, MockDB) else rounds // 4
 
 
 def attempt(operation: Callable[[], HoldResult]) -> HoldResult | LedgerError:
@@ -116,7 +112,7 @@ def test_capture_void_and_expiry_race_with_exactly_one_winner(
     clocked_store: LedgerStore, clock: FakeClock
 ) -> None:
     store = clocked_store
-    rounds = rounds_on(store, ROUNDS)
+    rounds = driver_for(store).race_rounds(ROUNDS)
     opening = {"aaron": 100 * rounds, "bryan": 0}
     for username, balance in opening.items():
         open_account(store, username, balance)
@@ -214,9 +210,10 @@ def http_app(store_url: str) -> Iterator[Flask]:
 
 def test_the_same_race_over_http_answers_409_naming_the_winner(http_app: Flask, clock: FakeClock) -> None:
     store: LedgerStore = http_app.extensions["ledger"]
-    stop_sweeper(store)
-    store._clock = clock  # type: ignore[attr-defined]
-    http_rounds = rounds_on(store, HTTP_ROUNDS)
+    driver = driver_for(store)
+    driver.stop_sweeper()
+    driver.set_clock(clock)  # create_app builds the store, and its config takes no clock
+    http_rounds = driver.race_rounds(HTTP_ROUNDS)
     rng = random.Random(20632)
     # Each racer has its own client of the one app.
     capturer_client, voider_client, expirer_client = (http_app.test_client() for _ in range(3))
@@ -315,7 +312,7 @@ def test_holds_and_a_withdrawal_never_spend_the_same_money_twice(
 ) -> None:
     """Available 100; two holds and a withdrawal of ``claim`` each race for it."""
     store = clocked_store
-    rounds, available = rounds_on(store, 120), 100
+    rounds, available = driver_for(store).race_rounds(120), 100
     open_account(store, "bryan", 0)
     open_account(store, "carol", 0)
     rng = random.Random(claim)

@@ -38,8 +38,9 @@ from app.ledger.model import (
 from app.ledger.outcomes import Outcome
 from app.ledger.records import RecordDraft
 from app.ledger.store import LedgerStore
-from tests.conftest import ADMIN_TOKEN
-from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
+from tests.drivers import StoreDriver
+from tests.stores import ADMIN_TOKEN
+from tests.threads import JOIN_TIMEOUT_S, run_together
 
 T = TypeVar("T")
 
@@ -290,10 +291,12 @@ def test_a_key_whose_first_request_failed_replays_the_failure_even_once_funded(
     assert_verifies(client)
 
 
-def test_a_key_whose_first_request_timed_out_is_released(app: Flask, client: FlaskClient) -> None:
+def test_a_key_whose_first_request_timed_out_is_released(
+    app: Flask, client: FlaskClient, driver: StoreDriver
+) -> None:
     query = {"username": "aaron", "amount": 300}
     headers = {**AARON, "Idempotency-Key": "slow-1"}
-    with holding_write_lock(ledger_of(app)):
+    with driver.holding_write_lock():
         first = send(app, WITHDRAW, query, {**headers, "X-Timeout-Ms": "20"})
     assert first.status == 503
     assert first.json["error"] == "timeout"
@@ -316,11 +319,11 @@ def test_a_key_whose_first_request_timed_out_is_released(app: Flask, client: Fla
 
 
 def test_concurrent_requests_that_all_time_out_release_the_key_for_concurrent_retries(
-    app: Flask, client: FlaskClient
+    app: Flask, client: FlaskClient, driver: StoreDriver
 ) -> None:
     query = {"username": "aaron", "amount": 300}
     headers = {**AARON, "Idempotency-Key": "slow-2"}
-    with holding_write_lock(ledger_of(app)):
+    with driver.holding_write_lock():
         stalled = run_together([lambda: send(app, WITHDRAW, query, {**headers, "X-Timeout-Ms": "20"})] * N)
     for reply in stalled:
         assert reply.status == 503
@@ -384,7 +387,7 @@ def _timed_out(
 
 
 def test_an_http_waiter_whose_deadline_passes_gets_503_and_the_first_request_applies_once(
-    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+    app: Flask, client: FlaskClient, driver: StoreDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = ledger_of(app)
     entered = threading.Event()
@@ -397,7 +400,7 @@ def test_an_http_waiter_whose_deadline_passes_gets_503_and_the_first_request_app
     monkeypatch.setattr(ledger, "withdraw", announced_withdraw)
     query = {"username": "aaron", "amount": 400}
     headers = {**AARON, "Idempotency-Key": "in-flight"}
-    with holding_write_lock(ledger):
+    with driver.holding_write_lock():
         first = Background(lambda: send(app, WITHDRAW, query, {**headers, "X-Timeout-Ms": "10000"}))
         assert entered.wait(JOIN_TIMEOUT_S)  # the first request holds the key, stuck on the lock
         waiter = send(app, WITHDRAW, query, {**headers, "X-Timeout-Ms": "20"})
@@ -541,7 +544,7 @@ def test_a_stream_of_unique_keys_never_holds_more_than_max_keys() -> None:
     assert 0 < refusals < 10_000  # the stream did fill the table, and it did recover
 
 
-def test_the_store_keeps_the_table_it_is_given() -> None:
+def test_the_memory_store_keeps_the_table_it_is_given() -> None:
     """``MockDB(idempotency=table)`` must use ``table`` (and its bounds), even while it is empty."""
     store = MockDB(idempotency=IdempotencyTable(ttl_s=TTL_S, max_keys=1, clock=FakeClock()))
     assert not store.idempotent("aaron", "first", "fp", patient(), Counted()).replayed

@@ -9,8 +9,8 @@ from flask.testing import FlaskClient
 
 from app.api.common import store
 from app.ledger.model import MAX_BALANCE, MAX_BATCH_ITEMS, BatchItem, OperationType
-from tests.conftest import ADMIN_TOKEN, app_config
-from tests.threads import holding_write_lock
+from tests.drivers import StoreDriver, driver_for
+from tests.stores import ADMIN_TOKEN, app_config
 
 AARON = {"Authorization": "1"}
 BRYAN = {"Authorization": "2"}
@@ -222,11 +222,9 @@ def test_a_malformed_if_match_applies_nothing(client: FlaskClient) -> None:
     ],
 )
 def test_an_operation_past_its_deadline_is_503_applies_nothing_and_is_audited(
-    client: FlaskClient, path: str, query: str
+    client: FlaskClient, driver: StoreDriver, path: str, query: str
 ) -> None:
-    with client.application.app_context():
-        ledger = store()
-    with holding_write_lock(ledger):
+    with driver.holding_write_lock():
         response = client.post(f"{path}?username=aaron&{query}", headers={**AARON, "X-Timeout-Ms": "20"})
     assert response.status_code == 503
     assert response.json["error"] == "timeout"
@@ -248,7 +246,7 @@ def test_a_lock_wait_past_the_default_deadline_degrades_health(store_url: str) -
     with app.app_context():
         ledger = store()
     try:
-        with holding_write_lock(ledger):
+        with driver_for(ledger).holding_write_lock():
             response = client.post("/account/coins/add?username=aaron&amount=5", headers=AARON)
         assert response.status_code == 503
         health = client.get("/system/health")
@@ -260,15 +258,9 @@ def test_a_lock_wait_past_the_default_deadline_degrades_health(store_url: str) -
 
 
 @pytest.mark.memory_only  # PostgreSQL reads do not wait for writers (MVCC)
-def test_a_balance_read_past_its_deadline_is_503(client: FlaskClient) -> None:
-    with client.application.app_context():
-        ledger = store()
-    blocker = ledger._rw.gen_wlock()  # type: ignore[attr-defined]
-    assert blocker.acquire(blocking=True, timeout=5)
-    try:
+def test_a_balance_read_past_its_deadline_is_503(client: FlaskClient, driver: StoreDriver) -> None:
+    with driver.holding_write_lock():
         response = client.get("/account/coins?username=aaron", headers={**AARON, "X-Timeout-Ms": "10"})
-    finally:
-        blocker.release()
     assert response.status_code == 503
     assert response.json["error"] == "timeout"
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from flask.testing import FlaskClient
 
-from tests.threads import holding_write_lock
+from tests.drivers import StoreDriver
 
 AARON = {"Authorization": "1"}
 
@@ -50,12 +50,8 @@ def test_metrics_need_no_token(client: FlaskClient) -> None:
     assert client.get("/metrics", headers={"Authorization": "wrong"}).status_code == 200
 
 
-def test_a_timeout_shows_in_the_metrics(client: FlaskClient) -> None:
-    from app.api.common import store
-
-    with client.application.app_context():
-        ledger = store()
-    with holding_write_lock(ledger):
+def test_a_timeout_shows_in_the_metrics(client: FlaskClient, driver: StoreDriver) -> None:
+    with driver.holding_write_lock():
         client.post("/account/coins/add?username=aaron&amount=5", headers={**AARON, "X-Timeout-Ms": "5"})
     assert 'goledger_operations_total{operation="deposit",outcome="timeout"} 1.0' in scrape(client)
 

@@ -24,7 +24,10 @@ from app.ledger.model import AccountView, Deadline, HoldStatus, OperationResult,
 from app.ledger.outcomes import Outcome
 from app.ledger.postgres import PostgresStore
 from app.ledger.postgres.schema import migrate, migrations, schema_version
-from tests.conftest import (
+from tests.clocks import FakeClock
+from tests.drivers import driver_for
+from tests.servers import gunicorn_server
+from tests.stores import (
     ADMIN_TOKEN,
     TEST_POOL_SIZE,
     app_config,
@@ -33,9 +36,7 @@ from tests.conftest import (
     scratch_database,
     server_url,
 )
-from tests.servers import gunicorn_server
-from tests.test_holds import FakeClock
-from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
+from tests.threads import JOIN_TIMEOUT_S, run_together
 
 AARON = {"Authorization": "1"}
 ADMIN = {"Authorization": ADMIN_TOKEN}
@@ -237,7 +238,7 @@ def test_a_retry_on_another_worker_waits_for_the_first_outcome(
     def run_first() -> None:
         results.append(first.idempotent("aaron", "pay-2", "fp", patient(), slow_transfer))
 
-    with holding_write_lock(first):
+    with driver_for(first).holding_write_lock():
         thread = threading.Thread(target=run_first, daemon=True)
         thread.start()
         assert entered.wait(JOIN_TIMEOUT_S)

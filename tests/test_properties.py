@@ -23,15 +23,15 @@ which leaves holds and the clock more of its steps.
 
 The run is derandomized and keeps no example database, so CI sees the same examples
 every time. On PostgreSQL the same machines run fewer and shorter examples (every
-step's invariants read the whole trail over the network); "peeking" there is a plain
-query on a connection of the test's own, which expires nothing.
+step's invariants read the whole trail over the network). "Peeking" goes through the
+store's driver (``tests/drivers.py``): MockDB's structures, or on PostgreSQL a plain
+query on a connection of the driver's own; either expires nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -72,7 +72,8 @@ from app.ledger.model import (
 from app.ledger.outcomes import Outcome
 from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
-from tests.conftest import empty_postgres
+from tests.drivers import driver_for
+from tests.stores import empty_postgres
 
 #: Names accounts may be opened under; a small alphabet so that they collide often.
 NAMES = ("ann", "bob", "cyd", "dee")
@@ -478,62 +479,6 @@ def run_op(store: LedgerStore, op: Op) -> OperationResult:
     )
 
 
-class Peek:
-    """Reads of a store's state that expire nothing (a balance read would expire due holds)."""
-
-    def __init__(self, store: LedgerStore) -> None:
-        self._store = store
-        self._connection = (
-            psycopg.connect(store.url, autocommit=True) if isinstance(store, PostgresStore) else None
-        )
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-
-    def account(self, name: str) -> AccountView:
-        if self._connection is None:
-            assert isinstance(self._store, MockDB)
-            return self._store._accounts[name].view()
-        row = self._connection.execute(
-            "SELECT balance, version, held FROM accounts WHERE username = %s", (name,)
-        ).fetchone()
-        assert row is not None, name
-        return AccountView(name, *row)
-
-    def hold(self, hold_id: str) -> Hold | None:
-        if self._connection is None:
-            assert isinstance(self._store, MockDB)
-            state = self._store._holds.get(hold_id)
-            return None if state is None else state.view()
-        row = self._connection.execute(
-            "SELECT id, source, target, amount, captured, status, expires_at_s, created_at "
-            "FROM holds WHERE id = %s",
-            (hold_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        hold_id, source, target, amount, captured, status, expires_at_s, created_at = row
-        return Hold(
-            hold_id,
-            source,
-            target,
-            amount,
-            captured,
-            HoldStatus(status),
-            iso_from_epoch(expires_at_s),
-            created_at,
-        )
-
-    def hold_count(self) -> int:
-        if self._connection is None:
-            assert isinstance(self._store, MockDB)
-            return len(self._store._holds.snapshot())
-        row = self._connection.execute("SELECT count(*) FROM holds").fetchone()
-        assert row is not None
-        return int(row[0])
-
-
 def audit_trail(store: LedgerStore, limit: int) -> list[Transaction]:
     """The whole audit trail, oldest first, page by page."""
     records: list[Transaction] = []
@@ -575,13 +520,14 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clock = ManualClock(START_S)
         if self.store_url == "memory":
             self.store: LedgerStore = MockDB(clock=self.clock)
-            # Stopped before the first hold schedules it: only this machine's steps expire holds.
-            self.store.close()
         else:
             self.store = PostgresStore(
                 empty_postgres(self.store_url), clock=self.clock, sweep_interval_s=None, max_connections=2
             )
-        self.peek = Peek(self.store)
+        #: The store's driver: its raw state read without expiring anything ("peeking").
+        self.driver = driver_for(self.store)
+        # Stopped before the first hold schedules it: only this machine's steps expire holds.
+        self.driver.stop_sweeper()
         self.model = Model(now_s=START_S)
         #: (caller, key) -> the operation first sent with it and the outcome it got.
         self.keys: dict[tuple[str, str], tuple[Op, Outcome]] = {}
@@ -702,7 +648,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.check_failure(reason, error)
             # Nothing changed: not the balance, not the version, not the token.
             assert before_view is not None
-            assert self.peek.account(name) == before_view
+            assert self.driver.peek_account(name) == before_view
             assert self.store.token_digest(name) == self.tokens[name]
             return
         assert reason is None, f"re-opening {name} succeeded"
@@ -812,7 +758,7 @@ class LedgerMachine(RuleBasedStateMachine):
             # A replay: the same result (or failure), and nothing ran. MockDB hands back the
             # very object; PostgreSQL, which may replay on another worker, an equal copy.
             assert outcome.replayed
-            if isinstance(self.store, MockDB):
+            if self.driver.replays_the_kept_object:
                 assert outcome.result is known[1].result
             else:
                 assert replayable(outcome.result) == replayable(known[1].result)
@@ -1030,10 +976,9 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.store.sweep_expired(deadline=deadline()) == expected
 
     def teardown(self) -> None:
-        self.peek.close()
+        self.driver.close()
         self.store.close()
-        if isinstance(self.store, MockDB):
-            assert not self.store._sweeper.running, "the sweeper ran: holds may have expired behind the model"
+        assert not self.driver.sweeper_running(), "the sweeper ran: holds may have expired behind the model"
 
     # -- invariants -----------------------------------------------------------
 
@@ -1044,7 +989,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 # A balance read would expire a due hold: read those without one (and so
                 # check that the read expires nothing), peek at the others.
                 if self.model.due((name,)):
-                    view = self.peek.account(name)
+                    view = self.driver.peek_account(name)
                 else:
                     view = self.store.account(name, deadline=deadline())
                 assert view == self.model.view(name), f"{name}: store {view}, model {self.model.view(name)}"
@@ -1065,9 +1010,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def holds_match_the_model(self) -> None:
-        assert self.peek.hold_count() == len(self.model.holds)
+        assert self.driver.peek_hold_count() == len(self.model.holds)
         for hold_id, hold in self.model.holds.items():
-            assert self.peek.hold(hold_id) == hold.view(), hold_id
+            assert self.driver.peek_hold(hold_id) == hold.view(), hold_id
             assert hold.status is not HoldStatus.PENDING or hold.captured == 0
             assert 0 <= hold.captured <= hold.amount
 
@@ -1098,7 +1043,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert report.accounts == len(self.model.accounts)
         assert report.total_deposited == self.model.deposited
         assert report.total_withdrawn == self.model.withdrawn
-        balances = [self.peek.account(name).balance for name in self.model.accounts]
+        balances = [self.driver.peek_account(name).balance for name in self.model.accounts]
         assert sum(balances) == report.total_balance == self.model.deposited - self.model.withdrawn
 
 

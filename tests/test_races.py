@@ -4,217 +4,41 @@ Every test releases its threads together on a barrier, joins each with a bound a
 asserts exact end states. Money is conserved in every test, and the audit trail —
 gap-free, one record per operation — must explain every coin.
 
-The helpers at the top are shared with ``test_scenarios.py``.
+The helpers (``attempt``, ``Outcome`` and the checks of what outcomes leave) are in
+``tests/outcomes.py``, shared with ``test_scenarios.py``.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Callable
 
 import pytest
 
-from app.ledger.errors import InsufficientFunds, LedgerError, OperationTimeout, VersionConflict
-from app.ledger.model import AccountView, Deadline, OperationResult, OperationType, Status, Transaction
+from app.ledger.errors import InsufficientFunds, OperationTimeout, VersionConflict
+from app.ledger.model import AccountView, Deadline, OperationResult, OperationType
 from app.ledger.store import LedgerStore
-from tests.conftest import open_account
-from tests.threads import JOIN_TIMEOUT_S, holding_write_lock, run_together
-
-T = TypeVar("T")
-
-#: A deadline no healthy operation comes near, so only a wait the test forces times out.
-PATIENT_MS = 5_000
-#: A small page, so that every history below spans many pages.
-PAGE_LIMIT = 7
-
-_TRANSACTION_ID = re.compile(r"tx_[0-9a-f]{32}")
-
-
-# -- shared helpers -------------------------------------------------------------
-
-
-def patient() -> Deadline:
-    return Deadline.after_ms(PATIENT_MS)
-
-
-def full_history(store: LedgerStore, username: str, *, limit: int = PAGE_LIMIT) -> list[Transaction]:
-    """Every record in one account's history, page by page, newest first."""
-    records: list[Transaction] = []
-    cursor: str | None = None
-    while True:
-        page = store.history(username, limit=limit, cursor=cursor)
-        assert len(page.transactions) <= limit
-        records.extend(page.transactions)
-        if page.next_cursor is None:
-            return records
-        assert len(page.transactions) == limit, "only the last page may be short"
-        cursor = page.next_cursor
-
-
-def audit_trail(store: LedgerStore, usernames: Iterable[str]) -> dict[int, Transaction]:
-    """The whole audit trail by sequence, gathered from the histories of ``usernames``.
-
-    Asserts on the way that no history repeats a record and each is newest first.
-    """
-    trail: dict[int, Transaction] = {}
-    for username in usernames:
-        history = full_history(store, username)
-        sequences = [record.sequence for record in history]
-        assert sequences == sorted(set(sequences), reverse=True), f"{username}: not strictly newest first"
-        for record in history:
-            assert trail.setdefault(record.sequence, record) == record
-    return trail
-
-
-def assert_gap_free(trail: dict[int, Transaction], expected_count: int) -> None:
-    """Sequences 1..expected_count, each record with its own well-formed id."""
-    assert sorted(trail) == list(range(1, expected_count + 1))
-    ids = [record.id for record in trail.values()]
-    assert len(set(ids)) == len(ids)
-    assert all(_TRANSACTION_ID.fullmatch(transaction_id) for transaction_id in ids)
-
-
-def replay(trail: dict[int, Transaction]) -> dict[str, int]:
-    """The balances the trail explains, applied in sequence order; none ever negative."""
-    balances: Counter[str] = Counter()
-    for sequence in sorted(trail):
-        record = trail[sequence]
-        if record.status is not Status.SUCCESS:
-            continue
-        if record.source is not None:
-            balances[record.source] -= record.amount
-            assert balances[record.source] >= 0, f"record {sequence} overdraws {record.source}"
-        if record.target is not None:
-            balances[record.target] += record.amount
-    return dict(balances)
-
-
-def balances(store: LedgerStore, usernames: Iterable[str]) -> dict[str, int]:
-    return {username: store.account(username, deadline=patient()).balance for username in usernames}
-
-
-def versions(store: LedgerStore, usernames: Iterable[str]) -> dict[str, int]:
-    return {username: store.account(username, deadline=patient()).version for username in usernames}
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One attempted operation and what became of it."""
-
-    type: OperationType
-    source: str | None
-    target: str | None
-    amount: int
-    record: Transaction
-    error: LedgerError | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.error is None
-
-    @property
-    def parties(self) -> tuple[str, ...]:
-        return tuple(name for name in (self.source, self.target) if name is not None)
-
-
-def attempt(
-    store: LedgerStore,
-    kind: OperationType,
-    source: str | None,
-    target: str | None,
-    amount: int,
-    *,
-    deadline: Deadline | None = None,
-    expected_version: int | None = None,
-) -> Outcome:
-    """Run one money operation; a ``LedgerError`` becomes a failed ``Outcome``."""
-    deadline = deadline or patient()
-    try:
-        if kind is OperationType.DEPOSIT:
-            assert target is not None
-            result = store.deposit(target, amount, deadline=deadline, expected_version=expected_version)
-        elif kind is OperationType.WITHDRAWAL:
-            assert source is not None
-            result = store.withdraw(source, amount, deadline=deadline, expected_version=expected_version)
-        else:
-            assert source is not None
-            assert target is not None
-            result = store.transfer(
-                source, target, amount, deadline=deadline, expected_version=expected_version
-            )
-    except LedgerError as error:
-        failure = error
-    else:
-        return Outcome(kind, source, target, amount, result.transaction)
-    assert failure.transaction is not None, f"{failure.code} was not audited"
-    return Outcome(kind, source, target, amount, failure.transaction, failure)
-
-
-def roles(kind: OperationType, caller: str, counterparty: str) -> tuple[str | None, str | None]:
-    """The (source, target) of an operation of ``kind`` that ``caller`` runs."""
-    if kind is OperationType.DEPOSIT:
-        return None, caller
-    if kind is OperationType.WITHDRAWAL:
-        return caller, None
-    return caller, counterparty
-
-
-def assert_audited(outcome: Outcome) -> None:
-    """The operation's own record describes it, with the status and reason of its outcome."""
-    record = outcome.record
-    assert (record.type, record.source, record.target, record.amount) == (
-        outcome.type,
-        outcome.source,
-        outcome.target,
-        outcome.amount,
-    )
-    if outcome.error is None:
-        assert (record.status, record.reason) == (Status.SUCCESS, None)
-    else:
-        assert (record.status, record.reason) == (Status.FAILED, outcome.error.code)
-
-
-def assert_trail_explains(trail: dict[int, Transaction], openings: int, outcomes: Sequence[Outcome]) -> None:
-    """The trail is the openings, then exactly one record per operation, describing it."""
-    assert_gap_free(trail, openings + len(outcomes))
-    assert sorted(outcome.record.sequence for outcome in outcomes) == list(
-        range(openings + 1, len(trail) + 1)
-    )
-    for outcome in outcomes:
-        assert_audited(outcome)
-        assert trail[outcome.record.sequence] == outcome.record
-
-
-def expected_balances(opening: dict[str, int], outcomes: Iterable[Outcome]) -> dict[str, int]:
-    """Opening balances plus the effect of every successful operation."""
-    result = dict(opening)
-    for outcome in outcomes:
-        if outcome.succeeded:
-            if outcome.source is not None:
-                result[outcome.source] -= outcome.amount
-            if outcome.target is not None:
-                result[outcome.target] += outcome.amount
-    return result
-
-
-def expected_versions(usernames: Iterable[str], outcomes: Iterable[Outcome]) -> dict[str, int]:
-    """One version per successful operation touching the account, none for a failure."""
-    touched = Counter(name for outcome in outcomes if outcome.succeeded for name in outcome.parties)
-    return {username: touched[username] for username in usernames}
-
-
-def moved(outcomes: Iterable[Outcome], kind: OperationType) -> int:
-    """The coins that the successful operations of ``kind`` moved."""
-    return sum(outcome.amount for outcome in outcomes if outcome.succeeded and outcome.type is kind)
-
-
-def flatten(batches: Iterable[Iterable[T]]) -> list[T]:
-    return [item for batch in batches for item in batch]
-
+from tests.drivers import StoreDriver, memory_driver
+from tests.outcomes import (
+    Outcome,
+    assert_gap_free,
+    assert_trail_explains,
+    attempt,
+    audit_trail,
+    balances,
+    expected_balances,
+    expected_versions,
+    flatten,
+    mixed_worker,
+    moved,
+    patient,
+    replay,
+    roles,
+    versions,
+)
+from tests.stores import open_account
+from tests.threads import run_together
 
 # -- deposits -------------------------------------------------------------------
 
@@ -392,18 +216,15 @@ def test_readers_never_see_a_torn_account(store: LedgerStore) -> None:
 @pytest.mark.memory_only  # MockDB's reader-writer lock
 def test_reads_share_the_lock_and_writes_wait_behind_it(store: LedgerStore) -> None:
     open_account(store, "alice", 1000)
-    reading = store._rw.gen_rlock()
-    assert reading.acquire(blocking=True, timeout=JOIN_TIMEOUT_S)
-    try:
+    driver = memory_driver(store)
+    with driver.holding_read_lock():
         # Readers get in beside a reader already inside; a writer must wait for it.
         views = run_together([lambda: store.account("alice", deadline=patient())] * 50)
         with pytest.raises(OperationTimeout):
             store.deposit("alice", 1, deadline=Deadline.after_ms(20))
-    finally:
-        reading.release()
     assert set(views) == {AccountView("alice", 1000, 0)}
 
-    with holding_write_lock(store), pytest.raises(OperationTimeout):
+    with driver.holding_write_lock(), pytest.raises(OperationTimeout):
         store.account("alice", deadline=Deadline.after_ms(20))
     assert store.account("alice", deadline=patient()) == AccountView("alice", 1000, 0)
 
@@ -412,36 +233,6 @@ def test_reads_share_the_lock_and_writes_wait_behind_it(store: LedgerStore) -> N
 
 
 _ACCOUNTS = ("alice", "bob", "carol")
-
-
-def mixed_worker(
-    store: LedgerStore, usernames: Sequence[str], seed: int, operations: int
-) -> Callable[[], list[Outcome]]:
-    """A worker that mixes every kind of operation and every business failure."""
-
-    def run() -> list[Outcome]:
-        rng = random.Random(seed)
-        outcomes = []
-        for _ in range(operations):
-            source, target = rng.sample(usernames, 2)
-            amount = rng.randint(1, 120)
-            choice = rng.randrange(6)
-            if choice == 0:
-                outcomes.append(attempt(store, OperationType.DEPOSIT, None, target, amount))
-            elif choice == 1:
-                outcomes.append(attempt(store, OperationType.WITHDRAWAL, source, None, amount))
-            elif choice == 2:
-                outcomes.append(attempt(store, OperationType.TRANSFER, source, "nobody", amount))
-            elif choice == 3:
-                # A version that is almost certainly stale by now.
-                outcomes.append(
-                    attempt(store, OperationType.DEPOSIT, None, target, amount, expected_version=0)
-                )
-            else:
-                outcomes.append(attempt(store, OperationType.TRANSFER, source, target, amount))
-        return outcomes
-
-    return run
 
 
 def test_audit_sequence_is_gap_free_with_unique_ids(store: LedgerStore) -> None:
@@ -541,13 +332,15 @@ def test_if_match_retry_loop_applies_every_deposit_once(store: LedgerStore) -> N
 
 
 @pytest.mark.parametrize("kind", [OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER])
-def test_operations_past_their_deadline_apply_nothing(store: LedgerStore, kind: OperationType) -> None:
+def test_operations_past_their_deadline_apply_nothing(
+    store: LedgerStore, driver: StoreDriver, kind: OperationType
+) -> None:
     waiters = 20
     open_account(store, "alice", 1000)
     open_account(store, "bob", 1000)
     source, target = roles(kind, "alice", "bob")
 
-    with holding_write_lock(store):
+    with driver.holding_write_lock():
         outcomes = run_together(
             [lambda: attempt(store, kind, source, target, 10, deadline=Deadline.after_ms(30))] * waiters
         )

@@ -35,8 +35,8 @@ from app.ledger.model import (
     Transaction,
 )
 from app.ledger.store import LedgerStore
-from tests.conftest import open_account
-from tests.test_races import (
+from tests.drivers import StoreDriver
+from tests.outcomes import (
     PAGE_LIMIT,
     Outcome,
     assert_trail_explains,
@@ -52,10 +52,10 @@ from tests.test_races import (
     patient,
     replay,
     roles,
-    run_together,
     versions,
 )
-from tests.threads import JOIN_TIMEOUT_S, Crew, holding_write_lock
+from tests.stores import open_account
+from tests.threads import JOIN_TIMEOUT_S, Crew, run_together
 
 TRANSFER = OperationType.TRANSFER
 
@@ -70,7 +70,7 @@ TRADE_MS = 500
 
 @pytest.mark.parametrize(("traders", "trades_per_trader"), [(50, 20), (64, 12)])
 def test_high_frequency_trading_through_a_stalled_writer(
-    store: LedgerStore, traders: int, trades_per_trader: int
+    store: LedgerStore, driver: StoreDriver, traders: int, trades_per_trader: int
 ) -> None:
     trader_opening, largest_trade = 100, 60
     names = [f"trader{index:02}" for index in range(traders)]
@@ -108,7 +108,7 @@ def test_high_frequency_trading_through_a_stalled_writer(
         return run
 
     crew = Crew([trader(index) for index in range(traders)])
-    with holding_write_lock(store):
+    with driver.holding_write_lock():
         crew.start()
         stalled.wait()
     # Every trader now waits on ``resumed``: the ledger is quiet, and no timed-out trade applied.
@@ -517,7 +517,9 @@ def shown_to(record: Transaction) -> set[str]:
     return {caller}
 
 
-def test_every_operation_is_audited_once_and_each_history_shows_its_own(store: LedgerStore) -> None:
+def test_every_operation_is_audited_once_and_each_history_shows_its_own(
+    store: LedgerStore, driver: StoreDriver
+) -> None:
     usernames = ("alice", "bob", "carol", "dave")
     threads, operations_per_thread, stalled_threads = 24, 25, 6
     for username in usernames:
@@ -527,7 +529,7 @@ def test_every_operation_is_audited_once_and_each_history_shows_its_own(store: L
         source, target = usernames[index % len(usernames)], usernames[(index + 1) % len(usernames)]
         return lambda: attempt(store, TRANSFER, source, target, 5, deadline=Deadline.after_ms(20))
 
-    with holding_write_lock(store):
+    with driver.holding_write_lock():
         timed_out = run_together([stalled(index) for index in range(stalled_threads)])
     # One sure failure of each business kind, whatever the threads below happen to do.
     refused = [

@@ -1,22 +1,16 @@
 """Helpers for threaded tests: release threads together, join them within a bound.
 
 Nothing here sleeps: threads start on a ``threading.Barrier`` and every join and
-wait has a timeout, so a deadlock fails the test instead of hanging it.
+wait has a timeout, so a deadlock fails the test instead of hanging it. Stalling a
+store's writers is the store driver's ``holding_write_lock`` (``tests/drivers.py``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
-
-import psycopg
-
-from app.ledger.memory import MockDB
-from app.ledger.postgres import PostgresStore
-from app.ledger.store import LedgerStore
 
 T = TypeVar("T")
 
@@ -67,25 +61,3 @@ def run_together(workers: Sequence[Callable[[], T]]) -> list[T]:
     crew = Crew(workers)
     crew.start()
     return crew.join()
-
-
-@contextmanager
-def holding_write_lock(store: LedgerStore) -> Iterator[None]:
-    """Stall every writer of the store, as a wedged writer would.
-
-    MockDB: its write lock, held in this thread (readers wait too). PostgreSQL: an
-    ``EXCLUSIVE`` lock on the accounts table from another connection: every row lock
-    a write takes waits, plain reads (MVCC) do not.
-    """
-    if isinstance(store, PostgresStore):
-        with psycopg.connect(store.url, autocommit=True) as blocker, blocker.transaction():
-            blocker.execute("LOCK TABLE accounts IN EXCLUSIVE MODE")
-            yield
-        return
-    assert isinstance(store, MockDB)
-    lock = store._rw.gen_wlock()
-    assert lock.acquire(blocking=True, timeout=JOIN_TIMEOUT_S)
-    try:
-        yield
-    finally:
-        lock.release()
