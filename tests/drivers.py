@@ -166,8 +166,7 @@ class MemoryDriver(StoreDriver):
             lock.release()
 
     def stop_sweeper(self) -> None:
-        """``MockDB.close`` stops its sweeper; a store without a data directory stays usable."""
-        self.store.close()
+        self.store.stop_sweeper()
 
     def sweeper_running(self) -> bool:
         return self.store._sweeper.running  # MockDB._sweeper: its ExpirySweeper

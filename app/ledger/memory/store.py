@@ -313,6 +313,10 @@ class MockDB(HoldOperations, rules.SingleOperations):
             self._count_items(items, failures, waited_s)
         return _batch_result(records, failures, account, atomic, failed_index)
 
+    def stop_sweeper(self) -> None:
+        """Stop only the background hold sweeper (tests that expire holds by touch alone)."""
+        self._sweeper.stop()
+
     def close(self) -> None:
         """Stop the background sweeper; sync and close the journal, release the data directory."""
         self._sweeper.stop()
