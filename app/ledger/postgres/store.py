@@ -76,13 +76,12 @@ from app.ledger.model import (
     OperationResult,
     OperationType,
     Page,
-    Status,
     Transaction,
     new_id,
     utc_now_iso,
 )
 from app.ledger.outcomes import Outcome, Result, outcome_from_row, outcome_row
-from app.ledger.postgres import schema
+from app.ledger.postgres import schema, sql
 from app.ledger.postgres.unit import Restart, Unit, begin_within, run_script
 from app.ledger.records import RecordDraft, success
 from app.ledger.rules import (
@@ -140,28 +139,6 @@ CONNECTION_SAFEGUARDS: dict[str, object] = {
     "options": f"-c statement_timeout={int(READ_TIMEOUT_S * 1000)}",
 }
 
-# Queries are built from these constants only (never from input), hence the S608 waivers.
-_RECORD = (
-    "a.id, a.sequence, a.type, a.source, a.target, a.amount, a.status, a.reason, a.created_at, "
-    "a.previous_hash, a.hash"
-)
-_HOLD = "id, source, target, amount, captured, status, expires_at_s, created_at"
-_DUE_ANY = (
-    "EXISTS (SELECT 1 FROM holds h WHERE h.status = 'PENDING' AND h.expires_at_s <= %s "
-    "AND (h.source = %s OR h.target = %s))"
-)
-_READ_ACCOUNT = f"SELECT a.balance, a.held, a.version, {_DUE_ANY} FROM accounts a WHERE a.username = %s"  # noqa: S608
-_READ_HOLD = f"SELECT {_HOLD}, {_DUE_ANY} FROM holds WHERE id = %s"  # noqa: S608
-_FIND_HOLD = f"SELECT {_HOLD} FROM holds WHERE id = %s"  # noqa: S608
-_ALL_HOLDS = f"SELECT {_HOLD} FROM holds"  # noqa: S608
-_HISTORY = (
-    f"SELECT {_RECORD} FROM audit_parties p JOIN audit a ON a.sequence = p.sequence "  # noqa: S608
-    "WHERE p.username = %s AND p.sequence < %s ORDER BY p.sequence DESC LIMIT %s"
-)
-_RECORDS_AFTER = f"SELECT {_RECORD} FROM audit a WHERE a.sequence > %s ORDER BY a.sequence LIMIT %s"  # noqa: S608
-_RECORDS_BETWEEN = f"SELECT {_RECORD} FROM audit a WHERE a.sequence BETWEEN %s AND %s ORDER BY a.sequence"  # noqa: S608
-_ALL_RECORDS = f"SELECT {_RECORD} FROM audit a ORDER BY a.sequence"  # noqa: S608
-
 
 class _Abort(Exception):
     """A database failure inside an idempotency key's transaction; the key's loop decides."""
@@ -190,14 +167,6 @@ def _retryable(error: psycopg.Error, connection: Connection | None) -> bool:
     if isinstance(error, psycopg.OperationalError) and (lost or str(error.sqlstate).startswith(("08", "57"))):
         return True
     raise error
-
-
-def _record(row: TupleRow) -> Transaction:
-    record_id, sequence, kind, source, target, amount, status, reason, created_at, previous, digest = row
-    return Transaction(
-        record_id, sequence, OperationType(kind), source, target, amount, Status(status), reason,
-        created_at, previous, digest,
-    )  # fmt: skip
 
 
 def _failed(kind: OperationType, source: str | None, target: str | None, amount: int, reason: str,
@@ -420,7 +389,7 @@ class PostgresStore:
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
         def read(now_s: float, connection: Connection) -> tuple[AccountView, bool]:
-            row = connection.execute(_READ_ACCOUNT, (now_s, username, username, username)).fetchone()
+            row = connection.execute(sql.READ_ACCOUNT, (now_s, username, username, username)).fetchone()
             if row is None:
                 raise AccountNotFound(f"Account {username} does not exist.")
             return AccountView(username, row[0], row[2], row[1]), bool(row[3])
@@ -662,7 +631,7 @@ class PostgresStore:
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
         def read(now_s: float, connection: Connection) -> tuple[Hold, bool]:
-            row = connection.execute(_READ_HOLD, (now_s, username, username, hold_id)).fetchone()
+            row = connection.execute(sql.READ_HOLD, (now_s, username, username, hold_id)).fetchone()
             if row is None or username not in (row[1], row[2]):
                 raise HoldNotFound(f"No hold {hold_id} of yours.")
             return HoldState.from_row(row[:8]).view(), bool(row[8])
@@ -724,16 +693,16 @@ class PostgresStore:
         check_limit(limit)
         before = None if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
         newest = before if before is not None else 2**63 - 1
-        rows = self._read(lambda c: c.execute(_HISTORY, (username, newest, limit + 1)).fetchall())
-        records = tuple(_record(row) for row in rows[:limit])
+        rows = self._read(lambda c: c.execute(sql.HISTORY, (username, newest, limit + 1)).fetchall())
+        records = tuple(sql.record(row) for row in rows[:limit])
         next_cursor = encode_cursor("h", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         check_limit(limit)
         after = 0 if cursor is None else decode_cursor(cursor, AUDIT_CURSOR)
-        rows = self._read(lambda c: c.execute(_RECORDS_AFTER, (after, limit + 1)).fetchall())
-        records = tuple(_record(row) for row in rows[:limit])
+        rows = self._read(lambda c: c.execute(sql.RECORDS_AFTER, (after, limit + 1)).fetchall())
+        records = tuple(sql.record(row) for row in rows[:limit])
         next_cursor = encode_cursor("a", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
 
@@ -751,8 +720,8 @@ class PostgresStore:
                         "SELECT username, balance, held FROM accounts"
                     )
                 }
-                holds = [HoldState.from_row(row).view() for row in connection.execute(_ALL_HOLDS)]
-                records = [_record(row) for row in connection.execute(_ALL_RECORDS)]
+                holds = [HoldState.from_row(row).view() for row in connection.execute(sql.ALL_HOLDS)]
+                records = [sql.record(row) for row in connection.execute(sql.ALL_RECORDS)]
             return accounts, holds, records
 
         accounts, holds, records = self._read(snapshot, Deadline.after_ms(int(VERIFY_TIMEOUT_S * 1000)))
@@ -883,10 +852,10 @@ class PostgresStore:
             start, previous_hash = self._chain_checked, self._chain_hash
         with self._pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
             rows = connection.execute(
-                _RECORDS_AFTER,
+                sql.RECORDS_AFTER,
                 (start, HEALTH_CHAIN_BATCH),
             ).fetchall()
-        fresh = [_record(row) for row in rows]
+        fresh = [sql.record(row) for row in rows]
         problems = check_chain(fresh, previous_hash, start + 1)
         with self._health_lock:
             if problems:
@@ -935,8 +904,8 @@ def _replayed(connection: Connection, stored: list[Any]) -> Result | LedgerError
         sequences = [stored[1]]
     records: dict[int, Transaction] = {}
     if sequences:
-        rows = connection.execute(_RECORDS_BETWEEN, (min(sequences), max(sequences))).fetchall()
-        records = {record.sequence: record for record in map(_record, rows)}
+        rows = connection.execute(sql.RECORDS_BETWEEN, (min(sequences), max(sequences))).fetchall()
+        records = {record.sequence: record for record in map(sql.record, rows)}
     return outcome_from_row(stored, records.__getitem__)
 
 
@@ -950,7 +919,7 @@ def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
 
 
 def _find_hold(connection: Connection, hold_id: str) -> HoldState | None:
-    row = connection.execute(_FIND_HOLD, (hold_id,)).fetchone()
+    row = connection.execute(sql.FIND_HOLD, (hold_id,)).fetchone()
     return None if row is None else HoldState.from_row(row)
 
 
