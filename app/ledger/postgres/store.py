@@ -37,22 +37,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from app.ledger import rules
 from app.ledger.accounts import HoldState
 from app.ledger.audit import GENESIS_HASH, AccountSnapshot, Verification, check_chain, verify_ledger
-from app.ledger.counters import OperationCounters
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
@@ -82,7 +79,8 @@ from app.ledger.model import (
 )
 from app.ledger.outcomes import Outcome, Result, outcome_from_row, outcome_row
 from app.ledger.postgres import schema, sql
-from app.ledger.postgres.unit import Restart, Unit, begin_within, run_script
+from app.ledger.postgres.runner import MAX_ATTEMPTS, Abort, Runner, retryable
+from app.ledger.postgres.unit import Connection, Unit, begin_within, run_script
 from app.ledger.records import RecordDraft, success
 from app.ledger.rules import (
     AUDIT_CURSOR,
@@ -101,16 +99,10 @@ from app.ledger.rules import (
 from app.ledger.store import Health, Stats
 
 T = TypeVar("T")
-Connection = psycopg.Connection[TupleRow]
 
 _log = logging.getLogger("goledger.postgres")
 
-#: Attempts of one operation after serialisation failures, deadlocks, lost connections.
-MAX_ATTEMPTS = 5
-#: Lock budget of the FAILED record written after a timeout (outside the deadline).
-TIMEOUT_RECORD_BUDGET_MS = 300
 SWEEP_INTERVAL_S = 1.0
-RECONNECT_TIMEOUT_S = 10.0
 SWEEP_DEADLINE_MS = 1000
 #: Due holds expired per sweep transaction.
 SWEEP_BATCH = 500
@@ -123,50 +115,6 @@ HEALTH_TIMEOUT_S = 1.0
 DIGEST_CACHE_SIZE = 100_000
 STATS_TIMEOUT_MS = 500
 VERIFY_TIMEOUT_S = 10.0
-#: The bound of reads that have no deadline of their own (authentication, pages, verify).
-READ_TIMEOUT_S = 2.0
-
-#: Every pooled connection: a server that stops answering (a partition, a failover
-#: to another address) is given up on after seconds, not the OS's TCP minutes; and
-#: no statement runs longer than a read may (writes set tighter bounds per
-#: transaction from their deadline, with SET LOCAL).
-CONNECTION_SAFEGUARDS: dict[str, object] = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-    "options": f"-c statement_timeout={int(READ_TIMEOUT_S * 1000)}",
-}
-
-
-class _Abort(Exception):
-    """A database failure inside an idempotency key's transaction; the key's loop decides."""
-
-    def __init__(self, retry: bool, label: str, specs: Sequence[RecordDraft]) -> None:
-        super().__init__(f"{label}: {'retry' if retry else 'timeout'}")
-        self.retry = retry
-        self.label = label
-        self.specs = specs
-
-
-def _retryable(error: psycopg.Error, connection: Connection | None) -> bool:
-    """Whether a failed attempt may run again (``False``: it ran out of time).
-
-    Anything else is a bug and raised as it is (a 500).
-    """
-    if isinstance(error, pg_errors.CheckViolation):
-        raise StoreInvariantBroken(
-            f"the database refused a write that broke an invariant: {error}"
-        ) from error
-    if isinstance(error, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
-        return False
-    if isinstance(error, pg_errors.TransactionRollback):  # serialization failure, deadlock
-        return True
-    lost = connection is None or connection.broken or error.sqlstate is None
-    if isinstance(error, psycopg.OperationalError) and (lost or str(error.sqlstate).startswith(("08", "57"))):
-        return True
-    raise error
 
 
 def _failed(kind: OperationType, source: str | None, target: str | None, amount: int, reason: str,
@@ -190,22 +138,14 @@ class PostgresStore:
     ) -> None:
         if migrate:
             schema.migrate(url)
-        self._url = url
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
+        self._runner = Runner(
             url,
-            min_size=min_connections,
-            max_size=max_connections,
-            kwargs={"autocommit": True, "application_name": "goledger", **CONNECTION_SAFEGUARDS},
-            open=False,
-            name="goledger",
-            # Give up a failing reconnection after this long: the next request starts a fresh
-            # one, so the pool comes back within seconds of an outage, however long it was.
-            reconnect_timeout=RECONNECT_TIMEOUT_S,
+            max_connections=max_connections,
+            min_connections=min_connections,
+            lock_trouble_after_s=lock_trouble_after_s,
+            clock=clock,
         )
-        self._pool.open(wait=True, timeout=10.0)
-        self._clock = clock
-        self._local = threading.local()
-        self._counters = OperationCounters(lock_trouble_after_s=lock_trouble_after_s)
+        self._counters = self._runner.counters
         self._health_lock = threading.Lock()  # guards the four fields below, never held across I/O
         self._chain_checked = 0
         self._chain_hash = GENESIS_HASH
@@ -218,123 +158,21 @@ class PostgresStore:
     @property
     def url(self) -> str:
         """The database this store works on."""
-        return self._url
+        return self._runner.url
 
-    # -- the transaction runner --------------------------------------------------
+    @property
+    def _clock(self) -> Callable[[], float]:
+        """The application's wall clock (the runner's: tests swap it for a fake one)."""
+        return self._runner.clock
 
-    def _write(
-        self, label: str, deadline: Deadline, work: Callable[[Unit], T], timeout_specs: Sequence[RecordDraft]
-    ) -> T:
-        """Run ``work`` in one transaction, retried within the deadline; inside an idempotency
-        key's transaction when there is one (then that transaction commits)."""
-        ambient: Connection | None = getattr(self._local, "connection", None)
-        if ambient is not None:
-            return self._write_inside(ambient, label, work, timeout_specs)
-        extra: set[str] = set()
-        started, budget_s = time.perf_counter(), deadline.remaining_s()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            connection: Connection | None = None
-            try:
-                with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
-                    unit = Unit(connection, now_s=self._clock(), commit=True, url=self._url, extra=extra)
-                    try:
-                        result = work(unit)
-                        unit.finish()
-                    finally:
-                        if unit.committed:
-                            self._counters.count(unit.outcomes, unit.lock_wait_s)
-                    return result
-            except Restart as restart:
-                extra |= restart.names
-            except PoolTimeout:
-                raise self._timed_out(label, timeout_specs, started, budget_s) from None
-            except psycopg.Error as error:
-                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
-                    raise self._timed_out(label, timeout_specs, started, budget_s) from None
-        raise self._timed_out(label, timeout_specs, started, budget_s)
-
-    def _read(self, query: Callable[[Connection], T], deadline: Deadline | None = None) -> T:
-        """Run a read on a pooled connection; lost connections are retried within the deadline
-        (default ``READ_TIMEOUT_S``), then it is an ``OperationTimeout`` (503), never a 500."""
-        deadline = deadline or Deadline.after_ms(int(READ_TIMEOUT_S * 1000))
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            connection: Connection | None = None
-            try:
-                with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
-                    return query(connection)
-            except PoolTimeout:
-                break
-            except psycopg.Error as error:
-                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
-                    break
-        raise OperationTimeout("The database did not answer within the deadline.")
-
-    def _again(self, connection: Connection | None, deadline: Deadline, attempt: int) -> bool:
-        """Whether another attempt may start (after a short pause). A lost connection first has
-        the pool test its idle ones, so that the next attempt does not pick up another dead one."""
-        if attempt == MAX_ATTEMPTS:
-            return False
-        if connection is None or connection.broken:
-            self._pool.check()
-        return _pause(deadline, attempt)
-
-    def _write_inside(
-        self,
-        connection: Connection,
-        label: str,
-        work: Callable[[Unit], T],
-        timeout_specs: Sequence[RecordDraft],
-    ) -> T:
-        extra: set[str] = self._local.extra
-        unit = Unit(connection, now_s=self._clock(), commit=False, url=self._url, extra=extra)
-        try:
-            result = work(unit)
-        except Restart as restart:
-            extra |= restart.names
-            raise _Abort(True, label, timeout_specs) from None
-        except psycopg.Error as error:
-            raise _Abort(_retryable(error, connection), label, timeout_specs) from None
-        finally:
-            self._local.counts.append((unit.outcomes, unit.lock_wait_s))
-        return result
-
-    def _timed_out(
-        self, label: str, specs: Sequence[RecordDraft], started: float, budget_s: float
-    ) -> OperationTimeout:
-        """Count a timeout and audit it apart (it applied nothing); the error to raise.
-
-        ``started``: when the operation reached the store; ``budget_s``: what was left
-        of its deadline then (health counts only timeouts with a generous budget).
-        """
-        waited_s = time.perf_counter() - started
-        self._counters.lock_timed_out(budget_s)
-        self._counters.count([(label, OperationTimeout.code)], waited_s)
-        error = OperationTimeout("The operation could not finish within its deadline.")
-        if specs:
-            try:
-                error.transaction = self._append_alone(specs, Deadline.after_ms(TIMEOUT_RECORD_BUDGET_MS))[0]
-            except (psycopg.Error, PoolTimeout, Restart):
-                _log.warning("could not audit a timed-out %s", label, exc_info=True)
-        return error
-
-    def _append_alone(self, specs: Sequence[RecordDraft], deadline: Deadline) -> list[Transaction]:
-        def append(connection: Connection) -> list[Transaction]:
-            unit = Unit(connection, now_s=self._clock(), commit=True, url=self._url, extra=set())
-            unit.begin(deadline, ())
-            return unit.append(specs)
-
-        return self._read(append, deadline)
-
-    def _fail(self, unit: Unit, label: str, error: LedgerError, spec: RecordDraft) -> LedgerError:
-        """Audit a business failure in the operation's transaction; the error, carrying its record."""
-        unit.outcomes.append((label, error.code))
-        error.transaction = unit.append([spec])[0]
-        return error
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:
+        self._runner.clock = clock
 
     # -- accounts -----------------------------------------------------------------
 
     def is_empty(self) -> bool:
-        row = self._read(lambda c: c.execute("SELECT NOT EXISTS (SELECT 1 FROM accounts)").fetchone())
+        row = self._runner.read(lambda c: c.execute("SELECT NOT EXISTS (SELECT 1 FROM accounts)").fetchone())
         return bool(row and row[0])
 
     def create_account(
@@ -353,15 +191,15 @@ class PostgresStore:
             if inserted is None:
                 # Audited, but in nobody's history: it is not the holder's doing.
                 error = AccountExists(f"Account {username} already exists.")
-                raise self._fail(
-                    unit, "open", error, _failed(OperationType.OPEN, None, username, balance, error.code, ())
+                raise unit.fail(
+                    "open", error, _failed(OperationType.OPEN, None, username, balance, error.code, ())
                 )
             unit.append([success(OperationType.OPEN, None, username, balance)])
             unit.outcomes.append(("open", "success"))
             return AccountView(username, balance, 0, 0)
 
         timeout = _failed(OperationType.OPEN, None, username, balance, OperationTimeout.code, ())
-        return self._write("open", deadline, work, [timeout])
+        return self._runner.write("open", deadline, work, [timeout])
 
     def token_digest(self, username: str) -> bytes | None:
         """The account's token digest; known ones come from this process's cache.
@@ -374,7 +212,7 @@ class PostgresStore:
         cached = self._digests.get(username)
         if cached is not None:
             return cached
-        row = self._read(
+        row = self._runner.read(
             lambda c: c.execute(
                 "SELECT token_digest FROM accounts WHERE username = %s", (username,)
             ).fetchone()
@@ -408,7 +246,7 @@ class PostgresStore:
             started = time.perf_counter()
             now_s = self._clock()
             try:
-                value, due = self._read(functools.partial(read, now_s), deadline)
+                value, due = self._runner.read(functools.partial(read, now_s), deadline)
             except LedgerError as error:
                 self._counters.count([(kind, error.code)], time.perf_counter() - started)
                 raise
@@ -459,8 +297,7 @@ class PostgresStore:
                 check_version(caller, expected_version)
                 apply_item(unit.accounts.get, username, item)
             except LedgerError as error:
-                raise self._fail(
-                    unit,
+                raise unit.fail(
                     label,
                     error,
                     _failed(item.kind, source, target, item.amount, error.code, (username,)),
@@ -470,7 +307,7 @@ class PostgresStore:
             return OperationResult(record, unit.accounts[username].view())
 
         timeout = _failed(item.kind, source, target, item.amount, OperationTimeout.code, (username,))
-        return self._write(label, deadline, work, [timeout])
+        return self._runner.write(label, deadline, work, [timeout])
 
     def batch(
         self,
@@ -507,7 +344,7 @@ class PostgresStore:
             _failed(item.kind, *roles(username, item), item.amount, OperationTimeout.code, (username,))
             for item in items
         ]
-        return self._write("batch", deadline, work, timeouts)
+        return self._runner.write("batch", deadline, work, timeouts)
 
     def _append_items(
         self, unit: Unit, username: str, items: Sequence[BatchItem], failures: Sequence[LedgerError | None]
@@ -544,8 +381,8 @@ class PostgresStore:
             try:
                 caller = rules.reserve(unit.accounts.get, username, target, amount, expected_version)
             except LedgerError as error:
-                raise self._fail(
-                    unit, kind.value, error, _failed(kind, username, target, amount, error.code, (username,))
+                raise unit.fail(
+                    kind.value, error, _failed(kind, username, target, amount, error.code, (username,))
                 ) from None
             hold = HoldState(hold_id, username, target, amount, unit.now_s + timeout_s, utc_now_iso())
             unit.new_holds.append(hold)
@@ -554,7 +391,7 @@ class PostgresStore:
             return HoldResult(hold.view(), caller.view(), record)
 
         timeout = _failed(kind, username, target, amount, OperationTimeout.code, (username,))
-        return self._write(kind.value, deadline, work, [timeout])
+        return self._runner.write(kind.value, deadline, work, [timeout])
 
     def capture_hold(
         self,
@@ -609,7 +446,7 @@ class PostgresStore:
             except HoldNotFound as error:
                 unit.begin(deadline, ())
                 spec = _failed(kind, username, None, amount or 0, error.code, (username,))
-                raise self._fail(unit, label, error, spec) from None
+                raise unit.fail(label, error, spec) from None
             unit.begin(deadline, (found.source, found.target))
             hold = unit.settled.get(hold_id) or _find_hold(unit.connection, hold_id)
             if hold is None:
@@ -621,13 +458,13 @@ class PostgresStore:
                 recorded = settle(unit, hold, amount)
             except LedgerError as error:
                 spec = _failed(kind, hold.source, hold.target, recorded, error.code, (username,))
-                raise self._fail(unit, label, error, spec) from None
+                raise unit.fail(label, error, spec) from None
             [record] = unit.append([success(kind, hold.source, hold.target, recorded)])
             unit.outcomes.append((label, "success"))
             return HoldResult(hold.view(), unit.accounts[username].view(), record)
 
         timeout = _failed(kind, username, None, amount or 0, OperationTimeout.code, (username,))
-        return self._write(label, deadline, work, [timeout])
+        return self._runner.write(label, deadline, work, [timeout])
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
         def read(now_s: float, connection: Connection) -> tuple[Hold, bool]:
@@ -642,7 +479,7 @@ class PostgresStore:
         """Expire every pending hold whose time is up (oldest deadline first); how many were."""
         expired = 0
         while True:
-            rows = self._read(functools.partial(_due_parties, self._clock()), deadline)
+            rows = self._runner.read(functools.partial(_due_parties, self._clock()), deadline)
             if not rows:
                 return expired
             expired += self._expire_now({name for row in rows for name in row}, deadline)
@@ -657,20 +494,20 @@ class PostgresStore:
                 unit.append([])
             return expired
 
-        return self._write(OperationType.EXPIRE.value, deadline, work, ())
+        return self._runner.write(OperationType.EXPIRE.value, deadline, work, ())
 
     def close(self) -> None:
         """Stop the sweeper and close every pooled connection."""
         if self._sweeper is not None:
             self._sweeper.stop()
-        self._pool.close()
+        self._runner.pool.close()
 
     def wait_until_connected(self, timeout_s: float) -> None:
         """Block until the pool holds its minimum of live connections (after a start or an outage).
 
         ``PoolTimeout`` (and a closed pool) if that takes longer than ``timeout_s``.
         """
-        self._pool.wait(timeout=timeout_s)
+        self._runner.pool.wait(timeout=timeout_s)
 
     def stop_sweeper(self) -> None:
         """Stop only the background sweeper (tests that expire holds by touch alone)."""
@@ -679,7 +516,7 @@ class PostgresStore:
 
     def purge_keys(self) -> int:
         """Drop idempotency keys past their 24 hours; how many were."""
-        return self._read(
+        return self._runner.read(
             lambda connection: (
                 connection.execute(
                     "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"
@@ -693,7 +530,7 @@ class PostgresStore:
         check_limit(limit)
         before = None if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
         newest = before if before is not None else 2**63 - 1
-        rows = self._read(lambda c: c.execute(sql.HISTORY, (username, newest, limit + 1)).fetchall())
+        rows = self._runner.read(lambda c: c.execute(sql.HISTORY, (username, newest, limit + 1)).fetchall())
         records = tuple(sql.record(row) for row in rows[:limit])
         next_cursor = encode_cursor("h", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
@@ -701,7 +538,7 @@ class PostgresStore:
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         check_limit(limit)
         after = 0 if cursor is None else decode_cursor(cursor, AUDIT_CURSOR)
-        rows = self._read(lambda c: c.execute(sql.RECORDS_AFTER, (after, limit + 1)).fetchall())
+        rows = self._runner.read(lambda c: c.execute(sql.RECORDS_AFTER, (after, limit + 1)).fetchall())
         records = tuple(sql.record(row) for row in rows[:limit])
         next_cursor = encode_cursor("a", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
@@ -724,7 +561,9 @@ class PostgresStore:
                 records = [sql.record(row) for row in connection.execute(sql.ALL_RECORDS)]
             return accounts, holds, records
 
-        accounts, holds, records = self._read(snapshot, Deadline.after_ms(int(VERIFY_TIMEOUT_S * 1000)))
+        accounts, holds, records = self._runner.read(
+            snapshot, Deadline.after_ms(int(VERIFY_TIMEOUT_S * 1000))
+        )
         report = verify_ledger(accounts, records, holds)
         with self._health_lock:
             self._chain_problem = None if report.ok else report.problems[0]
@@ -741,22 +580,20 @@ class PostgresStore:
         operation: Callable[[], Result],
     ) -> Outcome:
         """Run ``operation`` once per ``(username, key)`` across every process; replay afterwards."""
-        if getattr(self._local, "connection", None) is not None:
-            raise StoreInvariantBroken("idempotent() does not nest")
-        self._local.extra = set()
+        self._runner.begin_keyed()
         started, budget_s = time.perf_counter(), deadline.remaining_s()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             connection: Connection | None = None
             try:
-                with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
+                with self._runner.pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
                     return self._keyed(connection, username, key, fingerprint, deadline, operation)
-            except _Abort as abort:
-                if not (abort.retry and self._again(connection, deadline, attempt)):
-                    raise self._timed_out(abort.label, abort.specs, started, budget_s) from None
+            except Abort as abort:
+                if not (abort.retry and self._runner.again(connection, deadline, attempt)):
+                    raise self._runner.timed_out(abort.label, abort.specs, started, budget_s) from None
             except PoolTimeout:
                 raise OperationTimeout("The operation could not finish within its deadline.") from None
             except psycopg.Error as error:
-                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
+                if not (retryable(error, connection) and self._runner.again(connection, deadline, attempt)):
                     raise OperationTimeout(
                         "A request with this Idempotency-Key is still in flight; retry to get its outcome."
                     ) from None
@@ -785,20 +622,17 @@ class PostgresStore:
             ).fetchone()
             connection.execute("ROLLBACK")
             if row is None:  # purged in between: claim it afresh
-                raise _Abort(True, "idempotency", ())
+                raise Abort(True, "idempotency", ())
             if row[0] != fingerprint:
                 raise IdempotencyKeyReused("This Idempotency-Key was used with different parameters.")
             return Outcome(_replayed(connection, row[1]), replayed=True)
-        self._local.connection = connection
-        self._local.counts = []
         try:
-            result: Result | LedgerError = operation()
+            with self._runner.inside(connection):
+                result: Result | LedgerError = operation()
         except OperationTimeout:
             raise
         except LedgerError as error:
             result = error
-        finally:
-            self._local.connection = None
         # The journal's format (app.ledger.persistence): records are referred to by sequence.
         stored = Jsonb(outcome_row(result))
         try:
@@ -810,13 +644,12 @@ class PostgresStore:
         except psycopg.OperationalError:
             if not (connection.broken and self._key_landed(username, key)):
                 raise
-        for outcomes, waited_s in self._local.counts:
-            self._counters.count(outcomes, waited_s)
+        self._runner.count_inside()
         return Outcome(result, replayed=False)
 
     def _key_landed(self, username: str, key: str) -> bool:
         try:
-            with psycopg.connect(self._url, autocommit=True, connect_timeout=2) as probe:
+            with psycopg.connect(self._runner.url, autocommit=True, connect_timeout=2) as probe:
                 row = probe.execute(
                     "SELECT 1 FROM idempotency_keys WHERE username = %s AND key = %s AND outcome IS NOT NULL",
                     (username, key),
@@ -830,7 +663,7 @@ class PostgresStore:
     def health(self) -> Health:
         database_ok = True
         try:
-            with self._pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
+            with self._runner.pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
                 connection.execute("SELECT 1 FROM chain_head").fetchone()
             audit_ok = self._check_new_records()
         except (psycopg.Error, PoolTimeout):
@@ -850,7 +683,7 @@ class PostgresStore:
         """Check the stretch of the chain appended since the last check (health's share)."""
         with self._health_lock:
             start, previous_hash = self._chain_checked, self._chain_hash
-        with self._pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
+        with self._runner.pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
             rows = connection.execute(
                 sql.RECORDS_AFTER,
                 (start, HEALTH_CHAIN_BATCH),
@@ -869,7 +702,7 @@ class PostgresStore:
         figures = self._figures_seen
         try:
             with (
-                self._pool.connection(timeout=STATS_TIMEOUT_MS / 1000) as connection,
+                self._runner.pool.connection(timeout=STATS_TIMEOUT_MS / 1000) as connection,
                 connection.transaction(),
             ):
                 connection.execute(f"SET LOCAL statement_timeout = {STATS_TIMEOUT_MS}")
@@ -921,15 +754,6 @@ def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
 def _find_hold(connection: Connection, hold_id: str) -> HoldState | None:
     row = connection.execute(sql.FIND_HOLD, (hold_id,)).fetchone()
     return None if row is None else HoldState.from_row(row)
-
-
-def _pause(deadline: Deadline, attempt: int) -> bool:
-    """Back off a little (with jitter) before another attempt; ``False`` if no time is left."""
-    pause_s = random.uniform(0, 0.002 * 2**attempt)  # noqa: S311 (jitter, not a secret)
-    if deadline.remaining_s() <= pause_s:
-        return False
-    time.sleep(pause_s)
-    return True
 
 
 class _Sweeper:
