@@ -40,11 +40,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
-from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
 from app.ledger import rules
@@ -54,7 +53,6 @@ from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
     HoldNotFound,
-    IdempotencyKeyReused,
     LedgerError,
     OperationTimeout,
     StoreInvariantBroken,
@@ -77,10 +75,11 @@ from app.ledger.model import (
     new_id,
     utc_now_iso,
 )
-from app.ledger.outcomes import Outcome, Result, outcome_from_row, outcome_row
+from app.ledger.outcomes import Outcome, Result
 from app.ledger.postgres import schema, sql
-from app.ledger.postgres.runner import MAX_ATTEMPTS, Abort, Runner, retryable
-from app.ledger.postgres.unit import Connection, Unit, begin_within, run_script
+from app.ledger.postgres.keys import Keys
+from app.ledger.postgres.runner import Runner
+from app.ledger.postgres.unit import Connection, Unit
 from app.ledger.records import RecordDraft, success
 from app.ledger.rules import (
     AUDIT_CURSOR,
@@ -146,6 +145,7 @@ class PostgresStore:
             clock=clock,
         )
         self._counters = self._runner.counters
+        self._keys = Keys(self._runner)
         self._health_lock = threading.Lock()  # guards the four fields below, never held across I/O
         self._chain_checked = 0
         self._chain_hash = GENESIS_HASH
@@ -516,13 +516,7 @@ class PostgresStore:
 
     def purge_keys(self) -> int:
         """Drop idempotency keys past their 24 hours; how many were."""
-        return self._runner.read(
-            lambda connection: (
-                connection.execute(
-                    "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"
-                ).rowcount
-            )
-        )
+        return self._keys.purge()
 
     # -- history --------------------------------------------------------------------
 
@@ -580,83 +574,7 @@ class PostgresStore:
         operation: Callable[[], Result],
     ) -> Outcome:
         """Run ``operation`` once per ``(username, key)`` across every process; replay afterwards."""
-        self._runner.begin_keyed()
-        started, budget_s = time.perf_counter(), deadline.remaining_s()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            connection: Connection | None = None
-            try:
-                with self._runner.pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
-                    return self._keyed(connection, username, key, fingerprint, deadline, operation)
-            except Abort as abort:
-                if not (abort.retry and self._runner.again(connection, deadline, attempt)):
-                    raise self._runner.timed_out(abort.label, abort.specs, started, budget_s) from None
-            except PoolTimeout:
-                raise OperationTimeout("The operation could not finish within its deadline.") from None
-            except psycopg.Error as error:
-                if not (retryable(error, connection) and self._runner.again(connection, deadline, attempt)):
-                    raise OperationTimeout(
-                        "A request with this Idempotency-Key is still in flight; retry to get its outcome."
-                    ) from None
-        raise OperationTimeout("The operation could not finish within its deadline.")
-
-    def _keyed(
-        self,
-        connection: Connection,
-        username: str,
-        key: str,
-        fingerprint: str,
-        deadline: Deadline,
-        operation: Callable[[], Result],
-    ) -> Outcome:
-        # The INSERT waits on the unique index while another transaction holds the same key.
-        claim = (
-            "INSERT INTO idempotency_keys (username, key, fingerprint) VALUES (%s, %s, %s) "
-            "ON CONFLICT (username, key) DO NOTHING RETURNING 1",
-            (username, key, fingerprint),
-        )
-        *_, claimed = run_script(connection, [*begin_within(deadline), claim])
-        if not claimed:
-            row = connection.execute(
-                "SELECT fingerprint, outcome FROM idempotency_keys WHERE username = %s AND key = %s",
-                (username, key),
-            ).fetchone()
-            connection.execute("ROLLBACK")
-            if row is None:  # purged in between: claim it afresh
-                raise Abort(True, "idempotency", ())
-            if row[0] != fingerprint:
-                raise IdempotencyKeyReused("This Idempotency-Key was used with different parameters.")
-            return Outcome(_replayed(connection, row[1]), replayed=True)
-        try:
-            with self._runner.inside(connection):
-                result: Result | LedgerError = operation()
-        except OperationTimeout:
-            raise
-        except LedgerError as error:
-            result = error
-        # The journal's format (app.ledger.persistence): records are referred to by sequence.
-        stored = Jsonb(outcome_row(result))
-        try:
-            keep = (
-                "UPDATE idempotency_keys SET outcome = %s WHERE username = %s AND key = %s",
-                (stored, username, key),
-            )
-            run_script(connection, [keep, ("COMMIT", ())])
-        except psycopg.OperationalError:
-            if not (connection.broken and self._key_landed(username, key)):
-                raise
-        self._runner.count_inside()
-        return Outcome(result, replayed=False)
-
-    def _key_landed(self, username: str, key: str) -> bool:
-        try:
-            with psycopg.connect(self._runner.url, autocommit=True, connect_timeout=2) as probe:
-                row = probe.execute(
-                    "SELECT 1 FROM idempotency_keys WHERE username = %s AND key = %s AND outcome IS NOT NULL",
-                    (username, key),
-                ).fetchone()
-        except psycopg.Error:
-            return False
-        return row is not None
+        return self._keys.run(username, key, fingerprint, deadline, operation)
 
     # -- health and metrics -------------------------------------------------------------
 
@@ -724,22 +642,6 @@ class PostgresStore:
             audit_records=figures[1],
             idempotency_keys=figures[2],
         )
-
-
-def _replayed(connection: Connection, stored: list[Any]) -> Result | LedgerError:
-    """A kept outcome with its audit records read back (they are contiguous: one append)."""
-    kind = stored[0]
-    if kind == "error":
-        sequences = [] if stored[5] is None else [stored[5]]
-    elif kind == "batch":
-        sequences = [item[1] for item in stored[4]]
-    else:
-        sequences = [stored[1]]
-    records: dict[int, Transaction] = {}
-    if sequences:
-        rows = connection.execute(sql.RECORDS_BETWEEN, (min(sequences), max(sequences))).fetchall()
-        records = {record.sequence: record for record in map(sql.record, rows)}
-    return outcome_from_row(stored, records.__getitem__)
 
 
 def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
