@@ -79,6 +79,7 @@ from app.ledger.outcomes import Outcome, Result
 from app.ledger.postgres import schema, sql
 from app.ledger.postgres.keys import Keys
 from app.ledger.postgres.runner import Runner
+from app.ledger.postgres.sweeper import SWEEP_INTERVAL_S, Sweeper
 from app.ledger.postgres.unit import Connection, Unit
 from app.ledger.records import RecordDraft, success
 from app.ledger.rules import (
@@ -101,12 +102,8 @@ T = TypeVar("T")
 
 _log = logging.getLogger("goledger.postgres")
 
-SWEEP_INTERVAL_S = 1.0
-SWEEP_DEADLINE_MS = 1000
 #: Due holds expired per sweep transaction.
 SWEEP_BATCH = 500
-#: How often the sweeper drops idempotency keys past their 24 hours.
-KEY_PURGE_INTERVAL_S = 60.0
 #: Audit records health checks per call (it resumes where it stopped).
 HEALTH_CHAIN_BATCH = 10_000
 HEALTH_TIMEOUT_S = 1.0
@@ -153,7 +150,7 @@ class PostgresStore:
         self._figures_seen = (0, 0, 0)
         #: username -> token digest (see ``token_digest``); dict operations are atomic under the GIL.
         self._digests: dict[str, bytes] = {}
-        self._sweeper = _Sweeper(self, sweep_interval_s) if sweep_interval_s else None
+        self._sweeper = Sweeper(self, sweep_interval_s) if sweep_interval_s else None
 
     @property
     def url(self) -> str:
@@ -656,47 +653,3 @@ def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
 def _find_hold(connection: Connection, hold_id: str) -> HoldState | None:
     row = connection.execute(sql.FIND_HOLD, (hold_id,)).fetchone()
     return None if row is None else HoldState.from_row(row)
-
-
-class _Sweeper:
-    """A daemon thread that expires due holds every ``interval_s`` and purges old keys.
-
-    Every worker process runs one; their sweeps lock accounts in the same order as any
-    operation, so they only ever wait for each other briefly.
-    """
-
-    def __init__(self, store: PostgresStore, interval_s: float) -> None:
-        self._store = store
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="goledger-hold-sweeper", daemon=True)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=timeout_s)
-
-    def _run(self) -> None:
-        last_purge = time.monotonic()
-        while not self._stop.is_set():
-            self._wake.wait(self._interval_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self._store.sweep_expired(deadline=Deadline.after_ms(SWEEP_DEADLINE_MS))
-                if time.monotonic() - last_purge >= KEY_PURGE_INTERVAL_S:
-                    last_purge = time.monotonic()
-                    self._store.purge_keys()
-            except Exception:  # the sweeper must survive a bad moment (a timeout, a restart)
-                _log.warning("hold sweeper: a pass failed; the next one tries again", exc_info=True)
