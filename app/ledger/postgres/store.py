@@ -118,8 +118,12 @@ def _failed(kind: OperationType, source: str | None, target: str | None, amount:
     return RecordDraft(kind, source, target, amount, reason, parties)
 
 
-class PostgresStore:
-    """The ledger in a PostgreSQL database, through a pool of psycopg connections."""
+class PostgresStore(rules.SingleOperations):
+    """The ledger in a PostgreSQL database, through a pool of psycopg connections.
+
+    ``deposit``, ``withdraw`` and ``transfer`` are ``rules.SingleOperations``', each one
+    item run by ``_run_one``.
+    """
 
     def __init__(
         self,
@@ -254,31 +258,6 @@ class PostgresStore:
         raise StoreInvariantBroken("only the first read of an account may defer to expiry")
 
     # -- money ----------------------------------------------------------------------
-
-    def deposit(
-        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
-    ) -> OperationResult:
-        return self._run_one(username, BatchItem(OperationType.DEPOSIT, amount), deadline, expected_version)
-
-    def withdraw(
-        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
-    ) -> OperationResult:
-        return self._run_one(
-            username, BatchItem(OperationType.WITHDRAWAL, amount), deadline, expected_version
-        )
-
-    def transfer(
-        self,
-        username: str,
-        target: str,
-        amount: int,
-        *,
-        deadline: Deadline,
-        expected_version: int | None = None,
-    ) -> OperationResult:
-        return self._run_one(
-            username, BatchItem(OperationType.TRANSFER, amount, target), deadline, expected_version
-        )
 
     def _run_one(
         self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
