@@ -37,18 +37,15 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
-import psycopg
 from psycopg.rows import TupleRow
-from psycopg_pool import PoolTimeout
 
 from app.ledger import rules
 from app.ledger.accounts import HoldState
-from app.ledger.audit import GENESIS_HASH, AccountSnapshot, Verification, check_chain, verify_ledger
+from app.ledger.audit import Verification
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
@@ -78,6 +75,7 @@ from app.ledger.model import (
 from app.ledger.outcomes import Outcome, Result
 from app.ledger.postgres import schema, sql
 from app.ledger.postgres.keys import Keys
+from app.ledger.postgres.monitor import Monitor
 from app.ledger.postgres.runner import Runner
 from app.ledger.postgres.sweeper import SWEEP_INTERVAL_S, Sweeper
 from app.ledger.postgres.unit import Connection, Unit
@@ -104,13 +102,8 @@ _log = logging.getLogger("goledger.postgres")
 
 #: Due holds expired per sweep transaction.
 SWEEP_BATCH = 500
-#: Audit records health checks per call (it resumes where it stopped).
-HEALTH_CHAIN_BATCH = 10_000
-HEALTH_TIMEOUT_S = 1.0
 #: Token digests one worker remembers (about 100 bytes each).
 DIGEST_CACHE_SIZE = 100_000
-STATS_TIMEOUT_MS = 500
-VERIFY_TIMEOUT_S = 10.0
 
 
 def _failed(kind: OperationType, source: str | None, target: str | None, amount: int, reason: str,
@@ -147,11 +140,7 @@ class PostgresStore(rules.SingleOperations):
         )
         self._counters = self._runner.counters
         self._keys = Keys(self._runner)
-        self._health_lock = threading.Lock()  # guards the four fields below, never held across I/O
-        self._chain_checked = 0
-        self._chain_hash = GENESIS_HASH
-        self._chain_problem: str | None = None
-        self._figures_seen = (0, 0, 0)
+        self._monitor = Monitor(self._runner)
         #: username -> token digest (see ``token_digest``); dict operations are atomic under the GIL.
         self._digests: dict[str, bytes] = {}
         self._sweeper = Sweeper(self, sweep_interval_s) if sweep_interval_s else None
@@ -515,29 +504,7 @@ class PostgresStore(rules.SingleOperations):
 
     def verify(self) -> Verification:
         """Check every invariant on one consistent snapshot (a repeatable-read transaction)."""
-
-        def snapshot(
-            connection: Connection,
-        ) -> tuple[dict[str, AccountSnapshot], list[Hold], list[Transaction]]:
-            with connection.transaction():
-                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                accounts = {
-                    username: AccountSnapshot(balance, held)
-                    for username, balance, held in connection.execute(
-                        "SELECT username, balance, held FROM accounts"
-                    )
-                }
-                holds = [HoldState.from_row(row).view() for row in connection.execute(sql.ALL_HOLDS)]
-                records = [sql.record(row) for row in connection.execute(sql.ALL_RECORDS)]
-            return accounts, holds, records
-
-        accounts, holds, records = self._runner.read(
-            snapshot, Deadline.after_ms(int(VERIFY_TIMEOUT_S * 1000))
-        )
-        report = verify_ledger(accounts, records, holds)
-        with self._health_lock:
-            self._chain_problem = None if report.ok else report.problems[0]
-        return report
+        return self._monitor.verify()
 
     # -- idempotency ------------------------------------------------------------------
 
@@ -555,69 +522,10 @@ class PostgresStore(rules.SingleOperations):
     # -- health and metrics -------------------------------------------------------------
 
     def health(self) -> Health:
-        database_ok = True
-        try:
-            with self._runner.pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
-                connection.execute("SELECT 1 FROM chain_head").fetchone()
-            audit_ok = self._check_new_records()
-        except (psycopg.Error, PoolTimeout):
-            _log.warning("health: the database did not answer", exc_info=True)
-            database_ok = False
-            with self._health_lock:
-                audit_ok = self._chain_problem is None
-        return Health(
-            uptime_seconds=time.monotonic() - self._counters.started_at,
-            operation_count=self._counters.operation_count(),
-            database=database_ok,
-            audit_log=audit_ok,
-            performance=self._counters.performance_ok(),
-        )
-
-    def _check_new_records(self) -> bool:
-        """Check the stretch of the chain appended since the last check (health's share)."""
-        with self._health_lock:
-            start, previous_hash = self._chain_checked, self._chain_hash
-        with self._runner.pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
-            rows = connection.execute(
-                sql.RECORDS_AFTER,
-                (start, HEALTH_CHAIN_BATCH),
-            ).fetchall()
-        fresh = [sql.record(row) for row in rows]
-        problems = check_chain(fresh, previous_hash, start + 1)
-        with self._health_lock:
-            if problems:
-                self._chain_problem = problems[0]
-            elif fresh and self._chain_checked == start:
-                self._chain_checked, self._chain_hash = fresh[-1].sequence, fresh[-1].hash
-            return self._chain_problem is None
+        return self._monitor.health()
 
     def stats(self) -> Stats:
-        operations, buckets, wait_sum_s = self._counters.snapshot()
-        figures = self._figures_seen
-        try:
-            with (
-                self._runner.pool.connection(timeout=STATS_TIMEOUT_MS / 1000) as connection,
-                connection.transaction(),
-            ):
-                connection.execute(f"SET LOCAL statement_timeout = {STATS_TIMEOUT_MS}")
-                row = connection.execute(
-                    "SELECT (SELECT count(*) FROM accounts), (SELECT sequence FROM chain_head), "
-                    "(SELECT count(*) FROM idempotency_keys)"
-                ).fetchone()
-            if row is not None:
-                figures = (int(row[0]), int(row[1]), int(row[2]))
-                with self._health_lock:
-                    self._figures_seen = figures
-        except (psycopg.Error, PoolTimeout):
-            _log.warning("metrics: the database did not answer in time; reporting the last figures")
-        return Stats(
-            operations=operations,
-            lock_wait_buckets=buckets,
-            lock_wait_sum_s=wait_sum_s,
-            accounts=figures[0],
-            audit_records=figures[1],
-            idempotency_keys=figures[2],
-        )
+        return self._monitor.stats()
 
 
 def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
