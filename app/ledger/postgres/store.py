@@ -36,7 +36,6 @@ PostgreSQL's: an operation is answered only after its transaction committed.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
@@ -63,23 +62,21 @@ from app.ledger.model import (
     Deadline,
     Hold,
     HoldResult,
-    HoldStatus,
     ItemOutcome,
     OperationResult,
     OperationType,
     Page,
     Transaction,
-    new_id,
-    utc_now_iso,
 )
 from app.ledger.outcomes import Outcome, Result
 from app.ledger.postgres import schema, sql
+from app.ledger.postgres.holds import Holds
 from app.ledger.postgres.keys import Keys
 from app.ledger.postgres.monitor import Monitor
 from app.ledger.postgres.runner import Runner
 from app.ledger.postgres.sweeper import SWEEP_INTERVAL_S, Sweeper
-from app.ledger.postgres.unit import Connection, Unit
-from app.ledger.records import RecordDraft, success
+from app.ledger.postgres.unit import Connection, Unit, failed
+from app.ledger.records import success
 from app.ledger.rules import (
     AUDIT_CURSOR,
     HISTORY_CURSOR,
@@ -87,7 +84,6 @@ from app.ledger.rules import (
     apply_item,
     check_amount,
     check_batch,
-    check_hold_timeout,
     check_limit,
     check_version,
     decode_cursor,
@@ -98,17 +94,10 @@ from app.ledger.store import Health, Stats
 
 T = TypeVar("T")
 
-_log = logging.getLogger("goledger.postgres")
-
 #: Due holds expired per sweep transaction.
 SWEEP_BATCH = 500
 #: Token digests one worker remembers (about 100 bytes each).
 DIGEST_CACHE_SIZE = 100_000
-
-
-def _failed(kind: OperationType, source: str | None, target: str | None, amount: int, reason: str,
-            parties: tuple[str, ...]) -> RecordDraft:  # fmt: skip
-    return RecordDraft(kind, source, target, amount, reason, parties)
 
 
 class PostgresStore(rules.SingleOperations):
@@ -141,6 +130,7 @@ class PostgresStore(rules.SingleOperations):
         self._counters = self._runner.counters
         self._keys = Keys(self._runner)
         self._monitor = Monitor(self._runner)
+        self._holds = Holds(self._runner)
         #: username -> token digest (see ``token_digest``); dict operations are atomic under the GIL.
         self._digests: dict[str, bytes] = {}
         self._sweeper = Sweeper(self, sweep_interval_s) if sweep_interval_s else None
@@ -182,13 +172,13 @@ class PostgresStore(rules.SingleOperations):
                 # Audited, but in nobody's history: it is not the holder's doing.
                 error = AccountExists(f"Account {username} already exists.")
                 raise unit.fail(
-                    "open", error, _failed(OperationType.OPEN, None, username, balance, error.code, ())
+                    "open", error, failed(OperationType.OPEN, None, username, balance, error.code, ())
                 )
             unit.append([success(OperationType.OPEN, None, username, balance)])
             unit.outcomes.append(("open", "success"))
             return AccountView(username, balance, 0, 0)
 
-        timeout = _failed(OperationType.OPEN, None, username, balance, OperationTimeout.code, ())
+        timeout = failed(OperationType.OPEN, None, username, balance, OperationTimeout.code, ())
         return self._runner.write("open", deadline, work, [timeout])
 
     def token_digest(self, username: str) -> bytes | None:
@@ -265,13 +255,13 @@ class PostgresStore(rules.SingleOperations):
                 raise unit.fail(
                     label,
                     error,
-                    _failed(item.kind, source, target, item.amount, error.code, (username,)),
+                    failed(item.kind, source, target, item.amount, error.code, (username,)),
                 ) from None
             [record] = unit.append([success(item.kind, source, target, item.amount)])
             unit.outcomes.append((label, "success"))
             return OperationResult(record, unit.accounts[username].view())
 
-        timeout = _failed(item.kind, source, target, item.amount, OperationTimeout.code, (username,))
+        timeout = failed(item.kind, source, target, item.amount, OperationTimeout.code, (username,))
         return self._runner.write(label, deadline, work, [timeout])
 
     def batch(
@@ -306,7 +296,7 @@ class PostgresStore(rules.SingleOperations):
             return BatchResult(outcomes, unit.accounts[username].view(), atomic, failed_index)
 
         timeouts = [
-            _failed(item.kind, *roles(username, item), item.amount, OperationTimeout.code, (username,))
+            failed(item.kind, *roles(username, item), item.amount, OperationTimeout.code, (username,))
             for item in items
         ]
         return self._runner.write("batch", deadline, work, timeouts)
@@ -320,7 +310,7 @@ class PostgresStore(rules.SingleOperations):
             if failure is None:
                 specs.append(success(item.kind, source, target, item.amount))
             else:
-                specs.append(_failed(item.kind, source, target, item.amount, failure.code, (username,)))
+                specs.append(failed(item.kind, source, target, item.amount, failure.code, (username,)))
             unit.outcomes.append((item.kind.value, "success" if failure is None else failure.code))
         return unit.append(specs)
 
@@ -336,27 +326,7 @@ class PostgresStore(rules.SingleOperations):
         deadline: Deadline,
         expected_version: int | None = None,
     ) -> HoldResult:
-        check_amount(amount)
-        check_hold_timeout(timeout_s)
-        hold_id = new_id("hold_")
-        kind = OperationType.HOLD
-
-        def work(unit: Unit) -> HoldResult:
-            unit.begin(deadline, (username, target))
-            try:
-                caller = rules.reserve(unit.accounts.get, username, target, amount, expected_version)
-            except LedgerError as error:
-                raise unit.fail(
-                    kind.value, error, _failed(kind, username, target, amount, error.code, (username,))
-                ) from None
-            hold = HoldState(hold_id, username, target, amount, unit.now_s + timeout_s, utc_now_iso())
-            unit.new_holds.append(hold)
-            [record] = unit.append([success(kind, username, target, amount)])
-            unit.outcomes.append((kind.value, "success"))
-            return HoldResult(hold.view(), caller.view(), record)
-
-        timeout = _failed(kind, username, target, amount, OperationTimeout.code, (username,))
-        return self._runner.write(kind.value, deadline, work, [timeout])
+        return self._holds.create(username, target, amount, timeout_s, deadline, expected_version)
 
     def capture_hold(
         self,
@@ -368,68 +338,13 @@ class PostgresStore(rules.SingleOperations):
         expected_version: int | None = None,
     ) -> HoldResult:
         """Move ``amount`` (default: all) of a pending hold to its payee; release the rest."""
-        if amount is not None:
-            check_amount(amount)
-
-        return self._resolve_hold(
-            OperationType.CAPTURE, username, hold_id, amount, deadline, expected_version, Unit.capture
-        )
+        return self._holds.capture(username, hold_id, amount, deadline, expected_version)
 
     def void_hold(
         self, username: str, hold_id: str, *, deadline: Deadline, expected_version: int | None = None
     ) -> HoldResult:
         """Release the whole of a pending hold."""
-
-        def settle(unit: Unit, hold: HoldState, _: int | None) -> int:
-            unit.release(hold, HoldStatus.VOIDED)
-            return hold.amount
-
-        return self._resolve_hold(
-            OperationType.VOID, username, hold_id, None, deadline, expected_version, settle
-        )
-
-    def _resolve_hold(
-        self,
-        kind: OperationType,
-        username: str,
-        hold_id: str,
-        amount: int | None,
-        deadline: Deadline,
-        expected_version: int | None,
-        settle: Callable[[Unit, HoldState, int | None], int],
-    ) -> HoldResult:
-        """Capture or void: find the hold, lock both parties, check it is still pending, ``settle`` it.
-
-        ``settle`` (given ``amount``) returns the amount the record carries; the record's
-        ``from``/``to`` are the hold's parties once it is found (the caller and nobody before).
-        """
-        label = kind.value
-
-        def work(unit: Unit) -> HoldResult:
-            try:
-                found = rules.check_hold_of(_find_hold(unit.connection, hold_id), username, hold_id)
-            except HoldNotFound as error:
-                unit.begin(deadline, ())
-                spec = _failed(kind, username, None, amount or 0, error.code, (username,))
-                raise unit.fail(label, error, spec) from None
-            unit.begin(deadline, (found.source, found.target))
-            hold = unit.settled.get(hold_id) or _find_hold(unit.connection, hold_id)
-            if hold is None:
-                raise StoreInvariantBroken(f"hold {hold_id} vanished")
-            recorded = hold.amount
-            try:
-                rules.check_pending(unit.accounts.get, hold, username, expected_version)
-                recorded = hold.amount if amount is None else amount  # what a refused capture shows
-                recorded = settle(unit, hold, amount)
-            except LedgerError as error:
-                spec = _failed(kind, hold.source, hold.target, recorded, error.code, (username,))
-                raise unit.fail(label, error, spec) from None
-            [record] = unit.append([success(kind, hold.source, hold.target, recorded)])
-            unit.outcomes.append((label, "success"))
-            return HoldResult(hold.view(), unit.accounts[username].view(), record)
-
-        timeout = _failed(kind, username, None, amount or 0, OperationTimeout.code, (username,))
-        return self._runner.write(label, deadline, work, [timeout])
+        return self._holds.void(username, hold_id, deadline, expected_version)
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
         def read(now_s: float, connection: Connection) -> tuple[Hold, bool]:
@@ -535,8 +450,3 @@ def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
         "ORDER BY expires_at_s, id LIMIT %s",
         (now_s, SWEEP_BATCH),
     ).fetchall()
-
-
-def _find_hold(connection: Connection, hold_id: str) -> HoldState | None:
-    row = connection.execute(sql.FIND_HOLD, (hold_id,)).fetchone()
-    return None if row is None else HoldState.from_row(row)

@@ -295,6 +295,18 @@ class Unit:
         return rows if len(rows) == len(record_ids) else []
 
 
+def failed(
+    kind: OperationType,
+    source: str | None,
+    target: str | None,
+    amount: int,
+    reason: str,
+    parties: tuple[str, ...],
+) -> RecordDraft:
+    """The draft of a FAILED record (``reason``: the error's code), in the history of ``parties``."""
+    return RecordDraft(kind, source, target, amount, reason, parties)
+
+
 def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: str) -> tuple[object, ...]:
     """``goledger_append``'s arguments: one array per column, each record's encoding tail,
     and one (name, record position) pair per account whose history shows a record."""
