@@ -2,31 +2,31 @@
 
 Transactions and locks
 ----------------------
-Every money or hold operation is one transaction (``app.ledger.pgunit``): it locks
-the account rows it touches in username order, expires their due holds, checks
-and applies the business rules (``app.ledger.rules``) to copies of the rows, writes
-back what changed, and appends its audit records under the ``chain_head`` row
-lock, taken last, just before ``COMMIT``. ``CHECK (balance >= 0)`` and friends in
-the schema are the second line of defence: a violation is a bug (500), never a
-silent overdraft.
+Every money or hold operation is one transaction (a ``unit.Unit``, run by
+``runner.Runner``): it locks the account rows it touches in username order, expires
+their due holds, checks and applies the business rules (``app.ledger.rules``) to
+copies of the rows, writes back what changed, and appends its audit records under
+the ``chain_head`` row lock, taken last, just before ``COMMIT``. ``CHECK (balance >= 0)``
+and friends in the schema are the second line of defence: a violation is a bug
+(500), never a silent overdraft. The package docstring lists every lock.
 
 Every wait (lock waits, statements, taking a pooled connection) is bounded by the
 operation's deadline through ``lock_timeout`` and ``statement_timeout``.
 Serialisation failures, deadlocks and lost connections are retried, at most
-``MAX_ATTEMPTS`` times and only within the deadline; then the answer is
+``runner.MAX_ATTEMPTS`` times and only within the deadline; then the answer is
 ``503 timeout`` with nothing applied (and a FAILED audit record written apart,
 when the database can still take one). A ``COMMIT`` whose answer is lost is
 settled by looking for its audit record before anything is retried.
 
-Idempotency keys live in the database: the key's row is inserted in the same
-transaction as the operation it guards (``idempotent``), so a crash cannot
+Idempotency keys live in the database (``keys.Keys``): the key's row is inserted in
+the same transaction as the operation it guards (``idempotent``), so a crash cannot
 separate them, and a retry on another worker waits on the row's unique index until
 the first transaction ends, then replays its committed outcome.
 
 Holds expire no later than the next operation touching either account (inside
-that operation's transaction) or a background sweep (one per process, every
-``SWEEP_INTERVAL_S``), whichever comes first. Expiry instants are on the
-application's wall clock, as in the embedded store.
+that operation's transaction) or a background sweep (``sweeper.Sweeper``, one per
+process, every ``SWEEP_INTERVAL_S``), whichever comes first. Expiry instants are on
+the application's wall clock, as in the embedded store.
 
 Durability
 ----------

@@ -36,6 +36,7 @@ from app.ledger.records import RecordDraft, success
 
 _log = logging.getLogger("goledger.postgres")
 
+#: A pooled connection (rows as tuples), as every module of the store uses it.
 Connection = psycopg.Connection[TupleRow]
 
 _LOCK_ACCOUNTS = (
