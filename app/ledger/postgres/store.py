@@ -2,31 +2,31 @@
 
 Transactions and locks
 ----------------------
-Every money or hold operation is one transaction (``app.ledger.pgunit``): it locks
-the account rows it touches in username order, expires their due holds, checks
-and applies the business rules (``app.ledger.rules``) to copies of the rows, writes
-back what changed, and appends its audit records under the ``chain_head`` row
-lock, taken last, just before ``COMMIT``. ``CHECK (balance >= 0)`` and friends in
-the schema are the second line of defence: a violation is a bug (500), never a
-silent overdraft.
+Every money or hold operation is one transaction (a ``unit.Unit``, run by
+``runner.Runner``): it locks the account rows it touches in username order, expires
+their due holds, checks and applies the business rules (``app.ledger.rules``) to
+copies of the rows, writes back what changed, and appends its audit records under
+the ``chain_head`` row lock, taken last, just before ``COMMIT``. ``CHECK (balance >= 0)``
+and friends in the schema are the second line of defence: a violation is a bug
+(500), never a silent overdraft. The package docstring lists every lock.
 
 Every wait (lock waits, statements, taking a pooled connection) is bounded by the
 operation's deadline through ``lock_timeout`` and ``statement_timeout``.
 Serialisation failures, deadlocks and lost connections are retried, at most
-``MAX_ATTEMPTS`` times and only within the deadline; then the answer is
+``runner.MAX_ATTEMPTS`` times and only within the deadline; then the answer is
 ``503 timeout`` with nothing applied (and a FAILED audit record written apart,
 when the database can still take one). A ``COMMIT`` whose answer is lost is
 settled by looking for its audit record before anything is retried.
 
-Idempotency keys live in the database: the key's row is inserted in the same
-transaction as the operation it guards (``idempotent``), so a crash cannot
+Idempotency keys live in the database (``keys.Keys``): the key's row is inserted in
+the same transaction as the operation it guards (``idempotent``), so a crash cannot
 separate them, and a retry on another worker waits on the row's unique index until
 the first transaction ends, then replays its committed outcome.
 
 Holds expire no later than the next operation touching either account (inside
-that operation's transaction) or a background sweep (one per process, every
-``SWEEP_INTERVAL_S``), whichever comes first. Expiry instants are on the
-application's wall clock, as in the embedded store.
+that operation's transaction) or a background sweep (``sweeper.Sweeper``, one per
+process, every ``SWEEP_INTERVAL_S``), whichever comes first. Expiry instants are on
+the application's wall clock, as in the embedded store.
 
 Durability
 ----------
@@ -36,28 +36,19 @@ PostgreSQL's: an operation is answered only after its transaction committed.
 from __future__ import annotations
 
 import functools
-import logging
-import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import psycopg
-from psycopg import errors as pg_errors
 from psycopg.rows import TupleRow
-from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.ledger import rules
 from app.ledger.accounts import HoldState
-from app.ledger.audit import GENESIS_HASH, AccountSnapshot, Verification, check_chain, verify_ledger
-from app.ledger.counters import OperationCounters
+from app.ledger.audit import Verification
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
     HoldNotFound,
-    IdempotencyKeyReused,
     LedgerError,
     OperationTimeout,
     StoreInvariantBroken,
@@ -71,20 +62,21 @@ from app.ledger.model import (
     Deadline,
     Hold,
     HoldResult,
-    HoldStatus,
     ItemOutcome,
     OperationResult,
     OperationType,
     Page,
-    Status,
     Transaction,
-    new_id,
-    utc_now_iso,
 )
-from app.ledger.outcomes import Outcome, Result, outcome_from_row, outcome_row
-from app.ledger.postgres import schema
-from app.ledger.postgres.unit import Restart, Unit, begin_within, run_script
-from app.ledger.records import RecordDraft, success
+from app.ledger.outcomes import Outcome, Result
+from app.ledger.postgres import schema, sql
+from app.ledger.postgres.holds import Holds
+from app.ledger.postgres.keys import Keys
+from app.ledger.postgres.monitor import Monitor
+from app.ledger.postgres.runner import Runner
+from app.ledger.postgres.sweeper import SWEEP_INTERVAL_S, Sweeper
+from app.ledger.postgres.unit import Connection, Unit, failed
+from app.ledger.records import success
 from app.ledger.rules import (
     AUDIT_CURSOR,
     HISTORY_CURSOR,
@@ -92,7 +84,6 @@ from app.ledger.rules import (
     apply_item,
     check_amount,
     check_batch,
-    check_hold_timeout,
     check_limit,
     check_version,
     decode_cursor,
@@ -102,111 +93,19 @@ from app.ledger.rules import (
 from app.ledger.store import Health, Stats
 
 T = TypeVar("T")
-Connection = psycopg.Connection[TupleRow]
 
-_log = logging.getLogger("goledger.postgres")
-
-#: Attempts of one operation after serialisation failures, deadlocks, lost connections.
-MAX_ATTEMPTS = 5
-#: Lock budget of the FAILED record written after a timeout (outside the deadline).
-TIMEOUT_RECORD_BUDGET_MS = 300
-SWEEP_INTERVAL_S = 1.0
-RECONNECT_TIMEOUT_S = 10.0
-SWEEP_DEADLINE_MS = 1000
 #: Due holds expired per sweep transaction.
 SWEEP_BATCH = 500
-#: How often the sweeper drops idempotency keys past their 24 hours.
-KEY_PURGE_INTERVAL_S = 60.0
-#: Audit records health checks per call (it resumes where it stopped).
-HEALTH_CHAIN_BATCH = 10_000
-HEALTH_TIMEOUT_S = 1.0
 #: Token digests one worker remembers (about 100 bytes each).
 DIGEST_CACHE_SIZE = 100_000
-STATS_TIMEOUT_MS = 500
-VERIFY_TIMEOUT_S = 10.0
-#: The bound of reads that have no deadline of their own (authentication, pages, verify).
-READ_TIMEOUT_S = 2.0
-
-#: Every pooled connection: a server that stops answering (a partition, a failover
-#: to another address) is given up on after seconds, not the OS's TCP minutes; and
-#: no statement runs longer than a read may (writes set tighter bounds per
-#: transaction from their deadline, with SET LOCAL).
-CONNECTION_SAFEGUARDS: dict[str, object] = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-    "options": f"-c statement_timeout={int(READ_TIMEOUT_S * 1000)}",
-}
-
-# Queries are built from these constants only (never from input), hence the S608 waivers.
-_RECORD = (
-    "a.id, a.sequence, a.type, a.source, a.target, a.amount, a.status, a.reason, a.created_at, "
-    "a.previous_hash, a.hash"
-)
-_HOLD = "id, source, target, amount, captured, status, expires_at_s, created_at"
-_DUE_ANY = (
-    "EXISTS (SELECT 1 FROM holds h WHERE h.status = 'PENDING' AND h.expires_at_s <= %s "
-    "AND (h.source = %s OR h.target = %s))"
-)
-_READ_ACCOUNT = f"SELECT a.balance, a.held, a.version, {_DUE_ANY} FROM accounts a WHERE a.username = %s"  # noqa: S608
-_READ_HOLD = f"SELECT {_HOLD}, {_DUE_ANY} FROM holds WHERE id = %s"  # noqa: S608
-_FIND_HOLD = f"SELECT {_HOLD} FROM holds WHERE id = %s"  # noqa: S608
-_ALL_HOLDS = f"SELECT {_HOLD} FROM holds"  # noqa: S608
-_HISTORY = (
-    f"SELECT {_RECORD} FROM audit_parties p JOIN audit a ON a.sequence = p.sequence "  # noqa: S608
-    "WHERE p.username = %s AND p.sequence < %s ORDER BY p.sequence DESC LIMIT %s"
-)
-_RECORDS_AFTER = f"SELECT {_RECORD} FROM audit a WHERE a.sequence > %s ORDER BY a.sequence LIMIT %s"  # noqa: S608
-_RECORDS_BETWEEN = f"SELECT {_RECORD} FROM audit a WHERE a.sequence BETWEEN %s AND %s ORDER BY a.sequence"  # noqa: S608
-_ALL_RECORDS = f"SELECT {_RECORD} FROM audit a ORDER BY a.sequence"  # noqa: S608
 
 
-class _Abort(Exception):
-    """A database failure inside an idempotency key's transaction; the key's loop decides."""
+class PostgresStore(rules.SingleOperations):
+    """The ledger in a PostgreSQL database, through a pool of psycopg connections.
 
-    def __init__(self, retry: bool, label: str, specs: Sequence[RecordDraft]) -> None:
-        super().__init__(f"{label}: {'retry' if retry else 'timeout'}")
-        self.retry = retry
-        self.label = label
-        self.specs = specs
-
-
-def _retryable(error: psycopg.Error, connection: Connection | None) -> bool:
-    """Whether a failed attempt may run again (``False``: it ran out of time).
-
-    Anything else is a bug and raised as it is (a 500).
+    ``deposit``, ``withdraw`` and ``transfer`` are ``rules.SingleOperations``', each one
+    item run by ``_run_one``.
     """
-    if isinstance(error, pg_errors.CheckViolation):
-        raise StoreInvariantBroken(
-            f"the database refused a write that broke an invariant: {error}"
-        ) from error
-    if isinstance(error, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
-        return False
-    if isinstance(error, pg_errors.TransactionRollback):  # serialization failure, deadlock
-        return True
-    lost = connection is None or connection.broken or error.sqlstate is None
-    if isinstance(error, psycopg.OperationalError) and (lost or str(error.sqlstate).startswith(("08", "57"))):
-        return True
-    raise error
-
-
-def _record(row: TupleRow) -> Transaction:
-    record_id, sequence, kind, source, target, amount, status, reason, created_at, previous, digest = row
-    return Transaction(
-        record_id, sequence, OperationType(kind), source, target, amount, Status(status), reason,
-        created_at, previous, digest,
-    )  # fmt: skip
-
-
-def _failed(kind: OperationType, source: str | None, target: str | None, amount: int, reason: str,
-            parties: tuple[str, ...]) -> RecordDraft:  # fmt: skip
-    return RecordDraft(kind, source, target, amount, reason, parties)
-
-
-class PostgresStore:
-    """The ledger in a PostgreSQL database, through a pool of psycopg connections."""
 
     def __init__(
         self,
@@ -221,151 +120,39 @@ class PostgresStore:
     ) -> None:
         if migrate:
             schema.migrate(url)
-        self._url = url
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
+        self._runner = Runner(
             url,
-            min_size=min_connections,
-            max_size=max_connections,
-            kwargs={"autocommit": True, "application_name": "goledger", **CONNECTION_SAFEGUARDS},
-            open=False,
-            name="goledger",
-            # Give up a failing reconnection after this long: the next request starts a fresh
-            # one, so the pool comes back within seconds of an outage, however long it was.
-            reconnect_timeout=RECONNECT_TIMEOUT_S,
+            max_connections=max_connections,
+            min_connections=min_connections,
+            lock_trouble_after_s=lock_trouble_after_s,
+            clock=clock,
         )
-        self._pool.open(wait=True, timeout=10.0)
-        self._clock = clock
-        self._local = threading.local()
-        self._counters = OperationCounters(lock_trouble_after_s=lock_trouble_after_s)
-        self._health_lock = threading.Lock()  # guards the four fields below, never held across I/O
-        self._chain_checked = 0
-        self._chain_hash = GENESIS_HASH
-        self._chain_problem: str | None = None
-        self._figures_seen = (0, 0, 0)
+        self._counters = self._runner.counters
+        self._keys = Keys(self._runner)
+        self._monitor = Monitor(self._runner)
+        self._holds = Holds(self._runner)
         #: username -> token digest (see ``token_digest``); dict operations are atomic under the GIL.
         self._digests: dict[str, bytes] = {}
-        self._sweeper = _Sweeper(self, sweep_interval_s) if sweep_interval_s else None
+        self._sweeper = Sweeper(self, sweep_interval_s) if sweep_interval_s else None
 
     @property
     def url(self) -> str:
         """The database this store works on."""
-        return self._url
+        return self._runner.url
 
-    # -- the transaction runner --------------------------------------------------
+    @property
+    def _clock(self) -> Callable[[], float]:
+        """The application's wall clock (the runner's: tests swap it for a fake one)."""
+        return self._runner.clock
 
-    def _write(
-        self, label: str, deadline: Deadline, work: Callable[[Unit], T], timeout_specs: Sequence[RecordDraft]
-    ) -> T:
-        """Run ``work`` in one transaction, retried within the deadline; inside an idempotency
-        key's transaction when there is one (then that transaction commits)."""
-        ambient: Connection | None = getattr(self._local, "connection", None)
-        if ambient is not None:
-            return self._write_inside(ambient, label, work, timeout_specs)
-        extra: set[str] = set()
-        started, budget_s = time.perf_counter(), deadline.remaining_s()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            connection: Connection | None = None
-            try:
-                with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
-                    unit = Unit(connection, now_s=self._clock(), commit=True, url=self._url, extra=extra)
-                    try:
-                        result = work(unit)
-                        unit.finish()
-                    finally:
-                        if unit.committed:
-                            self._counters.count(unit.outcomes, unit.lock_wait_s)
-                    return result
-            except Restart as restart:
-                extra |= restart.names
-            except PoolTimeout:
-                raise self._timed_out(label, timeout_specs, started, budget_s) from None
-            except psycopg.Error as error:
-                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
-                    raise self._timed_out(label, timeout_specs, started, budget_s) from None
-        raise self._timed_out(label, timeout_specs, started, budget_s)
-
-    def _read(self, query: Callable[[Connection], T], deadline: Deadline | None = None) -> T:
-        """Run a read on a pooled connection; lost connections are retried within the deadline
-        (default ``READ_TIMEOUT_S``), then it is an ``OperationTimeout`` (503), never a 500."""
-        deadline = deadline or Deadline.after_ms(int(READ_TIMEOUT_S * 1000))
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            connection: Connection | None = None
-            try:
-                with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
-                    return query(connection)
-            except PoolTimeout:
-                break
-            except psycopg.Error as error:
-                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
-                    break
-        raise OperationTimeout("The database did not answer within the deadline.")
-
-    def _again(self, connection: Connection | None, deadline: Deadline, attempt: int) -> bool:
-        """Whether another attempt may start (after a short pause). A lost connection first has
-        the pool test its idle ones, so that the next attempt does not pick up another dead one."""
-        if attempt == MAX_ATTEMPTS:
-            return False
-        if connection is None or connection.broken:
-            self._pool.check()
-        return _pause(deadline, attempt)
-
-    def _write_inside(
-        self,
-        connection: Connection,
-        label: str,
-        work: Callable[[Unit], T],
-        timeout_specs: Sequence[RecordDraft],
-    ) -> T:
-        extra: set[str] = self._local.extra
-        unit = Unit(connection, now_s=self._clock(), commit=False, url=self._url, extra=extra)
-        try:
-            result = work(unit)
-        except Restart as restart:
-            extra |= restart.names
-            raise _Abort(True, label, timeout_specs) from None
-        except psycopg.Error as error:
-            raise _Abort(_retryable(error, connection), label, timeout_specs) from None
-        finally:
-            self._local.counts.append((unit.outcomes, unit.lock_wait_s))
-        return result
-
-    def _timed_out(
-        self, label: str, specs: Sequence[RecordDraft], started: float, budget_s: float
-    ) -> OperationTimeout:
-        """Count a timeout and audit it apart (it applied nothing); the error to raise.
-
-        ``started``: when the operation reached the store; ``budget_s``: what was left
-        of its deadline then (health counts only timeouts with a generous budget).
-        """
-        waited_s = time.perf_counter() - started
-        self._counters.lock_timed_out(budget_s)
-        self._counters.count([(label, OperationTimeout.code)], waited_s)
-        error = OperationTimeout("The operation could not finish within its deadline.")
-        if specs:
-            try:
-                error.transaction = self._append_alone(specs, Deadline.after_ms(TIMEOUT_RECORD_BUDGET_MS))[0]
-            except (psycopg.Error, PoolTimeout, Restart):
-                _log.warning("could not audit a timed-out %s", label, exc_info=True)
-        return error
-
-    def _append_alone(self, specs: Sequence[RecordDraft], deadline: Deadline) -> list[Transaction]:
-        def append(connection: Connection) -> list[Transaction]:
-            unit = Unit(connection, now_s=self._clock(), commit=True, url=self._url, extra=set())
-            unit.begin(deadline, ())
-            return unit.append(specs)
-
-        return self._read(append, deadline)
-
-    def _fail(self, unit: Unit, label: str, error: LedgerError, spec: RecordDraft) -> LedgerError:
-        """Audit a business failure in the operation's transaction; the error, carrying its record."""
-        unit.outcomes.append((label, error.code))
-        error.transaction = unit.append([spec])[0]
-        return error
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:
+        self._runner.clock = clock
 
     # -- accounts -----------------------------------------------------------------
 
     def is_empty(self) -> bool:
-        row = self._read(lambda c: c.execute("SELECT NOT EXISTS (SELECT 1 FROM accounts)").fetchone())
+        row = self._runner.read(lambda c: c.execute("SELECT NOT EXISTS (SELECT 1 FROM accounts)").fetchone())
         return bool(row and row[0])
 
     def create_account(
@@ -384,15 +171,15 @@ class PostgresStore:
             if inserted is None:
                 # Audited, but in nobody's history: it is not the holder's doing.
                 error = AccountExists(f"Account {username} already exists.")
-                raise self._fail(
-                    unit, "open", error, _failed(OperationType.OPEN, None, username, balance, error.code, ())
+                raise unit.fail(
+                    "open", error, failed(OperationType.OPEN, None, username, balance, error.code, ())
                 )
             unit.append([success(OperationType.OPEN, None, username, balance)])
             unit.outcomes.append(("open", "success"))
             return AccountView(username, balance, 0, 0)
 
-        timeout = _failed(OperationType.OPEN, None, username, balance, OperationTimeout.code, ())
-        return self._write("open", deadline, work, [timeout])
+        timeout = failed(OperationType.OPEN, None, username, balance, OperationTimeout.code, ())
+        return self._runner.write("open", deadline, work, [timeout])
 
     def token_digest(self, username: str) -> bytes | None:
         """The account's token digest; known ones come from this process's cache.
@@ -405,7 +192,7 @@ class PostgresStore:
         cached = self._digests.get(username)
         if cached is not None:
             return cached
-        row = self._read(
+        row = self._runner.read(
             lambda c: c.execute(
                 "SELECT token_digest FROM accounts WHERE username = %s", (username,)
             ).fetchone()
@@ -420,7 +207,7 @@ class PostgresStore:
 
     def account(self, username: str, *, deadline: Deadline) -> AccountView:
         def read(now_s: float, connection: Connection) -> tuple[AccountView, bool]:
-            row = connection.execute(_READ_ACCOUNT, (now_s, username, username, username)).fetchone()
+            row = connection.execute(sql.READ_ACCOUNT, (now_s, username, username, username)).fetchone()
             if row is None:
                 raise AccountNotFound(f"Account {username} does not exist.")
             return AccountView(username, row[0], row[2], row[1]), bool(row[3])
@@ -439,7 +226,7 @@ class PostgresStore:
             started = time.perf_counter()
             now_s = self._clock()
             try:
-                value, due = self._read(functools.partial(read, now_s), deadline)
+                value, due = self._runner.read(functools.partial(read, now_s), deadline)
             except LedgerError as error:
                 self._counters.count([(kind, error.code)], time.perf_counter() - started)
                 raise
@@ -450,31 +237,6 @@ class PostgresStore:
         raise StoreInvariantBroken("only the first read of an account may defer to expiry")
 
     # -- money ----------------------------------------------------------------------
-
-    def deposit(
-        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
-    ) -> OperationResult:
-        return self._run_one(username, BatchItem(OperationType.DEPOSIT, amount), deadline, expected_version)
-
-    def withdraw(
-        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
-    ) -> OperationResult:
-        return self._run_one(
-            username, BatchItem(OperationType.WITHDRAWAL, amount), deadline, expected_version
-        )
-
-    def transfer(
-        self,
-        username: str,
-        target: str,
-        amount: int,
-        *,
-        deadline: Deadline,
-        expected_version: int | None = None,
-    ) -> OperationResult:
-        return self._run_one(
-            username, BatchItem(OperationType.TRANSFER, amount, target), deadline, expected_version
-        )
 
     def _run_one(
         self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
@@ -490,18 +252,17 @@ class PostgresStore:
                 check_version(caller, expected_version)
                 apply_item(unit.accounts.get, username, item)
             except LedgerError as error:
-                raise self._fail(
-                    unit,
+                raise unit.fail(
                     label,
                     error,
-                    _failed(item.kind, source, target, item.amount, error.code, (username,)),
+                    failed(item.kind, source, target, item.amount, error.code, (username,)),
                 ) from None
             [record] = unit.append([success(item.kind, source, target, item.amount)])
             unit.outcomes.append((label, "success"))
             return OperationResult(record, unit.accounts[username].view())
 
-        timeout = _failed(item.kind, source, target, item.amount, OperationTimeout.code, (username,))
-        return self._write(label, deadline, work, [timeout])
+        timeout = failed(item.kind, source, target, item.amount, OperationTimeout.code, (username,))
+        return self._runner.write(label, deadline, work, [timeout])
 
     def batch(
         self,
@@ -535,10 +296,10 @@ class PostgresStore:
             return BatchResult(outcomes, unit.accounts[username].view(), atomic, failed_index)
 
         timeouts = [
-            _failed(item.kind, *roles(username, item), item.amount, OperationTimeout.code, (username,))
+            failed(item.kind, *roles(username, item), item.amount, OperationTimeout.code, (username,))
             for item in items
         ]
-        return self._write("batch", deadline, work, timeouts)
+        return self._runner.write("batch", deadline, work, timeouts)
 
     def _append_items(
         self, unit: Unit, username: str, items: Sequence[BatchItem], failures: Sequence[LedgerError | None]
@@ -549,7 +310,7 @@ class PostgresStore:
             if failure is None:
                 specs.append(success(item.kind, source, target, item.amount))
             else:
-                specs.append(_failed(item.kind, source, target, item.amount, failure.code, (username,)))
+                specs.append(failed(item.kind, source, target, item.amount, failure.code, (username,)))
             unit.outcomes.append((item.kind.value, "success" if failure is None else failure.code))
         return unit.append(specs)
 
@@ -565,27 +326,7 @@ class PostgresStore:
         deadline: Deadline,
         expected_version: int | None = None,
     ) -> HoldResult:
-        check_amount(amount)
-        check_hold_timeout(timeout_s)
-        hold_id = new_id("hold_")
-        kind = OperationType.HOLD
-
-        def work(unit: Unit) -> HoldResult:
-            unit.begin(deadline, (username, target))
-            try:
-                caller = rules.reserve(unit.accounts.get, username, target, amount, expected_version)
-            except LedgerError as error:
-                raise self._fail(
-                    unit, kind.value, error, _failed(kind, username, target, amount, error.code, (username,))
-                ) from None
-            hold = HoldState(hold_id, username, target, amount, unit.now_s + timeout_s, utc_now_iso())
-            unit.new_holds.append(hold)
-            [record] = unit.append([success(kind, username, target, amount)])
-            unit.outcomes.append((kind.value, "success"))
-            return HoldResult(hold.view(), caller.view(), record)
-
-        timeout = _failed(kind, username, target, amount, OperationTimeout.code, (username,))
-        return self._write(kind.value, deadline, work, [timeout])
+        return self._holds.create(username, target, amount, timeout_s, deadline, expected_version)
 
     def capture_hold(
         self,
@@ -597,72 +338,17 @@ class PostgresStore:
         expected_version: int | None = None,
     ) -> HoldResult:
         """Move ``amount`` (default: all) of a pending hold to its payee; release the rest."""
-        if amount is not None:
-            check_amount(amount)
-
-        return self._resolve_hold(
-            OperationType.CAPTURE, username, hold_id, amount, deadline, expected_version, Unit.capture
-        )
+        return self._holds.capture(username, hold_id, amount, deadline, expected_version)
 
     def void_hold(
         self, username: str, hold_id: str, *, deadline: Deadline, expected_version: int | None = None
     ) -> HoldResult:
         """Release the whole of a pending hold."""
-
-        def settle(unit: Unit, hold: HoldState, _: int | None) -> int:
-            unit.release(hold, HoldStatus.VOIDED)
-            return hold.amount
-
-        return self._resolve_hold(
-            OperationType.VOID, username, hold_id, None, deadline, expected_version, settle
-        )
-
-    def _resolve_hold(
-        self,
-        kind: OperationType,
-        username: str,
-        hold_id: str,
-        amount: int | None,
-        deadline: Deadline,
-        expected_version: int | None,
-        settle: Callable[[Unit, HoldState, int | None], int],
-    ) -> HoldResult:
-        """Capture or void: find the hold, lock both parties, check it is still pending, ``settle`` it.
-
-        ``settle`` (given ``amount``) returns the amount the record carries; the record's
-        ``from``/``to`` are the hold's parties once it is found (the caller and nobody before).
-        """
-        label = kind.value
-
-        def work(unit: Unit) -> HoldResult:
-            try:
-                found = rules.check_hold_of(_find_hold(unit.connection, hold_id), username, hold_id)
-            except HoldNotFound as error:
-                unit.begin(deadline, ())
-                spec = _failed(kind, username, None, amount or 0, error.code, (username,))
-                raise self._fail(unit, label, error, spec) from None
-            unit.begin(deadline, (found.source, found.target))
-            hold = unit.settled.get(hold_id) or _find_hold(unit.connection, hold_id)
-            if hold is None:
-                raise StoreInvariantBroken(f"hold {hold_id} vanished")
-            recorded = hold.amount
-            try:
-                rules.check_pending(unit.accounts.get, hold, username, expected_version)
-                recorded = hold.amount if amount is None else amount  # what a refused capture shows
-                recorded = settle(unit, hold, amount)
-            except LedgerError as error:
-                spec = _failed(kind, hold.source, hold.target, recorded, error.code, (username,))
-                raise self._fail(unit, label, error, spec) from None
-            [record] = unit.append([success(kind, hold.source, hold.target, recorded)])
-            unit.outcomes.append((label, "success"))
-            return HoldResult(hold.view(), unit.accounts[username].view(), record)
-
-        timeout = _failed(kind, username, None, amount or 0, OperationTimeout.code, (username,))
-        return self._write(label, deadline, work, [timeout])
+        return self._holds.void(username, hold_id, deadline, expected_version)
 
     def get_hold(self, username: str, hold_id: str, *, deadline: Deadline) -> Hold:
         def read(now_s: float, connection: Connection) -> tuple[Hold, bool]:
-            row = connection.execute(_READ_HOLD, (now_s, username, username, hold_id)).fetchone()
+            row = connection.execute(sql.READ_HOLD, (now_s, username, username, hold_id)).fetchone()
             if row is None or username not in (row[1], row[2]):
                 raise HoldNotFound(f"No hold {hold_id} of yours.")
             return HoldState.from_row(row[:8]).view(), bool(row[8])
@@ -673,7 +359,7 @@ class PostgresStore:
         """Expire every pending hold whose time is up (oldest deadline first); how many were."""
         expired = 0
         while True:
-            rows = self._read(functools.partial(_due_parties, self._clock()), deadline)
+            rows = self._runner.read(functools.partial(_due_parties, self._clock()), deadline)
             if not rows:
                 return expired
             expired += self._expire_now({name for row in rows for name in row}, deadline)
@@ -688,20 +374,20 @@ class PostgresStore:
                 unit.append([])
             return expired
 
-        return self._write(OperationType.EXPIRE.value, deadline, work, ())
+        return self._runner.write(OperationType.EXPIRE.value, deadline, work, ())
 
     def close(self) -> None:
         """Stop the sweeper and close every pooled connection."""
         if self._sweeper is not None:
             self._sweeper.stop()
-        self._pool.close()
+        self._runner.pool.close()
 
     def wait_until_connected(self, timeout_s: float) -> None:
         """Block until the pool holds its minimum of live connections (after a start or an outage).
 
         ``PoolTimeout`` (and a closed pool) if that takes longer than ``timeout_s``.
         """
-        self._pool.wait(timeout=timeout_s)
+        self._runner.pool.wait(timeout=timeout_s)
 
     def stop_sweeper(self) -> None:
         """Stop only the background sweeper (tests that expire holds by touch alone)."""
@@ -710,13 +396,7 @@ class PostgresStore:
 
     def purge_keys(self) -> int:
         """Drop idempotency keys past their 24 hours; how many were."""
-        return self._read(
-            lambda connection: (
-                connection.execute(
-                    "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"
-                ).rowcount
-            )
-        )
+        return self._keys.purge()
 
     # -- history --------------------------------------------------------------------
 
@@ -724,42 +404,22 @@ class PostgresStore:
         check_limit(limit)
         before = None if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
         newest = before if before is not None else 2**63 - 1
-        rows = self._read(lambda c: c.execute(_HISTORY, (username, newest, limit + 1)).fetchall())
-        records = tuple(_record(row) for row in rows[:limit])
+        rows = self._runner.read(lambda c: c.execute(sql.HISTORY, (username, newest, limit + 1)).fetchall())
+        records = tuple(sql.record(row) for row in rows[:limit])
         next_cursor = encode_cursor("h", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         check_limit(limit)
         after = 0 if cursor is None else decode_cursor(cursor, AUDIT_CURSOR)
-        rows = self._read(lambda c: c.execute(_RECORDS_AFTER, (after, limit + 1)).fetchall())
-        records = tuple(_record(row) for row in rows[:limit])
+        rows = self._runner.read(lambda c: c.execute(sql.RECORDS_AFTER, (after, limit + 1)).fetchall())
+        records = tuple(sql.record(row) for row in rows[:limit])
         next_cursor = encode_cursor("a", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
 
     def verify(self) -> Verification:
         """Check every invariant on one consistent snapshot (a repeatable-read transaction)."""
-
-        def snapshot(
-            connection: Connection,
-        ) -> tuple[dict[str, AccountSnapshot], list[Hold], list[Transaction]]:
-            with connection.transaction():
-                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                accounts = {
-                    username: AccountSnapshot(balance, held)
-                    for username, balance, held in connection.execute(
-                        "SELECT username, balance, held FROM accounts"
-                    )
-                }
-                holds = [HoldState.from_row(row).view() for row in connection.execute(_ALL_HOLDS)]
-                records = [_record(row) for row in connection.execute(_ALL_RECORDS)]
-            return accounts, holds, records
-
-        accounts, holds, records = self._read(snapshot, Deadline.after_ms(int(VERIFY_TIMEOUT_S * 1000)))
-        report = verify_ledger(accounts, records, holds)
-        with self._health_lock:
-            self._chain_problem = None if report.ok else report.problems[0]
-        return report
+        return self._monitor.verify()
 
     # -- idempotency ------------------------------------------------------------------
 
@@ -772,172 +432,15 @@ class PostgresStore:
         operation: Callable[[], Result],
     ) -> Outcome:
         """Run ``operation`` once per ``(username, key)`` across every process; replay afterwards."""
-        if getattr(self._local, "connection", None) is not None:
-            raise StoreInvariantBroken("idempotent() does not nest")
-        self._local.extra = set()
-        started, budget_s = time.perf_counter(), deadline.remaining_s()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            connection: Connection | None = None
-            try:
-                with self._pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
-                    return self._keyed(connection, username, key, fingerprint, deadline, operation)
-            except _Abort as abort:
-                if not (abort.retry and self._again(connection, deadline, attempt)):
-                    raise self._timed_out(abort.label, abort.specs, started, budget_s) from None
-            except PoolTimeout:
-                raise OperationTimeout("The operation could not finish within its deadline.") from None
-            except psycopg.Error as error:
-                if not (_retryable(error, connection) and self._again(connection, deadline, attempt)):
-                    raise OperationTimeout(
-                        "A request with this Idempotency-Key is still in flight; retry to get its outcome."
-                    ) from None
-        raise OperationTimeout("The operation could not finish within its deadline.")
-
-    def _keyed(
-        self,
-        connection: Connection,
-        username: str,
-        key: str,
-        fingerprint: str,
-        deadline: Deadline,
-        operation: Callable[[], Result],
-    ) -> Outcome:
-        # The INSERT waits on the unique index while another transaction holds the same key.
-        claim = (
-            "INSERT INTO idempotency_keys (username, key, fingerprint) VALUES (%s, %s, %s) "
-            "ON CONFLICT (username, key) DO NOTHING RETURNING 1",
-            (username, key, fingerprint),
-        )
-        *_, claimed = run_script(connection, [*begin_within(deadline), claim])
-        if not claimed:
-            row = connection.execute(
-                "SELECT fingerprint, outcome FROM idempotency_keys WHERE username = %s AND key = %s",
-                (username, key),
-            ).fetchone()
-            connection.execute("ROLLBACK")
-            if row is None:  # purged in between: claim it afresh
-                raise _Abort(True, "idempotency", ())
-            if row[0] != fingerprint:
-                raise IdempotencyKeyReused("This Idempotency-Key was used with different parameters.")
-            return Outcome(_replayed(connection, row[1]), replayed=True)
-        self._local.connection = connection
-        self._local.counts = []
-        try:
-            result: Result | LedgerError = operation()
-        except OperationTimeout:
-            raise
-        except LedgerError as error:
-            result = error
-        finally:
-            self._local.connection = None
-        # The journal's format (app.ledger.persistence): records are referred to by sequence.
-        stored = Jsonb(outcome_row(result))
-        try:
-            keep = (
-                "UPDATE idempotency_keys SET outcome = %s WHERE username = %s AND key = %s",
-                (stored, username, key),
-            )
-            run_script(connection, [keep, ("COMMIT", ())])
-        except psycopg.OperationalError:
-            if not (connection.broken and self._key_landed(username, key)):
-                raise
-        for outcomes, waited_s in self._local.counts:
-            self._counters.count(outcomes, waited_s)
-        return Outcome(result, replayed=False)
-
-    def _key_landed(self, username: str, key: str) -> bool:
-        try:
-            with psycopg.connect(self._url, autocommit=True, connect_timeout=2) as probe:
-                row = probe.execute(
-                    "SELECT 1 FROM idempotency_keys WHERE username = %s AND key = %s AND outcome IS NOT NULL",
-                    (username, key),
-                ).fetchone()
-        except psycopg.Error:
-            return False
-        return row is not None
+        return self._keys.run(username, key, fingerprint, deadline, operation)
 
     # -- health and metrics -------------------------------------------------------------
 
     def health(self) -> Health:
-        database_ok = True
-        try:
-            with self._pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
-                connection.execute("SELECT 1 FROM chain_head").fetchone()
-            audit_ok = self._check_new_records()
-        except (psycopg.Error, PoolTimeout):
-            _log.warning("health: the database did not answer", exc_info=True)
-            database_ok = False
-            with self._health_lock:
-                audit_ok = self._chain_problem is None
-        return Health(
-            uptime_seconds=time.monotonic() - self._counters.started_at,
-            operation_count=self._counters.operation_count(),
-            database=database_ok,
-            audit_log=audit_ok,
-            performance=self._counters.performance_ok(),
-        )
-
-    def _check_new_records(self) -> bool:
-        """Check the stretch of the chain appended since the last check (health's share)."""
-        with self._health_lock:
-            start, previous_hash = self._chain_checked, self._chain_hash
-        with self._pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
-            rows = connection.execute(
-                _RECORDS_AFTER,
-                (start, HEALTH_CHAIN_BATCH),
-            ).fetchall()
-        fresh = [_record(row) for row in rows]
-        problems = check_chain(fresh, previous_hash, start + 1)
-        with self._health_lock:
-            if problems:
-                self._chain_problem = problems[0]
-            elif fresh and self._chain_checked == start:
-                self._chain_checked, self._chain_hash = fresh[-1].sequence, fresh[-1].hash
-            return self._chain_problem is None
+        return self._monitor.health()
 
     def stats(self) -> Stats:
-        operations, buckets, wait_sum_s = self._counters.snapshot()
-        figures = self._figures_seen
-        try:
-            with (
-                self._pool.connection(timeout=STATS_TIMEOUT_MS / 1000) as connection,
-                connection.transaction(),
-            ):
-                connection.execute(f"SET LOCAL statement_timeout = {STATS_TIMEOUT_MS}")
-                row = connection.execute(
-                    "SELECT (SELECT count(*) FROM accounts), (SELECT sequence FROM chain_head), "
-                    "(SELECT count(*) FROM idempotency_keys)"
-                ).fetchone()
-            if row is not None:
-                figures = (int(row[0]), int(row[1]), int(row[2]))
-                with self._health_lock:
-                    self._figures_seen = figures
-        except (psycopg.Error, PoolTimeout):
-            _log.warning("metrics: the database did not answer in time; reporting the last figures")
-        return Stats(
-            operations=operations,
-            lock_wait_buckets=buckets,
-            lock_wait_sum_s=wait_sum_s,
-            accounts=figures[0],
-            audit_records=figures[1],
-            idempotency_keys=figures[2],
-        )
-
-
-def _replayed(connection: Connection, stored: list[Any]) -> Result | LedgerError:
-    """A kept outcome with its audit records read back (they are contiguous: one append)."""
-    kind = stored[0]
-    if kind == "error":
-        sequences = [] if stored[5] is None else [stored[5]]
-    elif kind == "batch":
-        sequences = [item[1] for item in stored[4]]
-    else:
-        sequences = [stored[1]]
-    records: dict[int, Transaction] = {}
-    if sequences:
-        rows = connection.execute(_RECORDS_BETWEEN, (min(sequences), max(sequences))).fetchall()
-        records = {record.sequence: record for record in map(_record, rows)}
-    return outcome_from_row(stored, records.__getitem__)
+        return self._monitor.stats()
 
 
 def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
@@ -947,61 +450,3 @@ def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:
         "ORDER BY expires_at_s, id LIMIT %s",
         (now_s, SWEEP_BATCH),
     ).fetchall()
-
-
-def _find_hold(connection: Connection, hold_id: str) -> HoldState | None:
-    row = connection.execute(_FIND_HOLD, (hold_id,)).fetchone()
-    return None if row is None else HoldState.from_row(row)
-
-
-def _pause(deadline: Deadline, attempt: int) -> bool:
-    """Back off a little (with jitter) before another attempt; ``False`` if no time is left."""
-    pause_s = random.uniform(0, 0.002 * 2**attempt)  # noqa: S311 (jitter, not a secret)
-    if deadline.remaining_s() <= pause_s:
-        return False
-    time.sleep(pause_s)
-    return True
-
-
-class _Sweeper:
-    """A daemon thread that expires due holds every ``interval_s`` and purges old keys.
-
-    Every worker process runs one; their sweeps lock accounts in the same order as any
-    operation, so they only ever wait for each other briefly.
-    """
-
-    def __init__(self, store: PostgresStore, interval_s: float) -> None:
-        self._store = store
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="goledger-hold-sweeper", daemon=True)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=timeout_s)
-
-    def _run(self) -> None:
-        last_purge = time.monotonic()
-        while not self._stop.is_set():
-            self._wake.wait(self._interval_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self._store.sweep_expired(deadline=Deadline.after_ms(SWEEP_DEADLINE_MS))
-                if time.monotonic() - last_purge >= KEY_PURGE_INTERVAL_S:
-                    last_purge = time.monotonic()
-                    self._store.purge_keys()
-            except Exception:  # the sweeper must survive a bad moment (a timeout, a restart)
-                _log.warning("hold sweeper: a pass failed; the next one tries again", exc_info=True)

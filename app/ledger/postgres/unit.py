@@ -30,11 +30,14 @@ from psycopg.rows import TupleRow
 
 from app.ledger import rules
 from app.ledger.accounts import AccountState, HoldState
-from app.ledger.errors import CommitOutcomeUnknown
+from app.ledger.errors import CommitOutcomeUnknown, LedgerError
 from app.ledger.model import Deadline, HoldStatus, OperationType, Transaction, new_id, utc_now_iso
 from app.ledger.records import RecordDraft, success
 
 _log = logging.getLogger("goledger.postgres")
+
+#: A pooled connection (rows as tuples), as every module of the store uses it.
+Connection = psycopg.Connection[TupleRow]
 
 _LOCK_ACCOUNTS = (
     "SELECT username, balance, held, version FROM accounts WHERE username = ANY(%s) "
@@ -81,9 +84,7 @@ def _timeouts(deadline: Deadline) -> Statement:
     return (_SET_TIMEOUTS, (timeout_ms, timeout_ms))
 
 
-def run_script(
-    connection: psycopg.Connection[TupleRow], statements: Sequence[Statement]
-) -> list[list[TupleRow]]:
+def run_script(connection: Connection, statements: Sequence[Statement]) -> list[list[TupleRow]]:
     """Send ``statements`` to the server in one message (one round trip); the rows of each
     statement that returns rows, in order.
 
@@ -119,7 +120,7 @@ class Unit:
 
     def __init__(
         self,
-        connection: psycopg.Connection[TupleRow],
+        connection: Connection,
         *,
         now_s: float,
         commit: bool,
@@ -204,6 +205,12 @@ class Unit:
 
     # -- writing ----------------------------------------------------------------
 
+    def fail(self, label: str, error: LedgerError, draft: RecordDraft) -> LedgerError:
+        """Audit a business failure in this transaction; the error, carrying its record."""
+        self.outcomes.append((label, error.code))
+        error.transaction = self.append([draft])[0]
+        return error
+
     def append(self, drafts: Sequence[RecordDraft]) -> list[Transaction]:
         """Write the changed accounts and holds, chain every pending record, commit if standalone.
 
@@ -287,6 +294,18 @@ class Unit:
         except psycopg.Error:
             return []
         return rows if len(rows) == len(record_ids) else []
+
+
+def failed(
+    kind: OperationType,
+    source: str | None,
+    target: str | None,
+    amount: int,
+    reason: str,
+    parties: tuple[str, ...],
+) -> RecordDraft:
+    """The draft of a FAILED record (``reason``: the error's code), in the history of ``parties``."""
+    return RecordDraft(kind, source, target, amount, reason, parties)
 
 
 def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: str) -> tuple[object, ...]:
