@@ -82,7 +82,10 @@ class RecordDraft:
         """The accounts whose history shows the record (a success: both of its parties)."""
         if self.parties is not None:
             return self.parties
-        return tuple(name for name in (self.source, self.target) if name is not None)
+        source, target = self.source, self.target
+        if source is None:
+            return () if target is None else (target,)
+        return (source,) if target is None else (source, target)
 
     def failed(self, reason: str, parties: tuple[str, ...]) -> RecordDraft:
         """The FAILED record of the same operation, shown to ``parties`` only."""
@@ -105,13 +108,13 @@ class RecordDraft:
 
     def seal(self, previous_hash: str, sequence: int, record_id: str, created_at: str) -> Transaction:
         """The record, numbered ``sequence`` and chained to ``previous_hash``."""
-        return self.sealed(
-            record_id,
-            sequence,
-            created_at,
-            previous_hash,
-            digest(previous_hash, self.encoding(sequence, record_id, created_at)),
-        )
+        kind, source, target, amount, reason = self.kind, self.source, self.target, self.amount, self.reason
+        status = Status.SUCCESS if reason is None else Status.FAILED
+        encoding = encode(sequence, record_id, kind, source, target, amount, status, reason, created_at)
+        return Transaction(
+            record_id, sequence, kind, source, target, amount, status, reason, created_at, previous_hash,
+            digest(previous_hash, encoding),
+        )  # fmt: skip
 
     def sealed(
         self, record_id: str, sequence: int, created_at: str, previous_hash: str, record_hash: str
