@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from app.config import Config, ConfigError
+from app.config import Config, ConfigError, without_password
 from app.ledger.store import LedgerStore
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
-    from app import cli, errors, extensions
+    from app import cli, errors, extensions, headers
     from app.api import (
         admin,
         balance,
@@ -40,6 +40,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         history,
         holds,
         metrics,
+        probes,
         transfer,
         withdraw,
     )
@@ -62,12 +63,27 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     extensions.attach(app, config, ledger, admin_digest, Observability(app, ledger))
 
     errors.init_app(app)
-    for module in (balance, deposit, withdraw, transfer, batch, holds, history, health, metrics, admin, docs):
+    headers.init_app(app)
+    for module in (
+        balance,
+        deposit,
+        withdraw,
+        transfer,
+        batch,
+        holds,
+        history,
+        health,
+        probes,
+        metrics,
+        admin,
+        docs,
+    ):
         app.register_blueprint(module.bp)
     cli.init_app(app)
 
     if config.demo:
         _seed_demo(app)
+    _warn_of_demo_tokens(app)
     return app
 
 
@@ -108,7 +124,8 @@ def _build_store(config: Config) -> LedgerStore:
             lock_trouble_after_s=config.op_timeout_ms / 1000,
         )
     except (psycopg.OperationalError, PoolTimeout) as error:
-        raise ConfigError(f"Cannot reach the PostgreSQL store named by LEDGER_STORE: {error}") from error
+        reason = without_password(str(error), config.store)
+        raise ConfigError(f"Cannot reach the PostgreSQL store named by LEDGER_STORE: {reason}") from None
 
 
 def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> MockDB:
@@ -135,6 +152,7 @@ def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) 
 
 
 def _seed_demo(app: Flask) -> None:
+    """Open the demo accounts, only ever in an empty ledger."""
     from app.auth import token_digest
     from app.extensions import store
     from app.ledger.errors import AccountExists
@@ -148,7 +166,22 @@ def _seed_demo(app: Flask) -> None:
             ledger.create_account(username, token_digest(token), balance, deadline=Deadline.after_ms(5000))
         except AccountExists:  # another worker process seeded the shared database first
             return
-    _log.warning(
-        "LEDGER_DEMO: seeded demo accounts %s with well-known tokens; set LEDGER_DEMO=0 in production",
-        ", ".join(name for name, _, _ in DEMO_ACCOUNTS),
-    )
+
+
+def _warn_of_demo_tokens(app: Flask) -> None:
+    """At every start, warn while any demo account still opens with its well-known token."""
+    from app.auth import token_digest
+    from app.extensions import store
+
+    ledger = store(app)
+    open_with_public_tokens = [
+        username
+        for username, token, _ in DEMO_ACCOUNTS
+        if ledger.token_digest(username) == token_digest(token)
+    ]
+    if open_with_public_tokens:
+        _log.warning(
+            "demo accounts %s open with well-known tokens (LEDGER_DEMO): anyone can move their coins; "
+            "never use them with real value",
+            ", ".join(open_with_public_tokens),
+        )

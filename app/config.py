@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 #: The contract's body limit: larger bodies are answered ``413 payload_too_large``.
 MAX_BODY_BYTES = 1024 * 1024
@@ -25,6 +26,8 @@ class Config:
     data_dir: str | None = None
     admin_token: str | None = None
     demo: bool = True
+    #: Users may deposit into their own account (``POST /account/coins/add``).
+    self_deposit: bool = True
     op_timeout_ms: int = 2000
     port: int = 3000
     max_body_bytes: int = MAX_BODY_BYTES
@@ -44,13 +47,19 @@ class Config:
         """Read the contract's variables; ``overrides`` (tests) win over the environment."""
         store = environ.get("LEDGER_STORE", "memory").strip() or "memory"
         if store != "memory" and not store.startswith(("postgresql://", "postgres://")):
-            raise ConfigError(f"LEDGER_STORE must be 'memory' or a postgresql:// URL, not {store!r}")
-        demo_default = "1" if store == "memory" else "0"
+            raise ConfigError(
+                f"LEDGER_STORE must be 'memory' or a postgresql:// URL, not {redacted_url(store)!r}"
+            )
+        data_dir = environ.get("LEDGER_DATA_DIR") or None
+        # Demo accounts and self-deposits only for a ledger that is gone at the next start:
+        # anything durable gets them only when asked for explicitly.
+        open_default = "1" if store == "memory" and data_dir is None else "0"
         config = cls(
             store=store,
-            data_dir=environ.get("LEDGER_DATA_DIR") or None,
+            data_dir=data_dir,
             admin_token=environ.get("LEDGER_ADMIN_TOKEN") or None,
-            demo=_flag("LEDGER_DEMO", environ.get("LEDGER_DEMO", demo_default)),
+            demo=_flag("LEDGER_DEMO", environ.get("LEDGER_DEMO", open_default)),
+            self_deposit=_flag("LEDGER_SELF_DEPOSIT", environ.get("LEDGER_SELF_DEPOSIT", open_default)),
             op_timeout_ms=_integer(
                 "LEDGER_OP_TIMEOUT_MS",
                 environ.get("LEDGER_OP_TIMEOUT_MS", "2000"),
@@ -74,6 +83,28 @@ class Config:
             ),
         )
         return dataclasses.replace(config, **dict(overrides or {}))
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable>"
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def without_password(text: str, url: str) -> str:
+    """``text`` (an error message that may quote ``url``) with ``url``'s password masked."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text if not password else text.replace(password, "***")
 
 
 def _flag(name: str, value: str) -> bool:

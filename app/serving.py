@@ -95,7 +95,8 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
     body = json.dumps({"code": status_int, "error": code, "message": f"{reason}."}).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     ).encode("latin-1")
     util.write_nonblock(sock, head + body)
 

@@ -97,3 +97,97 @@ def test_a_refused_duplicate_opening_is_not_in_the_holders_history(client: Flask
     )
     after = client.get("/account/transactions?username=aaron", headers={"Authorization": "1"}).json
     assert after == before
+
+
+# -- the operator's deposits and withdrawals ------------------------------------------
+
+
+def test_the_operator_deposits_into_an_account_and_it_is_audited(client: FlaskClient) -> None:
+    response = client.post("/admin/accounts/aaron/deposit?amount=250", headers=ADMIN)
+    assert response.status_code == 200
+    body = response.json
+    assert (body["username"], body["balance"]) == ("aaron", 10_250)
+    assert response.headers["ETag"] == f'"{body["version"]}"'
+    transaction = body["transaction"]
+    assert (transaction["type"], transaction["from"], transaction["to"]) == ("deposit", None, "aaron")
+    assert (transaction["amount"], transaction["status"]) == (250, "SUCCESS")
+    history = client.get("/account/transactions?username=aaron", headers={"Authorization": "1"}).json
+    assert history["transactions"][0]["id"] == transaction["id"]
+    assert client.get("/admin/verify", headers=ADMIN).json["ok"] is True
+
+
+def test_the_operator_withdraws_from_an_account_within_its_funds(client: FlaskClient) -> None:
+    response = client.post("/admin/accounts/bryan/withdraw", json={"amount": 400}, headers=ADMIN)
+    assert response.status_code == 200
+    assert response.json["balance"] == 9_600
+    assert response.json["transaction"]["type"] == "withdrawal"
+    refused = client.post("/admin/accounts/bryan/withdraw?amount=9601", headers=ADMIN)
+    assert refused.status_code == 422
+    assert refused.json["error"] == "insufficient_funds"
+    balance = client.get("/account/coins?username=bryan", headers={"Authorization": "2"}).json["balance"]
+    assert balance == 9_600
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "error"),
+    [
+        ("/admin/accounts/aaron/deposit?amount=5", {"Authorization": "1"}, 401, "unauthorized"),
+        ("/admin/accounts/aaron/deposit?amount=5", {}, 401, "unauthorized"),
+        ("/admin/accounts/ghost/deposit?amount=5", ADMIN, 404, "account_not_found"),
+        ("/admin/accounts/no%20such/deposit?amount=5", ADMIN, 400, "invalid_username"),
+        ("/admin/accounts/aaron/deposit?amount=0", ADMIN, 400, "invalid_amount"),
+        ("/admin/accounts/aaron/withdraw", ADMIN, 400, "missing_parameter"),
+        ("/admin/accounts/aaron/deposit?amount=5", {**ADMIN, "If-Match": '"99"'}, 412, "version_conflict"),
+    ],
+)
+def test_the_operators_money_operations_refuse_what_they_should(
+    client: FlaskClient, path: str, headers: dict[str, str], status: int, error: str
+) -> None:
+    response = client.post(path, headers=headers)
+    assert (response.status_code, response.json["error"]) == (status, error)
+    balance = client.get("/account/coins?username=aaron", headers={"Authorization": "1"}).json["balance"]
+    assert balance == 10_000
+
+
+def test_the_operators_idempotency_keys_replay_and_name_the_account(client: FlaskClient) -> None:
+    keyed = {**ADMIN, "Idempotency-Key": "mint-1"}
+    first = client.post("/admin/accounts/aaron/deposit?amount=7", headers=keyed)
+    again = client.post("/admin/accounts/aaron/deposit?amount=7", headers=keyed)
+    assert first.status_code == again.status_code == 200
+    assert again.json == first.json
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other_account = client.post("/admin/accounts/bryan/deposit?amount=7", headers=keyed)
+    assert (other_account.status_code, other_account.json["error"]) == (409, "idempotency_key_reused")
+    # A user's key of the same name is the user's own, not the operator's.
+    users = client.post(
+        "/account/coins/add?username=aaron&amount=7",
+        headers={"Authorization": "1", "Idempotency-Key": "mint-1"},
+    )
+    assert users.status_code == 200
+    assert "Idempotent-Replayed" not in users.headers
+    balance = client.get("/account/coins?username=aaron", headers={"Authorization": "1"}).json["balance"]
+    assert balance == 10_014
+
+
+def test_without_self_deposits_only_the_operator_mints_coins(store_url: str) -> None:
+    from app import create_app
+    from tests.stores import app_config
+
+    app = create_app(app_config(store_url, self_deposit=False))
+    try:
+        client = app.test_client()
+        refused = client.post("/account/coins/add?username=aaron&amount=5", headers={"Authorization": "1"})
+        assert (refused.status_code, refused.json["error"]) == (403, "forbidden")
+        # Authentication still comes first: a wrong token is 401, not 403.
+        stranger = client.post("/account/coins/add?username=aaron&amount=5", headers={"Authorization": "9"})
+        assert stranger.status_code == 401
+        minted = client.post("/admin/accounts/aaron/deposit?amount=5", headers=ADMIN)
+        assert minted.status_code == 200
+        assert minted.json["balance"] == 10_005
+        # Withdrawals and transfers are the user's own as before.
+        paid = client.post(
+            "/account/coins/transfer?username=aaron&to=bryan&amount=5", headers={"Authorization": "1"}
+        )
+        assert paid.status_code == 200
+    finally:
+        app.extensions["ledger"].close()

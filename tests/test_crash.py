@@ -289,7 +289,12 @@ def crash_cycles(data_dir: Path, cycles: list[dict[str, str]], *, with_hold: boo
 
     A last start checks the last kill; its stderr is returned.
     """
-    env = {"LEDGER_DATA_DIR": str(data_dir), "LEDGER_ADMIN_TOKEN": ADMIN_TOKEN, "LEDGER_DEMO": "0"}
+    env = {
+        "LEDGER_DATA_DIR": str(data_dir),
+        "LEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
+        "LEDGER_DEMO": "0",
+        "LEDGER_SELF_DEPOSIT": "1",  # the clients deposit as users
+    }
     logs: list[ClientLog] = []
     records_before = 0
     hold: dict[str, Any] | None = None

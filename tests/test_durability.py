@@ -632,3 +632,27 @@ def test_after_a_disk_failure_a_due_hold_is_read_as_it_is(tmp_path: Path) -> Non
         assert store.get_hold("bob", hold.hold.id, deadline=_deadline()).status is HoldStatus.PENDING
     finally:
         store.close()
+
+
+def test_the_data_directory_is_the_owners_alone(tmp_path: Path) -> None:
+    """Balances and token digests on disk: the directory 0700, every file in it 0600,
+    files an older version left readable included."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    store = MockDB.open(data_dir)
+    try:
+        store.create_account("carol", token_digest("carol"), 5, deadline=Deadline.after_ms(2000))
+        store.snapshot()
+        store.deposit("carol", 1, deadline=Deadline.after_ms(2000))
+    finally:
+        store.close()
+    for entry in data_dir.iterdir():
+        entry.chmod(0o644)  # as an older version, or a careless copy, left them
+    data_dir.chmod(0o755)
+    MockDB.open(data_dir).close()
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    files = [entry for entry in data_dir.iterdir() if entry.is_file()]
+    assert {entry.name.split("-")[0] for entry in files} >= {"LOCK", "journal", "snapshot"}
+    assert {entry.name: entry.stat().st_mode & 0o777 for entry in files} == {
+        entry.name: 0o600 for entry in files
+    }

@@ -40,7 +40,12 @@ def auth(name: str) -> dict[str, str]:
 
 
 def server_variables(data_dir: Path) -> dict[str, str]:
-    return {"LEDGER_DATA_DIR": str(data_dir), "LEDGER_ADMIN_TOKEN": ADMIN_TOKEN, "LEDGER_DEMO": "0"}
+    return {
+        "LEDGER_DATA_DIR": str(data_dir),
+        "LEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
+        "LEDGER_DEMO": "0",
+        "LEDGER_SELF_DEPOSIT": "1",  # the tests deposit as users
+    }
 
 
 def post(base_url: str, path: str, body: dict[str, Any], key: str | None = None) -> requests.Response:

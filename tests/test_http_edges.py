@@ -114,6 +114,7 @@ def test_requests_gunicorn_rejects_get_json_errors(request_bytes: bytes, status:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 " + status)
     assert b"Content-Type: application/json" in head
+    assert b"X-Content-Type-Options: nosniff" in head
     assert b'"error": "' + code + b'"' in body
     assert b"<html>" not in answer
 

@@ -1,10 +1,22 @@
-"""``/admin/...``: account creation, the audit trail and its verification; admin token only."""
+"""``/admin/...``: accounts, the operator's deposits and withdrawals, the audit trail and its
+verification; admin token only."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 from flask import Blueprint, Response, jsonify, request
 
-from app.api.common import audit_record_json, request_deadline
+from app.api.common import (
+    ADMIN_KEY_SCOPE,
+    MoneyRequest,
+    audit_record_json,
+    request_deadline,
+    run_money_operation,
+)
+from app.api.deposit import deposit_request
+from app.api.withdraw import withdraw_request
 from app.auth import authenticate_admin, new_token, token_digest
 from app.extensions import admin_digest, store
 from app.ledger.errors import InvalidInput
@@ -44,8 +56,40 @@ def create_account() -> tuple[Response, int]:
         "version": account.version,
     }
     response = jsonify(body)
-    response.headers["Cache-Control"] = "no-store"
     return response, 201
+
+
+@bp.post("/accounts/<username>/deposit")
+def deposit(username: str) -> Response:
+    """The operator mints coins into an account (audited as a deposit)."""
+    return _operator_money(username, "admin_deposit", deposit_request)
+
+
+@bp.post("/accounts/<username>/withdraw")
+def withdraw(username: str) -> Response:
+    """The operator removes coins from an account (audited as a withdrawal)."""
+    return _operator_money(username, "admin_withdraw", withdraw_request)
+
+
+def _operator_money(
+    username: str, operation: str, prepare: Callable[[Params, str], MoneyRequest]
+) -> Response:
+    """A user's deposit or withdrawal, run by the operator on the account in the path.
+
+    The operator's ``Idempotency-Key``s live in a namespace of their own; a key's
+    fingerprint names the account, so that one key cannot move two accounts' coins.
+    """
+
+    def identify() -> tuple[Params, str]:
+        return Params.from_request(request), parse_username(username)
+
+    def operator_request(params: Params, account: str) -> MoneyRequest:
+        money_request = prepare(params, account)
+        return dataclasses.replace(
+            money_request, operation=operation, parameters=(account, *money_request.parameters)
+        )
+
+    return run_money_operation(operator_request, identify, ADMIN_KEY_SCOPE)
 
 
 @bp.get("/audit")

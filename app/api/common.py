@@ -69,9 +69,22 @@ class MoneyRequest:
     success_status: int = 200
 
 
-def run_money_operation(prepare: Callable[[Params, str], MoneyRequest]) -> Response:
-    """Authenticate, validate, run one money operation (at most once per key) and answer it."""
-    params, username = authenticated_caller()
+#: The scope of the operator's idempotency keys (never a username: those cannot hold "@").
+ADMIN_KEY_SCOPE = "@admin"
+
+
+def run_money_operation(
+    prepare: Callable[[Params, str], MoneyRequest],
+    identify: Callable[[], tuple[Params, str]] = authenticated_caller,
+    key_scope: str | None = None,
+) -> Response:
+    """Identify the account, validate, run one money operation (at most once per key), answer it.
+
+    ``identify``: the request's parameters and the account it acts on (by default the
+    authenticated caller's); ``key_scope``: whose ``Idempotency-Key`` namespace the key
+    lives in (by default the account's: each user's keys are their own).
+    """
+    params, username = identify()
     money_request = prepare(params, username)
     deadline = request_deadline()
     expected_version = parse_if_match(request.headers.get("If-Match"))
@@ -83,7 +96,11 @@ def run_money_operation(prepare: Callable[[Params, str], MoneyRequest]) -> Respo
         )
     fingerprint = _fingerprint(money_request, expected_version)
     outcome = ledger.idempotent(
-        username, key, fingerprint, deadline, lambda: money_request.run(ledger, deadline, expected_version)
+        username if key_scope is None else key_scope,
+        key,
+        fingerprint,
+        deadline,
+        lambda: money_request.run(ledger, deadline, expected_version),
     )
     if isinstance(outcome.result, LedgerError):
         error = outcome.result

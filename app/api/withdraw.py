@@ -12,7 +12,8 @@ from app.params import Params, parse_amount
 bp = Blueprint("withdraw", __name__)
 
 
-def _withdraw(params: Params, username: str) -> MoneyRequest:
+def withdraw_request(params: Params, username: str) -> MoneyRequest:
+    """A withdrawal of ``amount`` from ``username``'s account (by the user, or by the operator)."""
     amount = params.require("amount", parse_amount)
 
     def run(ledger: LedgerStore, deadline: Deadline, expected_version: int | None) -> OperationResult:
@@ -23,4 +24,4 @@ def _withdraw(params: Params, username: str) -> MoneyRequest:
 
 @bp.post("/account/coins/withdraw")
 def withdraw() -> Response:
-    return run_money_operation(_withdraw)
+    return run_money_operation(withdraw_request)

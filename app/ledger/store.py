@@ -190,4 +190,12 @@ class LedgerStore(Protocol):
 
     def health(self) -> Health: ...
 
+    def not_ready(self) -> str | None:
+        """Why the store cannot serve writes right now (``None``: it can), within about a second.
+
+        ``/readyz``'s answer: a database that does not answer, a failed journal, a
+        balance lock wedged by a writer.
+        """
+        ...
+
     def stats(self) -> Stats: ...

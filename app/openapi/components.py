@@ -60,10 +60,12 @@ def parameter_ref(name: str) -> dict[str, str]:
 def answer(
     description: str, schema: Schema, *, headers: tuple[str, ...] = (), media_type: str = "application/json"
 ) -> dict[str, Any]:
-    """A response with this body and these headers (``X-Request-Id`` is on every answer)."""
+    """A response with this body and these headers (``X-Request-Id`` and ``X-Content-Type-Options``
+    are on every answer; ``Cache-Control`` is added to those under ``/account`` and ``/admin``
+    by ``app.openapi.paths.paths``)."""
     return {
         "description": description,
-        "headers": {name: header_ref(name) for name in ("X-Request-Id", *headers)},
+        "headers": {name: header_ref(name) for name in ("X-Request-Id", "X-Content-Type-Options", *headers)},
         "content": {media_type: {"schema": schema}},
     }
 
@@ -178,7 +180,13 @@ def headers() -> dict[str, Any]:
         ),
         "X-Request-Id": header({"type": "string", "minLength": 1}, "This request's id, as in its log line."),
         "Allow": header({"type": "string"}, "The methods this route takes."),
-        "Cache-Control": header({"type": "string", "enum": ["no-store"]}, "The token must not be cached."),
+        "Cache-Control": header(
+            {"type": "string", "enum": ["no-store"]},
+            "Balances, histories and tokens must not be kept by any cache.",
+        ),
+        "X-Content-Type-Options": header(
+            {"type": "string", "enum": ["nosniff"]}, "Every answer: no sniffing."
+        ),
     }
 
 

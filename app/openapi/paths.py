@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.ledger.model import MAX_BATCH_ITEMS
-from app.openapi.components import TEXT, answer, errors, parameter_ref
+from app.openapi.components import TEXT, answer, errors, header_ref, parameter_ref
 from app.openapi.schemas import Schema, ref
 
 Operation = dict[str, Any]
@@ -308,7 +308,7 @@ def _admin_paths() -> dict[str, Any]:
     admin_errors = {401: ["unauthorized"], 405: ["method_not_allowed"], 500: ["internal_error"]}
     create_400 = ["invalid_json", "conflicting_parameters", "invalid_username", "missing_parameter"]
     create_400 += ["invalid_token", "invalid_amount", "invalid_timeout"]
-    created = answer("The new account and its token.", ref("AccountCreated"), headers=("Cache-Control",))
+    created = answer("The new account and its token.", ref("AccountCreated"))
     verified = {"anyOf": [ref("Verification"), ref("Error")]}
     return {
         "/admin/accounts": {
@@ -413,7 +413,34 @@ def _service_paths(asset_names: list[str]) -> dict[str, Any]:
         {"name": "asset", "in": "path", "required": True, "schema": {"type": "string", "enum": asset_names}},
     )
     health = ref("Health")
+    probe = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+    not_ready = {
+        "type": "object",
+        "required": ["status", "reason"],
+        "properties": {"status": {"const": "not_ready"}, "reason": {"type": "string"}},
+    }
     return {
+        "/livez": {
+            "get": public(
+                "getLiveness",
+                "Liveness probe",
+                "200 while the process serves requests; never calls the store, so that a database outage "
+                "does not restart the instance.",
+                {"200": answer("Alive.", {**probe, "properties": {"status": {"const": "alive"}}})},
+            )
+        },
+        "/readyz": {
+            "get": public(
+                "getReadiness",
+                "Readiness probe",
+                "200 when the store answers and takes writes; 503 with the reason otherwise (a database "
+                "outage, a failed journal, a wedged writer).",
+                {
+                    "200": answer("Ready.", {**probe, "properties": {"status": {"const": "ready"}}}),
+                    "503": answer("Not ready, and why.", not_ready),
+                },
+            )
+        },
         "/system/health": {
             "get": public(
                 "getHealth",
@@ -452,10 +479,12 @@ def _service_paths(asset_names: list[str]) -> dict[str, Any]:
 
 
 def paths(asset_names: list[str]) -> dict[str, Any]:
-    return {
-        **_account_paths(),
-        **_money_paths(),
-        **_hold_paths(),
-        **_admin_paths(),
-        **_service_paths(asset_names),
-    }
+    private = {**_account_paths(), **_money_paths(), **_hold_paths(), **_admin_paths()}
+    for path, operations in private.items():
+        if not path.startswith(("/account", "/admin")):
+            raise ValueError(f"{path} is neither under /account nor under /admin")
+        for operation in operations.values():
+            for response in operation["responses"].values():
+                # Copied: error answers are shared between operations.
+                response["headers"] = {**response["headers"], "Cache-Control": header_ref("Cache-Control")}
+    return {**private, **_service_paths(asset_names)}

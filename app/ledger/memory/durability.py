@@ -99,11 +99,15 @@ class Durability:
     def can_write(self) -> bool:
         return self.refusal is None and (self.journal is None or self.journal.failure is None)
 
+    def refusal_reason(self) -> str | None:
+        """Why writes are refused (a read-only open, a failed journal), or ``None``."""
+        if self.refusal is None and self.journal is not None:
+            return self.journal.failure
+        return self.refusal
+
     def check_writable(self) -> None:
         """Refuse a write before it applies anything when the journal cannot keep it."""
-        refusal = self.refusal
-        if refusal is None and self.journal is not None:
-            refusal = self.journal.failure
+        refusal = self.refusal_reason()
         if refusal is not None:
             raise StorageUnavailable(
                 f"The ledger cannot keep new operations ({refusal}); nothing was applied. Reads still work."

@@ -274,17 +274,31 @@ def read_directory(directory: Path, snapshot_lsn_of: Callable[[Frame], int]) -> 
     return Recovered(directory, snapshot, first_segment, scans, snapshot_lsn)
 
 
+#: The ledger's files hold balances and token digests: the owner alone may read them.
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+
+
 class DataDirectory:
-    """Exclusive ownership of a data directory, through an OS file lock."""
+    """Exclusive ownership of a data directory, through an OS file lock.
+
+    Opened for writing (``create``), the directory is made ``DIRECTORY_MODE`` and every
+    file in it ``FILE_MODE`` (files written by an older version included); new files
+    are created with ``FILE_MODE``.
+    """
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         if create:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+            os.chmod(path, DIRECTORY_MODE)
+            for entry in path.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    os.chmod(entry, FILE_MODE)
         elif not path.is_dir():
             raise JournalError(f"The data directory {path} does not exist.")
         lock_path = path / "LOCK"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -339,7 +353,7 @@ def write_snapshot(directory: Path, number: int, payloads: Iterable[bytes]) -> t
 
 
 def _write_snapshot_file(temporary: Path, payloads: Iterable[bytes]) -> int:
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     size = 0
     try:
         write_all(os.write, fd, SNAPSHOT_MAGIC)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.ledger.memory.files import (
+    FILE_MODE,
     LSN,
     SEGMENT_MAGIC,
     JournalUnavailable,
@@ -230,7 +231,7 @@ class Journal:
 
     def _open_segment(self, number: int) -> int:
         path = self._directory / segment_name(number)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         if os.fstat(fd).st_size == 0:
             write_all(self._write, fd, SEGMENT_MAGIC)
             self._sync(fd)

@@ -55,6 +55,8 @@ from app.ledger.store import Health, Stats
 
 _log = logging.getLogger("goledger.store")
 
+#: How long a readiness probe may wait for the balance lock (as a writer would).
+READY_LOCK_TIMEOUT_S = 1.0
 #: How long a metrics scrape may wait for the balance lock.
 STATS_LOCK_TIMEOUT_S = 0.5
 #: How long ``verify`` may wait for the balance lock.
@@ -393,6 +395,16 @@ class MockDB(HoldOperations, rules.SingleOperations):
             audit_log=self._trail.check_new_records(),
             performance=self._counters.performance_ok(),
         )
+
+    def not_ready(self) -> str | None:
+        refusal = self._durability.refusal_reason()
+        if refusal is not None:
+            return f"writes are refused: {refusal}"
+        probe = self._rw.gen_wlock()
+        if not probe.acquire(blocking=True, timeout=READY_LOCK_TIMEOUT_S):
+            return f"the balance lock was not free within {READY_LOCK_TIMEOUT_S:g} s (a wedged writer)"
+        probe.release()
+        return None
 
     def stats(self) -> Stats:
         # A scrape must not hang behind a wedged writer: after a bounded wait it

@@ -90,6 +90,16 @@ class Monitor:
             performance=self._runner.counters.performance_ok(),
         )
 
+    def not_ready(self) -> str | None:
+        """Why the store cannot take writes now (``None``: it can): the database must answer
+        a write-side query within ``HEALTH_TIMEOUT_S``."""
+        try:
+            with self._runner.pool.connection(timeout=HEALTH_TIMEOUT_S) as connection:
+                connection.execute("SELECT 1 FROM chain_head").fetchone()
+        except (psycopg.Error, PoolTimeout) as error:
+            return f"the database did not answer within {HEALTH_TIMEOUT_S:g} s ({type(error).__name__})"
+        return None
+
     def _check_new_records(self) -> bool:
         """Check the stretch of the chain appended since the last check (health's share)."""
         with self._health_lock:

@@ -439,6 +439,9 @@ class PostgresStore(rules.SingleOperations):
     def health(self) -> Health:
         return self._monitor.health()
 
+    def not_ready(self) -> str | None:
+        return self._monitor.not_ready()
+
     def stats(self) -> Stats:
         return self._monitor.stats()
 
