@@ -106,7 +106,9 @@ def _build_store(config: Config) -> LedgerStore:
         from app.ledger.memory.keys import IdempotencyTable
 
         options: dict[str, Any] = {
-            "idempotency": IdempotencyTable(max_keys=config.idempotency_max_keys),
+            "idempotency": IdempotencyTable(
+                max_keys=config.idempotency_max_keys, max_keys_per_user=config.idempotency_max_keys_per_user
+            ),
             "lock_trouble_after_s": config.op_timeout_ms / 1000,
         }
         if config.data_dir is None:

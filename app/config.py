@@ -33,6 +33,8 @@ class Config:
     max_body_bytes: int = MAX_BODY_BYTES
     log_level: str = "INFO"
     idempotency_max_keys: int = 1_000_000
+    #: One user's share of ``idempotency_max_keys`` (the embedded store's table).
+    idempotency_max_keys_per_user: int = 10_000
     #: Connections each worker process may open to PostgreSQL (the pool's maximum).
     pg_pool_size: int = 10
     #: With ``data_dir``: snapshot once the journal's current segment grows past this (0: never).
@@ -71,6 +73,12 @@ class Config:
             idempotency_max_keys=_integer(
                 "LEDGER_IDEMPOTENCY_MAX_KEYS",
                 environ.get("LEDGER_IDEMPOTENCY_MAX_KEYS", "1000000"),
+                1,
+                100_000_000,
+            ),
+            idempotency_max_keys_per_user=_integer(
+                "LEDGER_IDEMPOTENCY_MAX_KEYS_PER_USER",
+                environ.get("LEDGER_IDEMPOTENCY_MAX_KEYS_PER_USER", "10000"),
                 1,
                 100_000_000,
             ),

@@ -100,3 +100,28 @@ def test_if_match_is_part_of_the_request(client: FlaskClient) -> None:
     replay = client.post("/account/coins/add?username=aaron&amount=5", headers=headers)
     assert replay.status_code == 200
     assert replay.headers["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.memory_only  # the share of the embedded store's key table
+def test_one_users_keys_are_capped_at_their_share(store_url: str) -> None:
+    from app import create_app
+    from tests.stores import app_config
+
+    app = create_app(app_config(store_url, idempotency_max_keys_per_user=1))
+    try:
+        client = app.test_client()
+
+        def deposit(user: str, token: str, key: str) -> int:
+            headers = {"Authorization": token, "Idempotency-Key": key}
+            return client.post(f"/account/coins/add?username={user}&amount=1", headers=headers).status_code
+
+        assert deposit("aaron", "1", "first") == 200
+        refused = client.post(
+            "/account/coins/add?username=aaron&amount=1",
+            headers={"Authorization": "1", "Idempotency-Key": "second"},
+        )
+        assert (refused.status_code, refused.json["error"]) == (503, "idempotency_store_full")
+        assert deposit("bryan", "2", "first") == 200
+        assert deposit("aaron", "1", "first") == 200  # a held key still replays
+    finally:
+        app.extensions["ledger"].close()

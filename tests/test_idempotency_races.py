@@ -488,6 +488,36 @@ def test_a_full_table_refuses_new_keys_until_old_ones_expire() -> None:
     assert operation.runs == MAX_KEYS + 3
 
 
+def test_one_user_cannot_fill_the_table_for_everyone() -> None:
+    """Past their share, a user's new keys are refused; everyone else's are not."""
+    clock = FakeClock()
+    table = IdempotencyTable(ttl_s=TTL_S, max_keys=MAX_KEYS, max_keys_per_user=2, clock=clock)
+    operation = Counted()
+    for index in range(2):
+        assert not table.run("mallory", f"k{index}", "fp", patient(), operation).replayed
+    with pytest.raises(IdempotencyStoreFull) as refused:
+        table.run("mallory", "k2", "fp", patient(), operation)
+    assert "your share" in refused.value.message
+    assert table.run("mallory", "k0", "fp", patient(), operation).replayed  # held keys still replay
+    for name in ("aaron", "bryan"):
+        assert not table.run(name, "k0", "fp", patient(), operation).replayed
+    assert operation.runs == 4
+    # A key whose operation applied nothing (a timeout) is released and counts no more.
+    with pytest.raises(OperationTimeout):
+        table.run("aaron", "late", "fp", patient(), _times_out)
+    assert not table.run("aaron", "k1", "fp", patient(), operation).replayed
+    with pytest.raises(IdempotencyStoreFull):
+        table.run("aaron", "k2", "fp", patient(), operation)
+    clock.advance(TTL_S + 1)  # every key past its retention: the shares are free again
+    assert not table.run("mallory", "k2", "fp", patient(), operation).replayed
+    assert not table.run("aaron", "k2", "fp", patient(), operation).replayed
+    assert len(table) == 2
+
+
+def _times_out() -> OperationResult:
+    raise OperationTimeout("The operation could not finish within its deadline.")
+
+
 def test_a_key_in_flight_is_never_dropped_however_old() -> None:
     clock = FakeClock()
     table = IdempotencyTable(ttl_s=TTL_S, max_keys=2, clock=clock)

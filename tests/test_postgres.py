@@ -409,3 +409,28 @@ def test_an_unanswered_commit_is_neither_retried_nor_called_a_timeout(url: str) 
         deposits = connection.execute("SELECT count(*) FROM audit WHERE type = 'deposit'").fetchone()
     assert balance == (107,)
     assert deposits == (1,)
+
+
+# -- idempotency keys past their retention ---------------------------------------------------------
+
+
+def test_old_keys_are_purged_in_short_batches_however_large_the_backlog(url: str) -> None:
+    store = PostgresStore(url, max_connections=2, sweep_interval_s=None)
+    try:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(
+                "INSERT INTO idempotency_keys (username, key, fingerprint, created_at) "
+                "SELECT 'aaron', 'old-' || n, 'fp', now() - interval '25 hours' - n * interval '1 second' "
+                "FROM generate_series(1, 12) AS n"
+            )
+            connection.execute(
+                "INSERT INTO idempotency_keys (username, key, fingerprint) "
+                "SELECT 'aaron', 'fresh-' || n, 'fp' FROM generate_series(1, 3) AS n"
+            )
+            assert store.purge_keys(batch=5, max_batches=2) == 10  # two statements of five
+            assert store.purge_keys(batch=5, max_batches=2) == 2
+            assert store.purge_keys() == 0
+            left = connection.execute("SELECT key FROM idempotency_keys ORDER BY key").fetchall()
+        assert [key for (key,) in left] == ["fresh-1", "fresh-2", "fresh-3"]
+    finally:
+        store.close()

@@ -124,7 +124,7 @@ class LedgerCore:
             try:
                 if (
                     attempt == 0
-                    and self._holds.due((username,), self._clock())
+                    and self._holds.has_due((username,), self._clock())
                     and self._durability.can_write()
                 ):
                     outcome = "deferred"

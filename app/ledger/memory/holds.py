@@ -26,17 +26,24 @@ _log = logging.getLogger("goledger.holds")
 
 
 class HoldBook:
-    """Every hold by id, and the pending ones by account (both parties)."""
+    """Every hold by id, and each account's pending holds in deadline order.
+
+    Each account with pending holds (as payer or payee) has a min-heap of
+    ``(expires_at_s, hold_id)``: finding what is due costs what is due, never a scan
+    of the account's holds, however many it has. A hold resolved before its deadline
+    leaves a stale entry behind; stale entries are dropped when they reach the top,
+    and an account's heap is rebuilt once they outnumber its pending holds.
+    """
 
     def __init__(self) -> None:
         self._holds: dict[str, HoldState] = {}
-        self._pending: dict[str, set[str]] = {}
+        self._deadlines: dict[str, list[tuple[float, str]]] = {}
+        self._pending_counts: dict[str, int] = {}
         self._changed: list[HoldState] = []
 
     def add(self, state: HoldState) -> None:
         self._holds[state.id] = state
-        for name in (state.source, state.target):
-            self._pending.setdefault(name, set()).add(state.id)
+        self._index(state)
         self._changed.append(state)
 
     def drain_changed(self) -> list[HoldState]:
@@ -46,15 +53,13 @@ class HoldBook:
 
     def put(self, state: HoldState) -> None:
         """Set a hold as the journal or a snapshot has it (replay: new or changed)."""
+        previous = self._holds.get(state.id)
         self._holds[state.id] = state
-        for name in (state.source, state.target):
-            pending = self._pending.setdefault(name, set())
-            if state.status is HoldStatus.PENDING:
-                pending.add(state.id)
-            else:
-                pending.discard(state.id)
-                if not pending:
-                    del self._pending[name]
+        was_pending = previous is not None and previous.status is HoldStatus.PENDING
+        if state.status is HoldStatus.PENDING and not was_pending:
+            self._index(state)
+        elif was_pending and state.status is not HoldStatus.PENDING:
+            self._unindex(state)
 
     def all(self) -> list[HoldState]:
         return list(self._holds.values())
@@ -68,30 +73,57 @@ class HoldBook:
     def resolved(self, state: HoldState) -> None:
         """Note that a rule resolved this hold: it is pending no more."""
         self._changed.append(state)
-        for name in (state.source, state.target):
-            pending = self._pending.get(name)
-            if pending is not None:
-                pending.discard(state.id)
-                if not pending:
-                    del self._pending[name]
+        self._unindex(state)
+
+    def has_due(self, names: Iterable[str | None], now_s: float) -> bool:
+        """Whether a hold of these accounts may be due (a read-only look: the caller may
+        hold the lock for reading only). A stale entry can make it say so wrongly; the
+        ``due`` that follows, under the write lock, drops it."""
+        for name in names:
+            heap = self._deadlines.get(name) if name is not None else None
+            if heap and heap[0][0] <= now_s:
+                return True
+        return False
 
     def due(self, names: Iterable[str | None], now_s: float) -> list[HoldState]:
-        """Pending holds of these accounts whose time is up, oldest deadline first."""
+        """Pending holds of these accounts whose time is up, oldest deadline first.
+
+        Takes them off the accounts' heaps: the caller (holding the write lock) expires
+        every hold it returns before it releases the lock.
+        """
         found: dict[str, HoldState] = {}
         for name in names:
-            if name is None:
-                continue
-            for hold_id in self._pending.get(name, ()):
+            heap = self._deadlines.get(name) if name is not None else None
+            while heap and heap[0][0] <= now_s:
+                _, hold_id = heapq.heappop(heap)
                 state = self._holds[hold_id]
-                if state.expires_at_s <= now_s:
+                if state.status is HoldStatus.PENDING and state.expires_at_s <= now_s:
                     found[hold_id] = state
         return sorted(found.values(), key=lambda state: (state.expires_at_s, state.id))
 
     def all_due(self, now_s: float) -> list[HoldState]:
-        return self.due(list(self._pending), now_s)
+        return self.due(list(self._deadlines), now_s)
 
     def snapshot(self) -> list[Hold]:
         return [state.view() for state in self._holds.values()]
+
+    def _index(self, state: HoldState) -> None:
+        for name in (state.source, state.target):
+            heapq.heappush(self._deadlines.setdefault(name, []), (state.expires_at_s, state.id))
+            self._pending_counts[name] = self._pending_counts.get(name, 0) + 1
+
+    def _unindex(self, state: HoldState) -> None:
+        for name in (state.source, state.target):
+            left = self._pending_counts.get(name, 0) - 1
+            if left <= 0:
+                self._pending_counts.pop(name, None)
+                self._deadlines.pop(name, None)  # every entry left is stale
+                continue
+            self._pending_counts[name] = left
+            heap = self._deadlines[name]
+            if len(heap) > 2 * left + 16:
+                heap[:] = [entry for entry in heap if self._holds[entry[1]].status is HoldStatus.PENDING]
+                heapq.heapify(heap)
 
 
 class ExpirySweeper:

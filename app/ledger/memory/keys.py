@@ -21,7 +21,9 @@ operation (so a crash cannot separate them), hands it to ``record`` under its au
 lock, and on start puts every kept key back with ``restore``. Keys live at least ``ttl_s`` (24 hours);
 older ones are dropped as new ones arrive. The table holds at most ``max_keys``
 entries: when every slot holds a key younger than ``ttl_s``, new keys are refused
-(``503 idempotency_store_full``) rather than forgetting a promise early.
+(``503 idempotency_store_full``) rather than forgetting a promise early. One user may
+hold at most ``max_keys_per_user`` of them, so that a single client cannot fill the
+table for everyone: past its share, that user alone is refused the same way.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from app.ledger.outcomes import Outcome, Result
 
 KEY_TTL_S = 24 * 3600.0
 DEFAULT_MAX_KEYS = 1_000_000
+#: One user's share of the table by default (a hundredth).
+DEFAULT_MAX_KEYS_PER_USER = 10_000
 
 
 #: Failures that applied nothing durable: the key is released, not kept.
@@ -75,13 +79,16 @@ class IdempotencyTable:
         *,
         ttl_s: float = KEY_TTL_S,
         max_keys: int = DEFAULT_MAX_KEYS,
+        max_keys_per_user: int = DEFAULT_MAX_KEYS_PER_USER,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._ttl_s = ttl_s
         self._max_keys = max_keys
+        self._max_keys_per_user = max_keys_per_user
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._per_user: dict[str, int] = {}  # keys held by each user (under _lock)
 
     def __len__(self) -> int:
         with self._lock:
@@ -122,8 +129,13 @@ class IdempotencyTable:
                 raise IdempotencyStoreFull(
                     "Too many idempotency keys are held; retry later or send the request without a key."
                 )
+            if self._per_user.get(slot[0], 0) >= self._max_keys_per_user:
+                raise IdempotencyStoreFull(
+                    f"You hold {self._max_keys_per_user} idempotency keys younger than a day, your share; "
+                    "retry later or send the request without a key."
+                )
             entry = _Entry(fingerprint, now)
-            self._entries[slot] = entry
+            self._add(slot, entry)
             return entry, True
 
     def _run_owned(self, slot: tuple[str, str], entry: _Entry, operation: Callable[[], Result]) -> Outcome:
@@ -160,7 +172,7 @@ class IdempotencyTable:
         entry.result = outcome
         _finish(entry)
         with self._lock:
-            self._entries[(username, key)] = entry
+            self._add((username, key), entry)
 
     def kept(self) -> list[tuple[str, str, str, float, Result | LedgerError]]:
         """Every key with an outcome, answered or journaled:
@@ -176,8 +188,23 @@ class IdempotencyTable:
     def _release(self, slot: tuple[str, str], entry: _Entry) -> None:
         with self._lock:
             if self._entries.get(slot) is entry:
-                del self._entries[slot]
+                self._remove(slot)
         _finish(entry)
+
+    def _add(self, slot: tuple[str, str], entry: _Entry) -> None:
+        """Hold ``entry`` under ``slot`` (the caller holds ``_lock``)."""
+        if slot not in self._entries:
+            self._per_user[slot[0]] = self._per_user.get(slot[0], 0) + 1
+        self._entries[slot] = entry
+
+    def _remove(self, slot: tuple[str, str]) -> None:
+        """Drop the entry under ``slot`` (the caller holds ``_lock``)."""
+        del self._entries[slot]
+        left = self._per_user[slot[0]] - 1
+        if left:
+            self._per_user[slot[0]] = left
+        else:
+            del self._per_user[slot[0]]
 
     def _expire(self, now: float) -> None:
         """Drop keys past their retention (oldest first; the caller holds ``_lock``)."""
@@ -185,7 +212,7 @@ class IdempotencyTable:
             oldest = next(iter(self._entries.values()))
             if now - oldest.created_at < self._ttl_s or not oldest.done.is_set():
                 return
-            self._entries.popitem(last=False)
+            self._remove(next(iter(self._entries)))
 
 
 def _finish(entry: _Entry) -> None:

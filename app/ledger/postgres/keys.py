@@ -24,6 +24,15 @@ from app.ledger.postgres import sql
 from app.ledger.postgres.runner import MAX_ATTEMPTS, Abort, Runner, retryable
 from app.ledger.postgres.unit import Connection, begin_within, run_script
 
+#: Old keys deleted by one statement of a purge, and statements one purge may run.
+PURGE_BATCH = 5_000
+PURGE_MAX_BATCHES = 200
+_PURGE_BATCH = (
+    "DELETE FROM idempotency_keys WHERE (username, key) IN ("
+    "SELECT username, key FROM idempotency_keys WHERE created_at < now() - interval '24 hours' "
+    "ORDER BY created_at LIMIT %s)"
+)
+
 
 class Keys:
     """The ``idempotency_keys`` table: claim a key, run its operation once, replay it afterwards."""
@@ -58,15 +67,22 @@ class Keys:
                     ) from None
         raise OperationTimeout("The operation could not finish within its deadline.")
 
-    def purge(self) -> int:
-        """Drop idempotency keys past their 24 hours; how many were."""
-        return self._runner.read(
-            lambda connection: (
-                connection.execute(
-                    "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"
-                ).rowcount
+    def purge(self, *, batch: int = PURGE_BATCH, max_batches: int = PURGE_MAX_BATCHES) -> int:
+        """Drop idempotency keys past their 24 hours, oldest first, ``batch`` at a time; how many were.
+
+        Each batch is one short statement (through the age index) under the reads'
+        statement timeout, however large the backlog: a backlog left after
+        ``max_batches`` is the next pass's.
+        """
+        purged = 0
+        for _ in range(max_batches):
+            deleted: int = self._runner.read(
+                lambda connection: connection.execute(_PURGE_BATCH, (batch,)).rowcount
             )
-        )
+            purged += deleted
+            if deleted < batch:
+                break
+        return purged
 
     def _claim(
         self, connection: Connection, username: str, key: str, fingerprint: str, deadline: Deadline

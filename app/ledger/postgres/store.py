@@ -394,9 +394,10 @@ class PostgresStore(rules.SingleOperations):
         if self._sweeper is not None:
             self._sweeper.stop()
 
-    def purge_keys(self) -> int:
-        """Drop idempotency keys past their 24 hours; how many were."""
-        return self._keys.purge()
+    def purge_keys(self, **bounds: int) -> int:
+        """Drop idempotency keys past their 24 hours, in short batches; how many were
+        (``bounds``: ``batch`` and ``max_batches``, see ``Keys.purge``)."""
+        return self._keys.purge(**bounds)
 
     # -- history --------------------------------------------------------------------
 
