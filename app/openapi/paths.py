@@ -138,10 +138,11 @@ def _money_paths() -> dict[str, Any]:
                 "deposit",
                 "money",
                 "Deposit",
-                "Adds `amount` coins to the caller's account.",
+                "Adds `amount` coins to the caller's account. With LEDGER_SELF_DEPOSIT=0 (the default on a "
+                "durable store) users may not mint coins: 403, and the operator deposits instead.",
                 parameters=["amount"],
                 body="AmountBody",
-                failures=_money_errors(_MONEY_400, {422: ["balance_overflow"]}),
+                failures=_money_errors(_MONEY_400, {403: ["forbidden"], 422: ["balance_overflow"]}),
             )
         },
         "/account/coins/withdraw": {
@@ -304,6 +305,32 @@ def _account_paths() -> dict[str, Any]:
     }
 
 
+def _operator_money(operation_id: str, summary: str, description: str, refusal: str) -> Operation:
+    """A deposit or withdrawal the operator runs on the account in the path."""
+    operation = _money(
+        operation_id,
+        "admin",
+        summary,
+        description + " Audited like a user's operation. Idempotency-Key (the operator's own namespace; a "
+        "key names the account it was used on), If-Match (the account's version) and X-Timeout-Ms apply.",
+        parameters=["amount"],
+        body="AmountBody",
+        failures=_money_errors(_MONEY_400, {404: ["account_not_found"], 422: [refusal]}),
+    )
+    operation["security"] = _ADMIN
+    operation["parameters"] = [
+        {
+            "name": "username",
+            "in": "path",
+            "required": True,
+            "description": "The account whose coins the operator moves.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+        },
+        *(parameter for parameter in operation["parameters"] if parameter != parameter_ref("username")),
+    ]
+    return operation
+
+
 def _admin_paths() -> dict[str, Any]:
     admin_errors = {401: ["unauthorized"], 405: ["method_not_allowed"], 500: ["internal_error"]}
     create_400 = ["invalid_json", "conflicting_parameters", "invalid_username", "missing_parameter"]
@@ -333,6 +360,22 @@ def _admin_paths() -> dict[str, Any]:
                         }
                     ),
                 },
+            )
+        },
+        "/admin/accounts/{username}/deposit": {
+            "post": _operator_money(
+                "adminDeposit",
+                "The operator mints coins",
+                "Adds `amount` coins to the account.",
+                "balance_overflow",
+            )
+        },
+        "/admin/accounts/{username}/withdraw": {
+            "post": _operator_money(
+                "adminWithdraw",
+                "The operator removes coins",
+                "Takes `amount` coins from the account's available balance.",
+                "insufficient_funds",
             )
         },
         "/admin/audit": {
