@@ -93,6 +93,13 @@ def before_call(context: Any, case: Any, kwargs: Any) -> None:
     tests. Here the requests should reach the ledger.
     """
     query = case.query if isinstance(case.query, dict) else {}
+    path_parameters = case.path_parameters if isinstance(case.path_parameters, dict) else {}
+    if case.operation.path.startswith("/admin/accounts/{username}/") and _tokens:
+        # The operator's deposits and withdrawals: at a known account, mostly.
+        named = path_parameters.get("username")
+        if _token_of(named) is None and sum(map(ord, str(named))) % 4:
+            case.path_parameters = {**path_parameters, "username": next(iter(_tokens))}
+        return
     username = query.get("username")
     if not isinstance(username, str) or case.operation.path.startswith("/admin/"):
         return
