@@ -1,9 +1,10 @@
 """Per-request observability: request ids, one structured log line, Prometheus metrics.
 
 Each app has its own ``CollectorRegistry`` (never the process-global one), so apps
-built by tests do not share counters. Store figures (operations by outcome, lock
-waits, accounts, audit length) are read from the store at scrape time, so the hot
-path pays for one counter update in the store, not for a metric library call.
+built by tests do not share counters. Store figures are read from the store at
+scrape time: its counters (operations by outcome, lock waits, pool waits, commits,
+journal syncs) and its sizes. The hot path pays for a few additions in the store,
+not for a metric library call.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.ledger.store import LOCK_WAIT_BUCKETS_S, LedgerStore
+from app.ledger.store import Durations, LedgerStore
 
 _request_log = logging.getLogger("goledger.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -30,47 +31,78 @@ _REQUEST_ID_KEY = "goledger.request_id"
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _StoreCollector(Collector):
-    def __init__(self, store: LedgerStore) -> None:
-        self._store = store
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self._store.stats()
-        operations = CounterMetricFamily(
-            "goledger_operations", "Store operations by type and outcome.", labels=["operation", "outcome"]
-        )
-        for (operation, outcome), count in sorted(stats.operations.items()):
-            operations.add_metric([operation, outcome], count)
-        yield operations
-        bounds = [str(bound) for bound in LOCK_WAIT_BUCKETS_S] + ["+Inf"]
-        yield HistogramMetricFamily(
-            "goledger_lock_wait_seconds",
-            "Time operations waited for the balance lock.",
-            buckets=list(zip(bounds, stats.lock_wait_buckets, strict=True)),
-            sum_value=stats.lock_wait_sum_s,
-        )
-        yield GaugeMetricFamily("goledger_accounts", "Accounts in the ledger.", value=stats.accounts)
-        yield GaugeMetricFamily(
-            "goledger_audit_records", "Records in the audit trail.", value=stats.audit_records
-        )
-        yield GaugeMetricFamily(
-            "goledger_idempotency_keys", "Idempotency keys currently kept.", value=stats.idempotency_keys
-        )
-        if stats.journal:
-            for name, help_text in _JOURNAL_COUNTERS.items():
-                yield CounterMetricFamily(f"goledger_journal_{name}", help_text, value=stats.journal[name])
-            yield GaugeMetricFamily(
-                "goledger_journal_failed",
-                "1 once the journal has failed (writes refused until a restart).",
-                value=stats.journal["failed"],
-            )
-
-
+_DURATIONS = {
+    "pg_pool_wait": "Time a PostgreSQL operation waited for a pooled connection.",
+    "pg_commit": "Time of the round trip that carried a PostgreSQL transaction's COMMIT.",
+    "journal_sync": "Time of the write-ahead journal's fdatasync (one per group commit).",
+}
 _JOURNAL_COUNTERS = {
     "syncs": "fdatasync calls of the write-ahead journal (one per group commit).",
     "frames": "Entries made durable by the journal.",
     "bytes": "Bytes written to the journal.",
 }
+
+
+class _StoreCounts(Collector):
+    """This process's store counters: summed across workers in multiprocess mode."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._store.counts()
+        operations = CounterMetricFamily(
+            "goledger_operations", "Store operations by type and outcome.", labels=["operation", "outcome"]
+        )
+        for (operation, outcome), count in sorted(counts.operations.items()):
+            operations.add_metric([operation, outcome], count)
+        yield operations
+        yield _histogram(
+            "goledger_lock_wait_seconds", "Time operations waited for their locks.", counts.lock_wait
+        )
+        for name, durations in sorted(counts.durations.items()):
+            yield _histogram(f"goledger_{name}_seconds", _DURATIONS[name], durations)
+        for name, value in sorted(counts.journal.items()):
+            yield CounterMetricFamily(f"goledger_journal_{name}", _JOURNAL_COUNTERS[name], value=value)
+
+
+def _histogram(name: str, help_text: str, durations: Durations) -> HistogramMetricFamily:
+    bounds = [str(bound) for bound in durations.bounds_s] + ["+Inf"]
+    return HistogramMetricFamily(
+        name,
+        help_text,
+        buckets=list(zip(bounds, durations.buckets, strict=True)),
+        sum_value=durations.sum_s,
+    )
+
+
+class _StoreSizes(Collector):
+    """The ledger's sizes, read when scraped (for PostgreSQL, the whole database's)."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._store.stats()
+        yield GaugeMetricFamily(
+            "goledger_accounts",
+            "Accounts in the ledger (PostgreSQL: the database's live-row estimate).",
+            value=stats.accounts,
+        )
+        yield GaugeMetricFamily(
+            "goledger_audit_records", "Records in the audit trail.", value=stats.audit_records
+        )
+        yield GaugeMetricFamily(
+            "goledger_idempotency_keys",
+            "Idempotency keys currently kept (PostgreSQL: the database's live-row estimate).",
+            value=stats.idempotency_keys,
+        )
+        if stats.journal_failed is not None:
+            yield GaugeMetricFamily(
+                "goledger_journal_failed",
+                "1 once the journal has failed (writes refused until a restart).",
+                value=int(stats.journal_failed),
+            )
 
 
 class Observability:
@@ -91,7 +123,8 @@ class Observability:
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self.registry.register(_StoreCollector(store))
+        self.registry.register(_StoreCounts(store))
+        self.registry.register(_StoreSizes(store))
         # A racing first request may build a label set twice: harmless, the same children.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         app.before_request(self._before)

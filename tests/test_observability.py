@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 
+from app import create_app
 from tests.drivers import StoreDriver
+from tests.stores import app_config, empty_postgres
 
 AARON = {"Authorization": "1"}
+#: How long PostgreSQL's live-row statistics may take to catch up with the commits.
+PUBLISHED_WITHIN_S = 10.0
 
 
 def scrape(client: FlaskClient) -> str:
@@ -18,6 +25,12 @@ def scrape(client: FlaskClient) -> str:
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain")
     return response.get_data(as_text=True)
+
+
+def sample(text: str, series: str) -> float | None:
+    """The value of one series (``name{labels}`` as exposed) in a scrape, ``None`` if absent."""
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    return None if found is None else float(found.group(1))
 
 
 def test_metrics_count_requests_operations_and_lock_waits(client: FlaskClient) -> None:
@@ -42,8 +55,61 @@ def test_metrics_count_requests_operations_and_lock_waits(client: FlaskClient) -
     assert 'goledger_operations_total{operation="open",outcome="success"} 2.0' in text
     assert "goledger_lock_wait_seconds_count 5.0" in text
     assert 'goledger_lock_wait_seconds_bucket{le="+Inf"} 5.0' in text
-    assert "goledger_accounts 2.0" in text
     assert "goledger_audit_records 4.0" in text
+
+
+def test_sizes_are_exact_in_memory_and_cheap_estimates_on_postgres(
+    client: FlaskClient, store_kind: str
+) -> None:
+    client.post("/account/coins/add?username=aaron&amount=5", headers={**AARON, "Idempotency-Key": "k1"})
+    text = scrape(client)
+    assert "goledger_audit_records 3.0" in text  # the chain head's sequence: exact on both
+    if store_kind == "memory":
+        assert "goledger_accounts 2.0" in text
+        assert "goledger_idempotency_keys 1.0" in text
+        return
+    assert "live-row estimate" in text  # the help text says what the figure is
+    # PostgreSQL's statistics catch up with the commits within about a second.
+    deadline = time.monotonic() + PUBLISHED_WITHIN_S
+    while not ("goledger_accounts 2.0" in text and "goledger_idempotency_keys 1.0" in text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+        text = scrape(client)
+
+
+def test_postgres_pool_waits_and_commits_are_histograms(postgres_url: str) -> None:
+    app = create_app(app_config(empty_postgres(postgres_url)))
+    try:
+        client = app.test_client()
+        before = scrape(client)
+        client.post("/account/coins/add?username=aaron&amount=5", headers=AARON)
+        after = scrape(client)
+    finally:
+        app.extensions["ledger"].close()
+    commits = "goledger_pg_commit_seconds_count"
+    assert sample(after, commits) == (sample(before, commits) or 0) + 1  # the deposit's
+    assert sample(after, 'goledger_pg_commit_seconds_bucket{le="+Inf"}') == sample(after, commits)
+    waits = "goledger_pg_pool_wait_seconds_count"
+    assert (sample(after, waits) or 0) >= (sample(before, waits) or 0) + 2  # authentication, deposit
+    assert "goledger_journal_sync_seconds" not in after
+
+
+def test_journal_syncs_are_timed_one_observation_each(tmp_path: Path) -> None:
+    app = create_app(app_config("memory", data_dir=str(tmp_path)))
+    try:
+        client = app.test_client()
+        for amount in (1, 2, 3):
+            client.post(f"/account/coins/add?username=aaron&amount={amount}", headers=AARON)
+        text = scrape(client)
+    finally:
+        app.extensions["ledger"].close()
+    syncs = sample(text, "goledger_journal_syncs_total")
+    assert syncs is not None
+    assert syncs >= 3
+    assert sample(text, "goledger_journal_sync_seconds_count") == syncs
+    assert (sample(text, "goledger_journal_sync_seconds_sum") or 0) > 0
+    assert sample(text, "goledger_journal_failed") == 0
+    assert "goledger_pg_" not in text
 
 
 def test_metrics_need_no_token(client: FlaskClient) -> None:
