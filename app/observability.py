@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response, request
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STARTED = "goledger.started"
 _REQUEST_ID_KEY = "goledger.request_id"
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Methods that keep their name as a label value; any other is ``other``, so that a
+#: client inventing methods cannot add series without end.
+_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 
 _DURATIONS = {
@@ -125,6 +128,8 @@ class Observability:
         )
         self.registry.register(_StoreCounts(store))
         self.registry.register(_StoreSizes(store))
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         # A racing first request may build a label set twice: harmless, the same children.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         app.before_request(self._before)
@@ -144,6 +149,8 @@ class Observability:
         duration_s = time.perf_counter() - environ.get(_STARTED, time.perf_counter())
         request_id = environ.get(_REQUEST_ID_KEY) or uuid.uuid4().hex
         method = current.method
+        if method not in _METHODS:
+            method = "other"
         # Unmatched paths share one label, so that scanners cannot explode the series.
         rule = current.url_rule
         route = rule.rule if rule is not None else "unmatched"

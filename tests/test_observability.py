@@ -77,6 +77,33 @@ def test_sizes_are_exact_in_memory_and_cheap_estimates_on_postgres(
         text = scrape(client)
 
 
+@pytest.mark.parametrize("method", ["AAAB", "PROPFIND", "BREW"])
+def test_an_unknown_method_is_labelled_other(client: FlaskClient, method: str) -> None:
+    response = client.open("/account/coins", method=method, headers=AARON)
+    assert response.status_code == 405
+    client.open("/no/such/route", method=method)
+    text = scrape(client)
+    assert 'goledger_http_requests_total{method="other",route="unmatched",status="405"} 1.0' in text
+    assert 'goledger_http_requests_total{method="other",route="unmatched",status="404"} 1.0' in text
+    assert method not in text
+
+
+def test_known_methods_keep_their_name(client: FlaskClient) -> None:
+    client.options("/account/coins", headers=AARON)
+    client.head("/account/coins?username=aaron", headers=AARON)
+    text = scrape(client)
+    assert 'goledger_http_requests_total{method="OPTIONS",route="unmatched",status="405"} 1.0' in text
+    assert 'goledger_http_requests_total{method="HEAD",route="/account/coins",status="200"} 1.0' in text
+
+
+def test_process_and_gc_metrics_are_exported(client: FlaskClient) -> None:
+    text = scrape(client)
+    assert (sample(text, "process_cpu_seconds_total") or 0) > 0
+    assert (sample(text, "process_resident_memory_bytes") or 0) > 0
+    assert sample(text, "process_open_fds") is not None
+    assert sample(text, 'python_gc_collections_total{generation="0"}') is not None
+
+
 def test_postgres_pool_waits_and_commits_are_histograms(postgres_url: str) -> None:
     app = create_app(app_config(empty_postgres(postgres_url)))
     try:
