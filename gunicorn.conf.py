@@ -4,13 +4,20 @@ gthread workers: with the embedded (memory) store, one process and a pool of thr
 sharing its ledger; with PostgreSQL, as many processes as GUNICORN_WORKERS says, each
 with its own connection pool to the one database.
 Every setting can be changed from the environment without editing this file; a bad
-value stops the start with a message naming the variable.
+value stops the start with a message naming the variable. Every log line, gunicorn's
+too, is one JSON object (``logger_class``).
 """
 
 import os
 
 from app.config import Config
-from app.serving import check_worker_count, gunicorn_settings, install_json_errors, refuse_replacement
+from app.serving import (
+    JsonGunicornLogger,
+    check_worker_count,
+    gunicorn_settings,
+    install_json_errors,
+    refuse_replacement,
+)
 
 _config = Config.from_env(os.environ)
 _settings = gunicorn_settings(os.environ)
@@ -36,6 +43,8 @@ limit_request_field_size = 8190
 # gunicorn 25+ opens a control socket at a fixed path in $HOME: two instances would
 # collide on it, and the service needs no remote-control surface.
 control_socket_disable = True
+# gunicorn's own lines (boot, worker exits, its errors) in the app's JSON format.
+logger_class = JsonGunicornLogger
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Per-request observability: request ids, one structured log line, Prometheus metrics.
+"""Per-request observability: request ids, the request log line, Prometheus metrics.
 
 Each app has its own ``CollectorRegistry`` (never the process-global one), so apps
 built by tests do not share counters. Store figures are read from the store at
@@ -16,18 +16,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app.ledger.store import Durations, LedgerStore
+from app.logs import REQUEST_ID
 
 _request_log = logging.getLogger("goledger.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STARTED = "goledger.started"
-_REQUEST_ID_KEY = "goledger.request_id"
+_REQUEST_ID_RESET = "goledger.request_id_reset"
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: Methods that keep their name as a label value; any other is ``other``, so that a
 #: client inventing methods cannot add series without end.
@@ -134,6 +134,7 @@ class Observability:
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         app.before_request(self._before)
         app.after_request(self._after)
+        app.teardown_request(self._teardown)
 
     def _before(self) -> None:
         # Per-request state lives in the WSGI environ: one dict, no context-local proxies.
@@ -141,13 +142,13 @@ class Observability:
         environ[_STARTED] = time.perf_counter()
         supplied = environ.get("HTTP_X_REQUEST_ID")
         valid = supplied is not None and _REQUEST_ID.fullmatch(supplied) is not None
-        environ[_REQUEST_ID_KEY] = supplied if valid else uuid.uuid4().hex
+        environ[_REQUEST_ID_RESET] = REQUEST_ID.set(supplied if valid else uuid.uuid4().hex)
 
     def _after(self, response: Response) -> Response:
         current = request._get_current_object()  # type: ignore[attr-defined]
         environ = current.environ
         duration_s = time.perf_counter() - environ.get(_STARTED, time.perf_counter())
-        request_id = environ.get(_REQUEST_ID_KEY) or uuid.uuid4().hex
+        request_id = REQUEST_ID.get() or uuid.uuid4().hex
         method = current.method
         if method not in _METHODS:
             method = "other"
@@ -163,19 +164,20 @@ class Observability:
         response.headers["X-Request-Id"] = request_id
         if _request_log.isEnabledFor(logging.INFO):
             # Never headers or the query string: they carry tokens and names.
-            _request_log.info(
-                orjson.dumps(
-                    {
-                        "event": "request",
-                        "method": method,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(duration_s * 1000, 3),
-                        "request_id": request_id,
-                    }
-                ).decode("utf-8")
-            )
+            fields = {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(duration_s * 1000, 3),
+            }
+            _request_log.info("request", extra={"fields": fields})
         return response
+
+    def _teardown(self, _error: BaseException | None) -> None:
+        """The request is over: log lines from here on belong to no request."""
+        token = request.environ.pop(_REQUEST_ID_RESET, None)
+        if token is not None:
+            REQUEST_ID.reset(token)
 
     def _series_for(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """The request counter and latency children of one label set, made once.
@@ -188,14 +190,3 @@ class Observability:
         series = (self._requests.labels(*labels), self._latency.labels(*labels))
         self._series[(method, route, status)] = series
         return series
-
-
-def configure_logging(level: str) -> None:
-    """Send the service's logs to stderr (gunicorn's error log) at ``level``, once."""
-    logger = logging.getLogger("goledger")
-    logger.setLevel(level)
-    if not any(getattr(handler, "_goledger", False) for handler in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        handler._goledger = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)

@@ -1,19 +1,26 @@
-"""Checks made by the gunicorn master before and while it serves (see ``gunicorn.conf.py``).
+"""What the gunicorn master does before and while it serves (see ``gunicorn.conf.py``).
 
 The memory store lives inside the one worker process, so anything that would
 replace that process (a second worker, a crashed worker respawned, a HUP reload)
 would serve a fresh, empty ledger from the same address. The master stops instead,
 loudly, so that the operator sees it.
+
+gunicorn's own log lines are JSON like the app's (``JsonGunicornLogger``).
 """
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gunicorn.glogging import Logger
+
 from app.config import Config, ConfigError
+from app.logs import JsonFormatter
 
 MAX_THREADS = 1024
 #: gthread worker threads by default. Chosen from benchmarks/thread_sweep.py: on two
@@ -105,3 +112,19 @@ def install_json_errors() -> None:
     from gunicorn import util
 
     util.write_error = write_json_error
+
+
+class JsonGunicornLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger with the app's JSON lines (``app.logs``) on its error log (and its
+    access log, if one is configured); gunicorn's settings for where they go still apply.
+
+    A syslog handler keeps gunicorn's format: syslog wants its own prefix.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        formatter = JsonFormatter()
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if not isinstance(handler, logging.handlers.SysLogHandler):
+                    handler.setFormatter(formatter)

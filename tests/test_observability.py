@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from app.logs import JsonFormatter
 from tests.drivers import StoreDriver
 from tests.stores import app_config, empty_postgres
 
 AARON = {"Authorization": "1"}
+#: The fields every log line has.
+LOG_FIELDS = {"timestamp", "level", "logger", "message", "request_id", "pid"}
 #: How long PostgreSQL's live-row statistics may take to catch up with the commits.
 PUBLISHED_WITHIN_S = 10.0
 
@@ -31,6 +38,30 @@ def sample(text: str, series: str) -> float | None:
     """The value of one series (``name{labels}`` as exposed) in a scrape, ``None`` if absent."""
     found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
     return None if found is None else float(found.group(1))
+
+
+@contextmanager
+def app_log_lines() -> Iterator[io.StringIO]:
+    """What the handler ``create_app`` installed writes, captured (it stays installed)."""
+    [handler] = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and isinstance(handler.formatter, JsonFormatter)
+    ]
+    lines = io.StringIO()
+    previous = handler.setStream(lines)
+    try:
+        yield lines
+    finally:
+        handler.setStream(previous)
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    """Every line of ``text`` as a JSON object with the common fields (fails on any other line)."""
+    entries = [json.loads(line) for line in text.splitlines()]
+    for entry in entries:
+        assert set(entry) >= LOG_FIELDS, entry
+    return entries
 
 
 def test_metrics_count_requests_operations_and_lock_waits(client: FlaskClient) -> None:
@@ -149,25 +180,58 @@ def test_a_timeout_shows_in_the_metrics(client: FlaskClient, driver: StoreDriver
     assert 'goledger_operations_total{operation="deposit",outcome="timeout"} 1.0' in scrape(client)
 
 
-def test_each_request_logs_one_structured_line_without_secrets(
-    client: FlaskClient, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.INFO, logger="goledger.request"):
+def test_each_request_logs_one_json_line_without_secrets(client: FlaskClient) -> None:
+    with app_log_lines() as lines:
         response = client.post(
             "/account/coins/transfer?username=aaron&to=bryan&amount=5",
             headers={"Authorization": "Bearer 1", "X-Request-Id": "req-123"},
         )
     assert response.headers["X-Request-Id"] == "req-123"
-    lines = [record.getMessage() for record in caplog.records if record.name == "goledger.request"]
-    assert len(lines) == 1
-    entry = json.loads(lines[0])
+    [entry] = json_lines(lines.getvalue())
+    assert entry["logger"] == "goledger.request"
+    assert entry["level"] == "INFO"
+    assert entry["message"] == "request"
     assert entry["method"] == "POST"
     assert entry["route"] == "/account/coins/transfer"
     assert entry["status"] == 200
     assert entry["request_id"] == "req-123"
-    assert entry["duration_ms"] >= 0
-    assert "Bearer" not in caplog.text
-    assert "amount=5" not in caplog.text
+    assert isinstance(entry["duration_ms"], float)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(entry["timestamp"]))
+    assert "Bearer" not in lines.getvalue()
+    assert "amount=5" not in lines.getvalue()
+
+
+def test_every_line_logged_in_a_request_is_json_with_its_id_and_a_traceback_is_one_field() -> None:
+    app: Flask = create_app(app_config("memory"))
+
+    def explode() -> str:
+        logging.getLogger("goledger.test").warning("about to fail")
+        logging.getLogger("some.library").warning("a library's warning")
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/explode", view_func=explode)
+    with app_log_lines() as lines:
+        response = app.test_client().get(
+            "/explode", headers={"X-Request-Id": "req-boom", "Authorization": "Bearer 1"}
+        )
+        logging.getLogger("goledger.test").warning("after the request")
+    assert response.status_code == 500
+    entries = json_lines(lines.getvalue())
+    assert [entry["logger"] for entry in entries] == [
+        "goledger.test",
+        "some.library",
+        "goledger.errors",
+        "goledger.request",
+        "goledger.test",
+    ]
+    assert [entry["request_id"] for entry in entries] == ["req-boom"] * 4 + [None]
+    failure = entries[2]
+    assert failure["level"] == "ERROR"
+    assert failure["message"] == "unhandled error"
+    assert str(failure["exception"]).startswith("Traceback (most recent call last):")
+    assert str(failure["exception"]).endswith("RuntimeError: secret internals")
+    assert "exception" not in entries[3]
+    assert "Bearer" not in lines.getvalue()
 
 
 @pytest.mark.parametrize("supplied", [None, "", "bad id with spaces", "x" * 200])
