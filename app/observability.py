@@ -1,10 +1,14 @@
 """Per-request observability: request ids, the request log line, Prometheus metrics.
 
-Each app has its own ``CollectorRegistry`` (never the process-global one), so apps
-built by tests do not share counters. Store figures are read from the store at
-scrape time: its counters (operations by outcome, lock waits, pool waits, commits,
-journal syncs) and its sizes. The hot path pays for a few additions in the store,
-not for a metric library call.
+One worker process: each app has its own ``CollectorRegistry`` (never the
+process-global one), so apps built by tests do not share counters. Several worker
+processes: prometheus-client's multiprocess mode, so that one scrape shows every
+worker's sum (``app.multiprocess``).
+
+Store figures are read from the store, not counted here: its counters (operations
+by outcome, lock waits, pool waits, commits, journal syncs) at scrape time or by the
+publisher, its sizes at scrape time. The hot path pays for a few additions in the
+store, not for a metric library call.
 """
 
 from __future__ import annotations
@@ -17,12 +21,21 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, request
-from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from app.ledger.store import Durations, LedgerStore
 from app.logs import REQUEST_ID
+from app.multiprocess import Publisher, ThisProcess, multiprocess_directory
 
 _request_log = logging.getLogger("goledger.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -32,7 +45,6 @@ _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 #: Methods that keep their name as a label value; any other is ``other``, so that a
 #: client inventing methods cannot add series without end.
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
-
 
 _DURATIONS = {
     "pg_pool_wait": "Time a PostgreSQL operation waited for a pooled connection.",
@@ -112,29 +124,43 @@ class Observability:
     """The metrics registry and request hooks of one app."""
 
     def __init__(self, app: Flask, store: LedgerStore) -> None:
+        directory = multiprocess_directory()
+        #: What ``/metrics`` exposes.
         self.registry = CollectorRegistry()
+        # In multiprocess mode the HTTP metrics reach the registry through their files only.
+        own = self.registry if directory is None else None
+        labels = ["method", "route", "status"]
         self._requests = Counter(
-            "goledger_http_requests",
-            "HTTP requests by method, route and status.",
-            ["method", "route", "status"],
-            registry=self.registry,
+            "goledger_http_requests", "HTTP requests by method, route and status.", labels, registry=own
         )
         self._latency = Histogram(
             "goledger_http_request_duration_seconds",
             "HTTP request latency by method, route and status.",
-            ["method", "route", "status"],
+            labels,
             buckets=_LATENCY_BUCKETS_S,
-            registry=self.registry,
+            registry=own,
         )
-        self.registry.register(_StoreCounts(store))
         self.registry.register(_StoreSizes(store))
-        ProcessCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+        self._publisher: Publisher | None = None
+        if directory is None:
+            self.registry.register(_StoreCounts(store))
+            ProcessCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        else:
+            MultiProcessCollector(self.registry, path=directory)  # type: ignore[no-untyped-call]
+            self._publisher = Publisher(_StoreCounts(store))
+            self.registry.register(ThisProcess())
         # A racing first request may build a label set twice: harmless, the same children.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         app.before_request(self._before)
         app.after_request(self._after)
         app.teardown_request(self._teardown)
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format (this worker's store counts published first)."""
+        if self._publisher is not None:
+            self._publisher.publish()
+        return generate_latest(self.registry)
 
     def _before(self) -> None:
         # Per-request state lives in the WSGI environ: one dict, no context-local proxies.

@@ -65,6 +65,7 @@ _AREAS = (
     ("app: API layer (views, params, auth, errors)", "/app/api/"),
     ("app: observability (metrics, logs)", "/app/observability"),
     ("app: observability (metrics, logs)", "/app/logs"),
+    ("app: observability (metrics, logs)", "/app/multiprocess"),
     ("app: API layer (views, params, auth, errors)", "/app/"),
     ("readerwriterlock", "readerwriterlock"),
     ("prometheus_client", "prometheus_client"),

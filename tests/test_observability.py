@@ -1,4 +1,4 @@
-"""``/metrics`` and the per-request log line."""
+"""``/metrics`` (in one process and added up across gunicorn workers) and the JSON log lines."""
 
 from __future__ import annotations
 
@@ -12,18 +12,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from app.config import ConfigError
 from app.logs import JsonFormatter
+from app.serving import prepare_metrics_dir
 from tests.drivers import StoreDriver
-from tests.stores import app_config, empty_postgres
+from tests.servers import REQUEST_TIMEOUT_S, gunicorn_process, open_accounts
+from tests.stores import ADMIN_TOKEN, app_config, empty_postgres
 
 AARON = {"Authorization": "1"}
+ADMIN = {"Authorization": ADMIN_TOKEN}
 #: The fields every log line has.
 LOG_FIELDS = {"timestamp", "level", "logger", "message", "request_id", "pid"}
-#: How long PostgreSQL's live-row statistics may take to catch up with the commits.
+#: How long the other workers' store counts may take to show (they publish every second).
 PUBLISHED_WITHIN_S = 10.0
 
 
@@ -170,6 +175,14 @@ def test_journal_syncs_are_timed_one_observation_each(tmp_path: Path) -> None:
     assert "goledger_pg_" not in text
 
 
+def test_the_plain_registry_needs_prometheus_client_and_the_environment_to_agree(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # set after the import: too late
+    with pytest.raises(RuntimeError, match="before prometheus_client is imported"):
+        create_app(app_config("memory"))
+
+
 def test_metrics_need_no_token(client: FlaskClient) -> None:
     assert client.get("/metrics", headers={"Authorization": "wrong"}).status_code == 200
 
@@ -255,3 +268,96 @@ def test_request_logs_cost_nothing_when_off(client: FlaskClient, caplog: pytest.
         assert not [record for record in caplog.records if record.name == "goledger.request"]
     finally:
         logger.setLevel(previous)
+
+
+# -- several gunicorn workers: one scrape adds them all up -------------------------------------
+
+
+def deposit_until_both_workers_served(server_url: str, output: list[str], limit: int) -> int:
+    """Deposit 1 coin at a time, each on a new connection, until two worker pids have logged
+    one; how many deposits that took (at most ``limit``)."""
+    for sent in range(1, limit + 1):
+        deposited = requests.post(
+            f"{server_url}/account/coins/add?username=alice&amount=1",
+            headers={"Authorization": "alice-token", "Connection": "close"},
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        assert deposited.status_code == 200, deposited.text
+        if sent >= 20 and len(deposit_pids(output)) == 2:
+            return sent
+    raise AssertionError(f"{limit} deposits, all served by workers {deposit_pids(output)}")
+
+
+def deposit_pids(output: list[str]) -> set[object]:
+    entries = [json.loads(line) for line in list(output) if line.startswith("{")]
+    return {entry["pid"] for entry in entries if entry.get("route") == "/account/coins/add"}
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgres_show_the_sum_of_both_in_one_scrape(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with gunicorn_process(
+        LEDGER_STORE=empty_postgres(postgres_url),
+        LEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
+        LEDGER_PG_POOL_SIZE="4",
+        LEDGER_SELF_DEPOSIT="1",
+        GUNICORN_WORKERS="2",
+        TMPDIR=str(tmp_path),  # where the master makes its private metrics directory
+    ) as server:
+        [metrics_dir] = tmp_path.glob("goledger-metrics-*")
+        open_accounts(server.url, {"alice": 0}, ADMIN)
+        deposits = deposit_until_both_workers_served(server.url, server.output, limit=400)
+        text = requests.get(f"{server.url}/metrics", timeout=REQUEST_TIMEOUT_S).text
+        deposits_labels = '{method="POST",route="/account/coins/add",status="200"}'
+        assert sample(text, f"goledger_http_requests_total{deposits_labels}") == deposits
+        assert sample(text, f"goledger_http_request_duration_seconds_count{deposits_labels}") == deposits
+        # The answering worker's process metrics, labelled with its pid.
+        assert re.search(r'^process_cpu_seconds_total\{pid="[0-9]+"\} ', text, re.MULTILINE), text
+        # The store's counts: the other worker's within a second of its last operation.
+        deposited = 'goledger_operations_total{operation="deposit",outcome="success"}'
+        deadline = time.monotonic() + PUBLISHED_WITHIN_S
+        while sample(text, deposited) != deposits:
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+            text = requests.get(f"{server.url}/metrics", timeout=REQUEST_TIMEOUT_S).text
+        assert sample(text, "goledger_pg_commit_seconds_count") == deposits + 1  # and the opening
+        assert sample(text, "goledger_lock_wait_seconds_count") == deposits + 1
+        assert sample(text, 'goledger_lock_wait_seconds_bucket{le="+Inf"}') == deposits + 1
+        assert sample(text, "goledger_audit_records") == deposits + 1
+    assert not metrics_dir.exists()  # the master removed its directory at exit
+    entries = json_lines(server.stderr)  # gunicorn's lines too
+    assert {"gunicorn.error", "goledger.request"} <= {entry["logger"] for entry in entries}
+    assert all(entry["request_id"] for entry in entries if entry["logger"] == "goledger.request")
+
+
+@pytest.mark.slow
+def test_an_operators_metrics_directory_is_emptied_at_start_and_kept(tmp_path: Path) -> None:
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    stale = MmapedDict(str(metrics_dir / "counter_1.db"))  # a previous run's worker
+    labels = ["GET", "/system/health", "200"]
+    key = mmap_key(
+        "goledger_http_requests", "goledger_http_requests_total", ["method", "route", "status"], labels, ""
+    )
+    stale.write_value(key, 1000.0, 0.0)
+    stale.close()
+    with gunicorn_process(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) as server:
+        # One worker, in multiprocess mode since the operator asked for it.
+        assert any(metrics_dir.glob("counter_*.db"))
+        text = requests.get(f"{server.url}/metrics", timeout=REQUEST_TIMEOUT_S).text
+    # The readiness probe of gunicorn_process, not the previous run's 1000.
+    assert sample(text, 'goledger_http_requests_total{method="GET",route="/system/health",status="200"}') == 1
+    assert not (metrics_dir / "counter_1.db").exists()
+    assert metrics_dir.is_dir()
+
+
+def test_several_workers_refuse_a_master_that_imported_prometheus_client() -> None:
+    # This process has imported it, as the master of a preloaded app would have: its
+    # workers would inherit the single-process mode and each count alone.
+    environ: dict[str, str] = {}
+    with pytest.raises(ConfigError, match="preloaded"):
+        prepare_metrics_dir(2, environ)
+    assert environ == {}
