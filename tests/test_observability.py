@@ -22,7 +22,7 @@ from app.logs import JsonFormatter
 from app.serving import prepare_metrics_dir
 from tests.drivers import StoreDriver
 from tests.servers import REQUEST_TIMEOUT_S, gunicorn_process, open_accounts
-from tests.stores import ADMIN_TOKEN, app_config, empty_postgres
+from tests.stores import ADMIN_TOKEN, app_config, empty_postgres, scratch_database
 
 AARON = {"Authorization": "1"}
 ADMIN = {"Authorization": ADMIN_TOKEN}
@@ -94,23 +94,37 @@ def test_metrics_count_requests_operations_and_lock_waits(client: FlaskClient) -
     assert "goledger_audit_records 4.0" in text
 
 
-def test_sizes_are_exact_in_memory_and_cheap_estimates_on_postgres(
-    client: FlaskClient, store_kind: str
-) -> None:
+@pytest.mark.memory_only
+def test_sizes_are_exact_in_memory(client: FlaskClient) -> None:
     client.post("/account/coins/add?username=aaron&amount=5", headers={**AARON, "Idempotency-Key": "k1"})
     text = scrape(client)
-    assert "goledger_audit_records 3.0" in text  # the chain head's sequence: exact on both
-    if store_kind == "memory":
-        assert "goledger_accounts 2.0" in text
-        assert "goledger_idempotency_keys 1.0" in text
-        return
-    assert "live-row estimate" in text  # the help text says what the figure is
-    # PostgreSQL's statistics catch up with the commits within about a second.
-    deadline = time.monotonic() + PUBLISHED_WITHIN_S
-    while not ("goledger_accounts 2.0" in text and "goledger_idempotency_keys 1.0" in text):
-        assert time.monotonic() < deadline, text
-        time.sleep(0.2)
-        text = scrape(client)
+    assert "goledger_audit_records 3.0" in text
+    assert "goledger_accounts 2.0" in text
+    assert "goledger_idempotency_keys 1.0" in text
+
+
+def test_postgres_sizes_are_cheap_estimates_that_follow_the_commits(postgres_url: str) -> None:
+    # A database of its own: on the shared one, tables emptied before every test are
+    # analysed now and then, and an ANALYZE racing a DELETE leaves the estimate off
+    # for a while (it is an estimate, and the help text says so).
+    with scratch_database(postgres_url) as url:
+        app = create_app(app_config(url))
+        try:
+            client = app.test_client()
+            client.post(
+                "/account/coins/add?username=aaron&amount=5", headers={**AARON, "Idempotency-Key": "k1"}
+            )
+            text = scrape(client)
+            assert "goledger_audit_records 3.0" in text  # the chain head's sequence: exact
+            assert "live-row estimate" in text
+            # PostgreSQL's statistics catch up with the commits within about a second.
+            deadline = time.monotonic() + PUBLISHED_WITHIN_S
+            while not ("goledger_accounts 2.0" in text and "goledger_idempotency_keys 1.0" in text):
+                assert time.monotonic() < deadline, text
+                time.sleep(0.2)
+                text = scrape(client)
+        finally:
+            app.extensions["ledger"].close()
 
 
 @pytest.mark.parametrize("method", ["AAAB", "PROPFIND", "BREW"])
