@@ -42,7 +42,7 @@ from app.ledger.outcomes import Result
 from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
 from tests.threads import JOIN_TIMEOUT_S
-from tests.windows import Tap, WatchedLock, Window, pausing
+from tests.windows import Tap, WatchedLock, WatchedReaderWriterLock, Window, pausing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +252,13 @@ class MemoryDriver(StoreDriver):
         owner, attribute = self._lock_owners()[lock]
         assert owner is not None, f"{lock}: this store has none (no data directory?)"
         return self._swap_lock(owner, attribute)
+
+    def watch_balances(self, *, test_reads: bool = False) -> WatchedReaderWriterLock:
+        """Swap ``MockDB._rw`` (balances and holds) for a ``WatchedReaderWriterLock``; the test's
+        side of it is the write lock, or the read lock when ``test_reads``."""
+        watched = WatchedReaderWriterLock(self.store._rw, test_reads=test_reads)  # MockDB._rw: its lock
+        self.store._rw = watched  # type: ignore[assignment]  # MockDB._rw, as above
+        return watched
 
     def widen(self, part: str, window: Window | Tap, *methods: str, iterating: bool = False) -> None:
         store = self.store

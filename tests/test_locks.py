@@ -41,7 +41,7 @@ from app.ledger.memory import MockDB
 from app.ledger.memory import trail as trail_module
 from app.ledger.memory.durability import SnapshotState
 from app.ledger.memory.journal import Journal
-from app.ledger.model import Deadline, OperationResult, OperationType
+from app.ledger.model import BatchItem, Deadline, OperationResult, OperationType
 from app.ledger.outcomes import Outcome
 from app.ledger.records import RecordDraft
 from app.ledger.store import LedgerStore, Stats
@@ -593,5 +593,78 @@ def test_a_failed_sweep_reschedules_its_holds_under_the_condition() -> None:
             return None
 
         assert_excluded(lock, visit, driver.sweeper_heap)
+    finally:
+        store.close()
+
+
+# -- MockDB._rw, the balances' reader-writer lock -------------------------------------------------
+
+
+def _rw_operations(store: MockDB, driver: MemoryDriver) -> dict[str, Callable[[], object]]:
+    return {
+        "balance-read": lambda: store.account("aaron", deadline=patient()),
+        "deposit": lambda: deposit(store),
+        "batch": lambda: store.batch(
+            "aaron", [BatchItem(OperationType.DEPOSIT, 1)], atomic=True, deadline=patient()
+        ),
+        "sweeper-pass": lambda: driver.sweep_due(["hold-1"]),
+        "sweep-of-due-holds": lambda: store.sweep_expired(deadline=patient()),
+        "is_empty": store.is_empty,
+        "verify": store.verify,
+        "health": store.health,
+        "stats": store.stats,
+    }
+
+
+@pytest.mark.memory_only
+@pytest.mark.parametrize(
+    "operation",
+    [
+        "balance-read",
+        "deposit",
+        "batch",
+        "sweeper-pass",
+        "sweep-of-due-holds",
+        "is_empty",
+        "verify",
+        "health",
+        "stats",
+    ],
+)
+def test_every_reader_and_writer_waits_for_the_write_lock(ledger: MockDB, operation: str) -> None:
+    open_account(ledger, "aaron", 0)
+    driver = memory_driver(ledger)
+    assert_excluded(driver.watch_balances(), call(_rw_operations(ledger, driver)[operation]))
+
+
+@pytest.mark.memory_only
+def test_a_snapshot_waits_for_the_write_lock(journaled: MockDB) -> None:
+    driver = memory_driver(journaled)
+    assert_excluded(driver.watch_balances(), call(journaled.snapshot))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.mark.memory_only
+def test_a_read_that_finds_a_due_hold_expires_it_under_the_write_lock() -> None:
+    clock = Clock()
+    store = MockDB(clock=clock)
+    try:
+        driver = memory_driver(store)
+        driver.stop_sweeper()
+        open_account(store, "aaron", 100)
+        open_account(store, "bryan", 0)
+        store.create_hold("aaron", "bryan", 10, timeout_s=60, deadline=patient())
+        clock.now_s += 120
+        # Readers share the lock with the test; the expiry the read defers to needs it alone.
+        lock = driver.watch_balances(test_reads=True)
+        assert_excluded(lock, call(lambda: store.account("aaron", deadline=patient())))
+        assert store.account("aaron", deadline=patient()).available == 100
     finally:
         store.close()

@@ -73,6 +73,67 @@ class WatchedLock:
         self.release()
 
 
+class WatchedReaderWriterLock:
+    """Stands in for a ``readerwriterlock`` lock: the handles it generates tell ``contended``
+    (and call ``on_wait``) when they find the lock taken.
+
+    As the ``lock`` of ``assert_excluded`` it is taken on the test's side for writing, or
+    for reading when ``test_reads`` (other readers then get in; writers wait).
+    """
+
+    def __init__(self, inner: Any, *, test_reads: bool = False) -> None:
+        self._inner = inner
+        self._test_reads = test_reads
+        self._held: Any = None
+        self.contended = threading.Event()
+        self.on_wait: Callable[[], None] | None = None
+
+    def gen_rlock(self) -> _WatchedHandle:
+        return _WatchedHandle(self._inner.gen_rlock(), self)
+
+    def gen_wlock(self) -> _WatchedHandle:
+        return _WatchedHandle(self._inner.gen_wlock(), self)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """The test's side: a handle of its own, kept until ``release``."""
+        self._held = self._inner.gen_rlock() if self._test_reads else self._inner.gen_wlock()
+        return bool(self._held.acquire(blocking=blocking, timeout=timeout))
+
+    def release(self) -> None:
+        self._held.release()
+        self._held = None
+
+
+class _WatchedHandle:
+    """One handle of a ``WatchedReaderWriterLock``, used by one thread like the handle it wraps."""
+
+    def __init__(self, handle: Any, watched: WatchedReaderWriterLock) -> None:
+        self._handle = handle
+        self._watched = watched
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._handle.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        self._watched.contended.set()
+        if self._watched.on_wait is not None:
+            self._watched.on_wait()
+        return bool(self._handle.acquire(blocking=True, timeout=timeout))
+
+    def release(self) -> None:
+        self._handle.release()
+
+    def locked(self) -> bool:
+        return bool(self._handle.locked())
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class Window:
     """One widened critical section: the first thread to ``step`` pauses in it until
     another thread steps too, waits at ``lock``, or ``arrive`` is called.
@@ -234,7 +295,7 @@ def _outcome(thread: _Thread[T]) -> T | BaseException:
 
 
 def assert_excluded(
-    lock: WatchedLock,
+    lock: WatchedLock | WatchedReaderWriterLock,
     visit: Callable[[Callable[[], None]], object],
     state: Callable[[], object] = lambda: None,
 ) -> object:
