@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from app.ledger.records import RecordDraft
 from app.ledger.store import LedgerStore, Stats
 from tests.drivers import MemoryDriver, StoreDriver, memory_driver
 from tests.stores import open_account
+from tests.threads import switching_often
 from tests.windows import Tap, Window, assert_excluded, meet
 
 
@@ -57,12 +57,8 @@ def patient() -> Deadline:
 @pytest.fixture(autouse=True)
 def interleaved() -> Iterator[None]:
     """Racers switch every microsecond; the windows make them meet, this makes the rest mix."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
+    with switching_often():
         yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 @pytest.fixture
@@ -249,28 +245,55 @@ def call(function: Callable[[], object]) -> Callable[[Callable[[], None]], objec
     return visit
 
 
-KEYS: dict[str, Callable[[MemoryDriver], Callable[[], object]]] = {
-    "len": lambda driver: lambda: len(driver.parts().keys),
-    "claim": lambda driver: (
-        lambda: driver.parts().keys.run(
-            "aaron", "k", "fp", patient(), lambda: driver.store.deposit("aaron", 1, deadline=patient())
-        )
-    ),
-    "record": lambda driver: lambda: driver.parts().keys.record("aaron", "k", OperationTimeout("x")),
-    "restore": lambda driver: (
-        lambda: driver.parts().keys.restore("aaron", "k", "fp", 0.0, OperationTimeout("x"))
-    ),
-    "kept": lambda driver: lambda: driver.parts().keys.kept(),
-}
+#: One call per method of a lock's owner: (the lock, what the method does through the driver).
+EXCLUDED: dict[str, tuple[str, Callable[[MemoryDriver], object]]] = {
+    "keys-len": ("keys", lambda driver: len(driver.parts().keys)),
+    "keys-claim": ("keys", lambda driver: driver.parts().keys.run(
+        "aaron", "k", "fp", patient(), lambda: driver.store.deposit("aaron", 1, deadline=patient())
+    )),
+    "keys-record": ("keys", lambda driver: driver.parts().keys.record("aaron", "k", OperationTimeout("x"))),
+    "keys-restore": ("keys", lambda driver: driver.parts().keys.restore(
+        "aaron", "k", "fp", 0.0, OperationTimeout("x")
+    )),
+    "keys-kept": ("keys", lambda driver: driver.parts().keys.kept()),
+    "counters-count": ("counters", lambda driver: driver.parts().counters.count(
+        [("deposit", "success")], 0.0
+    )),
+    "counters-aborted": ("counters", lambda driver: driver.parts().counters.aborted("deadlock")),
+    "counters-aborts": ("counters", lambda driver: driver.parts().counters.aborts()),
+    "counters-lock_trouble": ("counters", lambda driver: driver.parts().counters.lock_trouble()),
+    "counters-performance_ok": ("counters", lambda driver: driver.parts().counters.performance_ok()),
+    "counters-operation_count": ("counters", lambda driver: driver.parts().counters.operation_count()),
+    "counters-snapshot": ("counters", lambda driver: driver.parts().counters.snapshot()),
+    "trail-len": ("trail", lambda driver: len(driver.parts().trail)),
+    "trail-append": ("trail", lambda driver: driver.parts().trail.append(_draft())),
+    "trail-history": ("trail", lambda driver: driver.parts().trail.history("aaron", None, 10)),
+    "trail-page": ("trail", lambda driver: driver.parts().trail.page(0, 10, None)),
+    "trail-copy": ("trail", lambda driver: driver.parts().trail.copy(lambda: None)),
+    "trail-records": ("trail", lambda driver: driver.parts().trail.records()),
+    "trail-verified": ("trail", lambda driver: driver.parts().trail.verified(
+        Verification(problems=["broken"])
+    )),
+    "trail-problem": ("trail", lambda driver: driver.parts().trail.problem),
+    "sweeper-schedule": ("sweeper", lambda driver: driver.parts().sweeper.schedule(10**12, "hold-1")),
+    "sweeper-wake": ("sweeper", lambda driver: driver.parts().sweeper.wake()),
+    "sweeper-stop": ("sweeper", lambda driver: driver.parts().sweeper.stop()),
+    "credentials-token_digest": ("credentials", lambda driver: driver.store.token_digest("aaron")),
+    "seen-stats": ("seen", lambda driver: driver.store.stats()),
+}  # fmt: skip
+
+
+def _draft() -> list[RecordDraft]:
+    return [RecordDraft(OperationType.DEPOSIT, None, "aaron", 1)]
 
 
 @pytest.mark.memory_only
-@pytest.mark.parametrize("operation", sorted(KEYS))
-def test_the_key_table_waits_for_its_lock(ledger: MockDB, operation: str) -> None:
+@pytest.mark.parametrize("case", sorted(EXCLUDED))
+def test_each_method_waits_for_its_lock(ledger: MockDB, case: str) -> None:
     open_account(ledger, "aaron", 0)
     driver = memory_driver(ledger)
-    lock = driver.watch("keys")
-    assert_excluded(lock, call(KEYS[operation](driver)))
+    lock, method = EXCLUDED[case]
+    assert_excluded(driver.watch(lock), call(lambda: method(driver)))
 
 
 @pytest.mark.memory_only
@@ -289,48 +312,6 @@ def test_a_released_key_waits_for_the_table_lock(ledger: MockDB) -> None:
         return None
 
     assert_excluded(lock, visit)
-
-
-COUNTERS: dict[str, Callable[[MemoryDriver], Callable[[], object]]] = {
-    "count": lambda driver: lambda: driver.parts().counters.count([("deposit", "success")], 0.0),
-    "aborted": lambda driver: lambda: driver.parts().counters.aborted("deadlock"),
-    "aborts": lambda driver: lambda: driver.parts().counters.aborts(),
-    "lock_trouble": lambda driver: lambda: driver.parts().counters.lock_trouble(),
-    "performance_ok": lambda driver: lambda: driver.parts().counters.performance_ok(),
-    "operation_count": lambda driver: lambda: driver.parts().counters.operation_count(),
-    "snapshot": lambda driver: lambda: driver.parts().counters.snapshot(),
-}
-
-
-@pytest.mark.memory_only
-@pytest.mark.parametrize("operation", sorted(COUNTERS))
-def test_the_counters_wait_for_their_lock(ledger: MockDB, operation: str) -> None:
-    driver = memory_driver(ledger)
-    assert_excluded(driver.watch("counters"), call(COUNTERS[operation](driver)))
-
-
-def _draft() -> list[RecordDraft]:
-    return [RecordDraft(OperationType.DEPOSIT, None, "aaron", 1)]
-
-
-TRAIL: dict[str, Callable[[MemoryDriver], Callable[[], object]]] = {
-    "len": lambda driver: lambda: len(driver.parts().trail),
-    "append": lambda driver: lambda: driver.parts().trail.append(_draft()),
-    "history": lambda driver: lambda: driver.parts().trail.history("aaron", None, 10),
-    "page": lambda driver: lambda: driver.parts().trail.page(0, 10, None),
-    "copy": lambda driver: lambda: driver.parts().trail.copy(lambda: None),
-    "records": lambda driver: lambda: driver.parts().trail.records(),
-    "verified": lambda driver: lambda: driver.parts().trail.verified(Verification(problems=["broken"])),
-    "problem": lambda driver: lambda: driver.parts().trail.problem,
-}
-
-
-@pytest.mark.memory_only
-@pytest.mark.parametrize("operation", sorted(TRAIL))
-def test_the_audit_trail_waits_for_its_lock(ledger: MockDB, operation: str) -> None:
-    open_account(ledger, "aaron", 0)
-    driver = memory_driver(ledger)
-    assert_excluded(driver.watch("trail"), call(TRAIL[operation](driver)))
 
 
 @pytest.mark.memory_only
@@ -384,19 +365,6 @@ def test_a_chain_check_notes_its_progress_under_the_trail_lock(
         return driver.parts().trail.check_new_records(wait=True)
 
     assert_excluded(trail_lock, visit, driver.chain_checked)
-
-
-@pytest.mark.memory_only
-def test_a_scrape_notes_the_account_count_under_its_lock(ledger: MockDB) -> None:
-    driver = memory_driver(ledger)
-    assert_excluded(driver.watch("seen"), call(ledger.stats))
-
-
-@pytest.mark.memory_only
-def test_a_token_lookup_waits_for_the_credentials_lock(ledger: MockDB) -> None:
-    open_account(ledger, "aaron", 0)
-    driver = memory_driver(ledger)
-    assert_excluded(driver.watch("credentials"), call(lambda: ledger.token_digest("aaron")))
 
 
 @pytest.mark.memory_only
@@ -540,19 +508,6 @@ def test_a_failed_background_snapshot_notes_its_retry_under_the_starter_lock(jou
 
 
 # -- the hold sweeper's condition ---------------------------------------------------------------
-
-SWEEPER: dict[str, Callable[[MemoryDriver], Callable[[], object]]] = {
-    "schedule": lambda driver: lambda: driver.parts().sweeper.schedule(10**12, "hold-1"),
-    "wake": lambda driver: lambda: driver.parts().sweeper.wake(),
-    "stop": lambda driver: lambda: driver.parts().sweeper.stop(),
-}
-
-
-@pytest.mark.memory_only
-@pytest.mark.parametrize("operation", sorted(SWEEPER))
-def test_the_sweeper_waits_for_its_condition(ledger: MockDB, operation: str) -> None:
-    driver = memory_driver(ledger)
-    assert_excluded(driver.watch("sweeper"), call(SWEEPER[operation](driver)), driver.sweeper_heap)
 
 
 class SweeperClock:

@@ -146,18 +146,13 @@ def test_opposite_transfers_from_two_workers_meet_no_deadlock_at_all(url: str) -
 # -- Monitor._health_lock -------------------------------------------------------------------------
 
 
-def test_verify_notes_its_verdict_under_the_health_lock(store: PostgresStore, driver: PostgresDriver) -> None:
-    open_account(store, "alice", 1)
-    lock = driver.watch("health")
-    assert_excluded(lock, _call(driver.monitor().verify), driver.health_state)
-
-
-def test_a_scrape_notes_its_figures_under_the_health_lock(
-    store: PostgresStore, driver: PostgresDriver
+@pytest.mark.parametrize("method", ["verify", "stats"])
+def test_verify_and_scrapes_note_what_they_found_under_the_health_lock(
+    store: PostgresStore, driver: PostgresDriver, method: str
 ) -> None:
     open_account(store, "alice", 1)
     lock = driver.watch("health")
-    assert_excluded(lock, _call(driver.monitor().stats), driver.health_state)
+    assert_excluded(lock, _call(getattr(driver.monitor(), method)), driver.health_state)
 
 
 def test_health_without_a_database_reads_the_verdict_under_the_health_lock(
