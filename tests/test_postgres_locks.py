@@ -167,7 +167,7 @@ def test_health_without_a_database_reads_the_verdict_under_the_health_lock(
     assert_excluded(lock, _call(driver.monitor().health), driver.health_state)
 
 
-@pytest.mark.parametrize("at_connection", [1, 2], ids=["reading the checkpoint", "moving it on"])
+@pytest.mark.parametrize("at_connection", [1, 2], ids=["reading-the-checkpoint", "moving-it-on"])
 def test_health_checks_the_chain_from_a_checkpoint_under_the_health_lock(
     store: PostgresStore, driver: PostgresDriver, at_connection: int
 ) -> None:
