@@ -19,6 +19,7 @@ reaches, so that a change inside a store is answered here alone.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -29,13 +30,31 @@ import psycopg
 from psycopg import sql
 
 from app.ledger.audit import chain_hash
+from app.ledger.counters import OperationCounters
 from app.ledger.errors import LedgerError
 from app.ledger.memory import MockDB
+from app.ledger.memory.durability import Durability
+from app.ledger.memory.holds import ExpirySweeper
+from app.ledger.memory.keys import IdempotencyTable
+from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import AccountView, Hold, HoldStatus, Transaction, iso_from_epoch
 from app.ledger.outcomes import Result
 from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
 from tests.threads import JOIN_TIMEOUT_S
+from tests.windows import Tap, WatchedLock, WatchedReaderWriterLock, Window, pausing
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryParts:
+    """The objects of ``MockDB`` that own its locks (``MemoryDriver.parts``)."""
+
+    keys: IdempotencyTable
+    counters: OperationCounters
+    trail: AuditTrail
+    durability: Durability
+    sweeper: ExpirySweeper
+
 
 #: The columns of ``audit`` that ``PostgresDriver.tamper`` may rewrite.
 _RECORD_COLUMNS = {"amount", "target", "status", "created_at", "hash"}
@@ -107,6 +126,29 @@ class StoreDriver(ABC):
     @abstractmethod
     def race_rounds(self, rounds: int) -> int:
         """How many of a race's ``rounds`` run on this store."""
+
+    # -- widening a critical section (``tests/windows.py``) ----------------------------------
+
+    def _swap_lock(self, owner: Any, attribute: str) -> WatchedLock:
+        """Put a ``WatchedLock`` in place of ``owner.<attribute>`` (a lock or a condition)."""
+        watched = WatchedLock()
+        condition = isinstance(getattr(owner, attribute), threading.Condition)
+        setattr(owner, attribute, threading.Condition(watched) if condition else watched)
+        return watched
+
+    @abstractmethod
+    def watch(self, lock: str) -> WatchedLock:
+        """Swap the store's lock named ``lock`` (see ``locks``) for a ``WatchedLock``, before the
+        store is shared (nothing may hold or wait on the lock it replaces)."""
+
+    @abstractmethod
+    def widen(self, part: str, window: Window | Tap, *methods: str, iterating: bool = False) -> None:
+        """Have ``methods`` of the store's structure named ``part`` step into ``window``
+        (``tests.windows.pausing``)."""
+
+    @abstractmethod
+    def deadlock_retries(self) -> int:
+        """Attempts the database aborted to break a deadlock (each retried or timed out; MockDB: 0)."""
 
     # -- raw state: reads that expire nothing -----------------------------------------------
 
@@ -187,6 +229,84 @@ class MemoryDriver(StoreDriver):
 
     def peek_hold_count(self) -> int:
         return len(self.store._holds.snapshot())  # MockDB._holds: its HoldBook (hold id -> HoldState)
+
+    # -- widening ----------------------------------------------------------------------------
+
+    def _lock_owners(self) -> dict[str, tuple[Any, str]]:
+        store = self.store
+        journal = store._durability.journal  # MockDB._durability.journal: None without a data dir
+        return {
+            "keys": (store._keys, "_lock"),  # MockDB._keys: its IdempotencyTable
+            "counters": (store._counters, "_lock"),  # MockDB._counters: its OperationCounters
+            "trail": (store._trail, "_lock"),  # MockDB._trail: its AuditTrail
+            "chain_check": (store._trail, "_check_lock"),  # AuditTrail._check_lock: one chain check at a time
+            "credentials": (store, "_credentials_lock"),  # MockDB._credentials_lock: the token digests'
+            "seen": (store, "_seen_lock"),  # MockDB._seen_lock: the account count a scrape saw last
+            "snapshot": (store._durability, "_snapshot_lock"),  # Durability._snapshot_lock: one snapshot
+            "snapshot_starter": (store._durability, "_snapshot_starter"),  # Durability: the snapshot thread's
+            "journal": (journal, "_condition"),  # Journal._condition: its queue and counters
+            "sweeper": (store._sweeper, "_condition"),  # ExpirySweeper._condition: its heap
+        }
+
+    def watch(self, lock: str) -> WatchedLock:
+        owner, attribute = self._lock_owners()[lock]
+        assert owner is not None, f"{lock}: this store has none (no data directory?)"
+        return self._swap_lock(owner, attribute)
+
+    def watch_balances(self, *, test_reads: bool = False) -> WatchedReaderWriterLock:
+        """Swap ``MockDB._rw`` (balances and holds) for a ``WatchedReaderWriterLock``; the test's
+        side of it is the write lock, or the read lock when ``test_reads``."""
+        watched = WatchedReaderWriterLock(self.store._rw, test_reads=test_reads)  # MockDB._rw: its lock
+        self.store._rw = watched  # type: ignore[assignment]  # MockDB._rw, as above
+        return watched
+
+    def widen(self, part: str, window: Window | Tap, *methods: str, iterating: bool = False) -> None:
+        store = self.store
+        owner, attribute = {
+            "key_table": (store._keys, "_entries"),  # IdempotencyTable._entries: (user, key) -> entry
+            "counters": (store._counters, "_operations"),  # OperationCounters._operations: (kind, outcome)
+            "credentials": (store, "_credentials"),  # MockDB._credentials: username -> token digest
+            "audit_records": (store._trail, "_records"),  # AuditTrail._records: the records in order
+            "audit_index": (store._trail, "_by_account"),  # AuditTrail._by_account: username -> sequences
+            "accounts": (store, "_accounts"),  # MockDB._accounts: username -> AccountState
+        }[part]
+        setattr(owner, attribute, pausing(getattr(owner, attribute), window, *methods, iterating=iterating))
+
+    def deadlock_retries(self) -> int:
+        return 0
+
+    def parts(self) -> MemoryParts:
+        """The objects behind ``MockDB``'s locks, for tests that call them one at a time."""
+        store = self.store
+        return MemoryParts(
+            keys=store._keys,  # MockDB._keys: its IdempotencyTable
+            counters=store._counters,  # MockDB._counters: its OperationCounters
+            trail=store._trail,  # MockDB._trail: its AuditTrail
+            durability=store._durability,  # MockDB._durability: its data directory, journal, snapshots
+            sweeper=store._sweeper,  # MockDB._sweeper: its ExpirySweeper
+        )
+
+    def sweeper_heap(self) -> list[tuple[float, str]]:
+        """A copy of what the sweeper has scheduled (read under its condition by the caller)."""
+        return sorted(self.store._sweeper._heap)  # ExpirySweeper._heap: (due_s, hold id)
+
+    def snapshot_retry_at(self) -> float:
+        """When an automatic snapshot may start again after a failed one (monotonic clock)."""
+        return self.store._durability._snapshot_retry_at  # Durability: set after a failed automatic snapshot
+
+    def background_snapshot_thread(self) -> threading.Thread | None:
+        """The automatic snapshot's thread, read without taking the lock that guards it."""
+        return self.store._durability._snapshot_thread  # Durability._snapshot_thread: its handle
+
+    def journal_counters(self) -> dict[str, int]:
+        """The journal's counters as they stand (no lock taken: the caller holds it)."""
+        journal = self.store._durability.journal  # MockDB._durability.journal: its Journal
+        assert journal is not None
+        return dict(journal._counters)  # Journal._counters: syncs, frames, bytes
+
+    def chain_checked(self) -> int:
+        """How many audit records health has hash-checked (no lock taken: the caller holds it)."""
+        return self.store._trail._checked  # AuditTrail._checked: the records health checked so far
 
     # -- MockDB's own internals, for memory_only tests ---------------------------------------
 
@@ -297,6 +417,43 @@ class PostgresDriver(StoreDriver):
     def race_rounds(self, rounds: int) -> int:
         """A quarter of them: each round costs round trips to the server."""
         return rounds // 4
+
+    def watch(self, lock: str) -> WatchedLock:
+        owner, attribute = {
+            "counters": (self.store._runner.counters, "_lock"),  # PostgresStore._runner: its Runner
+            "health": (self.store._monitor, "_health_lock"),  # PostgresStore._monitor: its Monitor
+        }[lock]
+        return self._swap_lock(owner, attribute)
+
+    def widen(self, part: str, window: Window | Tap, *methods: str, iterating: bool = False) -> None:
+        owner, attribute = {
+            "counters": (self.store._runner.counters, "_operations"),  # OperationCounters._operations
+        }[part]
+        setattr(owner, attribute, pausing(getattr(owner, attribute), window, *methods, iterating=iterating))
+
+    def deadlock_retries(self) -> int:
+        return self.store._runner.counters.aborts().get("deadlock", 0)  # PostgresStore._runner: its Runner
+
+    def monitor(self) -> Any:
+        """The store's ``Monitor`` (verify, health, stats), for tests that call it directly."""
+        return self.store._monitor  # PostgresStore._monitor: its Monitor
+
+    def health_state(self) -> tuple[int, str, str | None, tuple[int, int, int]]:
+        """What ``Monitor._health_lock`` guards (no lock taken: the caller holds it)."""
+        monitor = self.store._monitor  # PostgresStore._monitor: its Monitor
+        return monitor._chain_checked, monitor._chain_hash, monitor._chain_problem, monitor._figures_seen
+
+    def on_connection(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` before every connection the store takes from its pool from now on
+        (it may raise ``PoolTimeout``: the database is gone)."""
+        pool = self.store._runner.pool  # Runner.pool: its psycopg_pool ConnectionPool
+        connection = pool.connection
+
+        def connection_after_callback(*args: Any, **kwargs: Any) -> Any:
+            callback()
+            return connection(*args, **kwargs)
+
+        pool.connection = connection_after_callback  # type: ignore[method-assign]
 
     def peek_account(self, username: str) -> AccountView:
         row = (

@@ -7,7 +7,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app.api.common import store
-from app.ledger.audit import GENESIS_HASH
+from app.ledger.audit import GENESIS_HASH, canonical_encoding, chain_hash, check_chain
+from app.ledger.model import OperationType, Status, Transaction
 from app.ledger.store import LedgerStore
 from tests.drivers import StoreDriver
 from tests.stores import ADMIN_TOKEN
@@ -182,3 +183,35 @@ def test_a_records_encoding_is_its_sequence_then_its_tail(app: Flask, client: Fl
         tail = draft.tail(record.id, record.created_at)
         assert b"[" + str(record.sequence).encode() + tail == canonical_encoding(record)
         assert chain_hash(record.previous_hash, record) == record.hash
+
+
+# -- a known-answer vector for the chain ------------------------------------------------------
+
+#: Two records as the hash covers them: ``[sequence, id, type, from, to, amount, status,
+#: reason, created_at]`` in compact JSON (``app.ledger.records.encode``).
+KNOWN_ENCODINGS = (
+    b'[1,"tx_0000000000000001","open",null,"aaron",100,"SUCCESS",null,"2024-01-02T03:04:05.678Z"]',
+    b'[2,"tx_0000000000000002","transfer","aaron","bryan",250,"FAILED","insufficient_funds",'
+    b'"2024-01-02T03:04:06.000Z"]',
+)
+#: SHA-256 of the previous hash (64 ASCII hex digits, zeros before the first record) followed by
+#: the encoding, computed apart from this code (``printf '%s%s' "$previous" "$encoding" | sha256sum``).
+KNOWN_HASHES = (
+    "c635ba801cbd2ae67ef2a7b5c5fd1e568943c911746cc05ebb4a4d365e3077c1",
+    "f5205fae958e64417905e18ec3f0d8d3da6e09729ef835c2eb92134678507a35",
+)
+
+
+def test_the_chain_hash_matches_a_sha256_known_answer_vector() -> None:
+    opening = Transaction(
+        "tx_0000000000000001", 1, OperationType.OPEN, None, "aaron", 100, Status.SUCCESS, None,
+        "2024-01-02T03:04:05.678Z", GENESIS_HASH, KNOWN_HASHES[0],
+    )  # fmt: skip
+    refused = Transaction(
+        "tx_0000000000000002", 2, OperationType.TRANSFER, "aaron", "bryan", 250, Status.FAILED,
+        "insufficient_funds", "2024-01-02T03:04:06.000Z", KNOWN_HASHES[0], KNOWN_HASHES[1],
+    )  # fmt: skip
+    assert (canonical_encoding(opening), canonical_encoding(refused)) == KNOWN_ENCODINGS
+    assert chain_hash(GENESIS_HASH, opening) == KNOWN_HASHES[0]
+    assert chain_hash(KNOWN_HASHES[0], refused) == KNOWN_HASHES[1]
+    assert not check_chain([opening, refused], GENESIS_HASH, 1)

@@ -12,7 +12,6 @@ runs as many rounds as the store's driver says (a quarter of them on PostgreSQL)
 from __future__ import annotations
 
 import random
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from app.ledger.store import LedgerStore
 from tests.clocks import FakeClock
 from tests.drivers import driver_for
 from tests.stores import ADMIN_TOKEN, app_config, new_store, open_account
-from tests.threads import run_together
+from tests.threads import run_together, switching_often
 
 #: Rounds of the three-way race (each with a fresh hold).
 ROUNDS = 300
@@ -77,12 +76,8 @@ def trail(store: LedgerStore) -> list[Transaction]:
 @pytest.fixture
 def interleaved() -> Iterator[None]:
     """Switch threads every few microseconds (not every 5 ms), so that short workers interleave."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
+    with switching_often(1e-5):
         yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ rejections, and what happens when the worker holding the memory ledger goes away
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -25,13 +26,22 @@ CHUNKED_DEPOSIT_BY_BRYAN = (
 def raw_exchange(base_url: str, request: bytes, *, half_close: bool = True) -> bytes:
     """Send raw bytes, optionally close our side, and read the whole answer."""
     host, port = base_url.removeprefix("http://").split(":")
+    chunks = []
     with socket.create_connection((host, int(port)), timeout=30) as connection:
-        connection.sendall(request)
-        if half_close:
-            connection.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := connection.recv(65536):
-            chunks.append(chunk)
+        # A server that refuses a request early (413) answers and closes while the rest
+        # of it is still being sent: what it answered is then what counts.
+        try:
+            connection.sendall(request)
+            if half_close:
+                connection.shutdown(socket.SHUT_WR)
+        except OSError as error:
+            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                raise
+        try:
+            while chunk := connection.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass  # the answer, if any, was read before the reset
     return b"".join(chunks)
 
 

@@ -7,9 +7,11 @@ store's writers is the store driver's ``holding_write_lock`` (``tests/drivers.py
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -61,3 +63,14 @@ def run_together(workers: Sequence[Callable[[], T]]) -> list[T]:
     crew = Crew(workers)
     crew.start()
     return crew.join()
+
+
+@contextmanager
+def switching_often(interval_s: float = 1e-6) -> Iterator[None]:
+    """Switch threads every ``interval_s`` (not every 5 ms), so that short workers interleave."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(interval_s)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)

@@ -60,6 +60,7 @@ class OperationCounters:
         self._lock_wait_sum_s = 0.0
         self._last_lock_timeout_at: float | None = None
         self._lock_trouble_after_s = lock_trouble_after_s
+        self._aborts: dict[str, int] = {}
         self.started_at = time.monotonic()
         self.durations = {name: DurationHistogram() for name in durations}
 
@@ -72,6 +73,16 @@ class OperationCounters:
             self._operation_count += len(outcomes)
             self._lock_wait_buckets[bucket] += 1
             self._lock_wait_sum_s += lock_wait_s
+
+    def aborted(self, reason: str) -> None:
+        """The database aborted an attempt for ``reason`` (``deadlock``: it broke a lock cycle)."""
+        with self._lock:
+            self._aborts[reason] = self._aborts.get(reason, 0) + 1
+
+    def aborts(self) -> dict[str, int]:
+        """Attempts the database aborted so far, by reason."""
+        with self._lock:
+            return dict(self._aborts)
 
     def lock_timed_out(self, budget_s: float) -> None:
         """An operation timed out that reached the store with ``budget_s`` of its deadline left.

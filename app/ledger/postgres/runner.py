@@ -158,6 +158,9 @@ class Runner:
             except PoolTimeout:
                 raise self.timed_out(label, timeout_specs, started, budget_s) from None
             except psycopg.Error as error:
+                if isinstance(error, pg_errors.DeadlockDetected):
+                    # Never, while every transaction keeps the lock order (``unit``): tests assert it.
+                    self.counters.aborted("deadlock")
                 if not (retryable(error, connection) and self.again(connection, deadline, attempt)):
                     raise self.timed_out(label, timeout_specs, started, budget_s) from None
         raise self.timed_out(label, timeout_specs, started, budget_s)
