@@ -193,19 +193,50 @@ def test_concurrent_deposits_all_land(server: Server) -> None:
     server.assert_verifies()
 
 
-# -- idempotent retries ---------------------------------------------------------
+# -- one operation, many senders -------------------------------------------------
+
+OPERATIONS = ["/account/coins/transfer", "/account/coins/withdraw", "/account/coins/add"]
+OPENING = 1_000
 
 
-@pytest.mark.parametrize("path", ["/account/coins/transfer", "/account/coins/withdraw", "/account/coins/add"])
+@dataclass(frozen=True)
+class Contest:
+    """One operation of alice's (a transfer to bob, a withdrawal or a deposit) sent many times at once."""
+
+    server: Server
+    path: str
+    amount: int
+    alice: str
+    bob: str
+
+    @classmethod
+    def open(cls, server: Server, path: str, amount: int) -> Contest:
+        alice, bob = server.open({"alice": OPENING, "bob": OPENING})
+        return cls(server, path, amount, alice, bob)
+
+    def send(self, headers: dict[str, str]) -> Reply:
+        params: dict[str, object] = {"amount": self.amount}
+        if self.path.endswith("transfer"):
+            params["to"] = self.bob
+        return self.server.post(self.path, self.alice, headers, **params)
+
+    def send_together(self, headers: dict[str, str], senders: int) -> list[Reply]:
+        return many(lambda: self.send(headers), senders)
+
+    def assert_applied_once(self) -> None:
+        sign = 1 if self.path.endswith("add") else -1
+        assert self.server.account(self.alice) == (OPENING + sign * self.amount, 1)
+        paid = self.path.endswith("transfer")
+        assert self.server.account(self.bob) == ((OPENING + self.amount, 1) if paid else (OPENING, 0))
+        self.server.assert_verifies()
+
+
+@pytest.mark.parametrize("path", OPERATIONS)
 def test_concurrent_retries_with_one_key_apply_once(server: Server, path: str) -> None:
-    retries, amount = 16, 25
-    alice, bob = server.open({"alice": 1_000, "bob": 1_000})
-    params: dict[str, object] = {"amount": amount}
-    if path.endswith("transfer"):
-        params["to"] = bob
+    contest = Contest.open(server, path, 25)
     key = {"Idempotency-Key": "one-purchase"}
 
-    replies = many(lambda: server.post(path, alice, key, **params), retries)
+    replies = contest.send_together(key, 16)
 
     originals = [reply for reply in replies if reply.status == 200 and not reply.replayed]
     assert len(originals) == 1, replies
@@ -214,30 +245,18 @@ def test_concurrent_retries_with_one_key_apply_once(server: Server, path: str) -
             assert reply.body["error"] == "timeout", reply
         else:
             assert (reply.status, reply.body) == (200, originals[0].body), reply
-    late = server.post(path, alice, key, **params)
+    late = contest.send(key)
     assert (late.status, late.body, late.replayed) == (200, originals[0].body, True)
-    sign = 1 if path.endswith("add") else -1
-    assert server.account(alice) == (1_000 + sign * amount, 1)
-    assert server.account(bob) == ((1_000 + amount, 1) if path.endswith("transfer") else (1_000, 0))
-    server.assert_verifies()
+    contest.assert_applied_once()
 
 
-# -- If-Match -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("path", ["/account/coins/transfer", "/account/coins/withdraw", "/account/coins/add"])
+@pytest.mark.parametrize("path", OPERATIONS)
 def test_if_match_race_has_exactly_one_winner(server: Server, path: str) -> None:
-    contenders, amount = 16, 10
-    alice, bob = server.open({"alice": 1_000, "bob": 1_000})
-    params: dict[str, object] = {"amount": amount}
-    if path.endswith("transfer"):
-        params["to"] = bob
+    contenders = 16
+    contest = Contest.open(server, path, 10)
 
-    replies = many(lambda: server.post(path, alice, {"If-Match": '"0"'}, **params), contenders)
+    replies = contest.send_together({"If-Match": '"0"'}, contenders)
 
     statuses = Counter((reply.status, reply.body.get("error")) for reply in replies)
     assert statuses == {(200, None): 1, (412, "version_conflict"): contenders - 1}
-    sign = 1 if path.endswith("add") else -1
-    assert server.account(alice) == (1_000 + sign * amount, 1)
-    assert server.account(bob) == ((1_000 + amount, 1) if path.endswith("transfer") else (1_000, 0))
-    server.assert_verifies()
+    contest.assert_applied_once()
