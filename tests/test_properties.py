@@ -18,8 +18,16 @@ with a due hold without going through ``account()`` (which would expire it), so 
 due holds survive from one step to the next and later rules meet them; every other
 account is read through ``account()``, which must then expire nothing.
 
-The machine runs twice: whole, and without its idempotency rules (``HoldsMachine``),
-which leaves holds and the clock more of its steps.
+Batches (atomic or not, now and then with an If-Match) are a rule of their own: every
+item audited in item order, an atomic batch all or nothing (``batch_failed`` for the
+items that did not refuse it).
+
+The machine runs three times: whole; without its idempotency rules (``HoldsMachine``),
+which leaves holds and the clock more of its steps; and with a concurrent step
+(``ConcurrentMachine``): two or three operations or batches released together on a
+barrier, after which the store must be the model after them in SOME sequential order
+(every permutation is tried on a copy of the model), each operation answered as in
+that same order — a linearizability check. The model then follows the order found.
 
 The run is derandomized and keeps no example database, so CI sees the same examples
 every time. On PostgreSQL the same machines run fewer and shorter examples (every
@@ -30,6 +38,9 @@ query on a connection of the driver's own; either expires nothing.
 
 from __future__ import annotations
 
+import copy
+import functools
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
@@ -51,6 +62,7 @@ from app.ledger.errors import (
     HoldNotFound,
     IdempotencyKeyReused,
     LedgerError,
+    VersionConflict,
 )
 from app.ledger.memory import MockDB
 from app.ledger.model import (
@@ -59,6 +71,8 @@ from app.ledger.model import (
     MAX_HOLD_TIMEOUT_S,
     MIN_HOLD_TIMEOUT_S,
     AccountView,
+    BatchItem,
+    BatchResult,
     Deadline,
     Hold,
     HoldResult,
@@ -74,6 +88,7 @@ from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
 from tests.drivers import driver_for
 from tests.stores import empty_postgres
+from tests.threads import run_together, switching_often
 
 #: Names accounts may be opened under; a small alphabet so that they collide often.
 NAMES = ("ann", "bob", "cyd", "dee")
@@ -83,8 +98,12 @@ PARTIES = (*NAMES, GHOST)
 #: Who calls: mostly account holders, now and then a name with no account.
 callers = st.sampled_from((*NAMES, *NAMES, *NAMES, GHOST))
 recipients = st.sampled_from((*NAMES, *NAMES, GHOST))
+#: Who calls in a concurrent step: the first three names far more often (their
+#: operations meet), now and then the others.
+contenders = st.sampled_from((*NAMES[:3], *NAMES[:3], *NAMES[:3], *NAMES[3:], GHOST))
 #: Idempotency keys; few, so that callers reuse them.
 KEYS = ("k1", "k2", "k3")
+MONEY_KINDS = (OperationType.DEPOSIT, OperationType.WITHDRAWAL, OperationType.TRANSFER)
 
 #: Small audit pages, so that paging is exercised as well as the contract's 500.
 SMALL_PAGE = 7
@@ -202,6 +221,23 @@ class Op:
     def fingerprint(self) -> str:
         return repr((self.kind.value, self.target, self.amount, self.expected_version))
 
+    @property
+    def roles(self) -> tuple[str | None, str | None]:
+        """The record's ``from`` and ``to``."""
+        if self.kind is OperationType.DEPOSIT:
+            return None, self.caller
+        return self.caller, self.target
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch of the caller's: its items are ``Op``s of that caller without a version of their own."""
+
+    caller: str
+    ops: tuple[Op, ...]
+    atomic: bool
+    expected_version: int | None = None
+
 
 @dataclass(slots=True)
 class Model:
@@ -235,17 +271,51 @@ class Model:
 
     def apply(self, op: Op) -> str | None:
         """Apply ``op`` (checks in the store's order); the predicted failure reason or ``None``."""
-        source = None if op.kind is OperationType.DEPOSIT else op.caller
-        target = op.caller if op.kind is OperationType.DEPOSIT else op.target
         if not 1 <= op.amount <= MAX_AMOUNT:
             return "invalid_amount"  # refused before the ledger: no record, nothing changes
         # Under the write lock, before any check: what is due of the caller's and the
         # recipient's holds expires (audited first), whether or not the operation succeeds.
         self.expire_due((op.caller, op.target))
+        reason = self._try(op)
+        self._record(op, reason)
+        return reason
+
+    def batch(self, batch: Batch) -> list[str | None]:
+        """Apply a batch of the (existing) caller's; each item's failure reason, ``None``: applied.
+
+        As the store does: expire what is due of the caller's and the targets' holds,
+        check the version once (a conflict fails every item), then apply the items in
+        order, each alone or (atomic) all or none (the others then ``batch_failed``);
+        every item is audited, in item order, after all of them ran.
+        """
+        self.expire_due((batch.caller, *(op.target for op in batch.ops)))
+        if (
+            batch.expected_version is not None
+            and batch.expected_version != self.accounts[batch.caller].version
+        ):
+            reasons: list[str | None] = ["version_conflict"] * len(batch.ops)
+        elif not batch.atomic:
+            reasons = [self._try(op) for op in batch.ops]
+        else:
+            saved = (copy.deepcopy(self.accounts), self.deposited, self.withdrawn)
+            reasons = [None] * len(batch.ops)
+            for index, op in enumerate(batch.ops):
+                reason = self._try(op)
+                if reason is not None:
+                    self.accounts, self.deposited, self.withdrawn = saved
+                    reasons = ["batch_failed"] * len(batch.ops)
+                    reasons[index] = reason
+                    break
+        for op, reason in zip(batch.ops, reasons, strict=True):
+            self._record(op, reason)
+        return reasons
+
+    def _try(self, op: Op) -> str | None:
+        """Check ``op`` and, if it passes, move its money (nothing audited); its failure reason."""
         reason = self._refusal(op)
         if reason is not None:
-            self._audit(Expected(op.kind, source, target, op.amount, Status.FAILED, reason), (op.caller,))
             return reason
+        source, target = op.roles
         if source is not None:
             self.accounts[source].balance -= op.amount
             self.accounts[source].version += 1
@@ -256,9 +326,16 @@ class Model:
             self.deposited += op.amount
         elif op.kind is OperationType.WITHDRAWAL:
             self.withdrawn += op.amount
+        return None
+
+    def _record(self, op: Op, reason: str | None) -> None:
+        """Audit ``op``: a failure shown to its caller, a success to both its parties."""
+        source, target = op.roles
+        if reason is not None:
+            self._audit(Expected(op.kind, source, target, op.amount, Status.FAILED, reason), (op.caller,))
+            return
         parties = tuple(name for name in (source, target) if name is not None)
         self._audit(Expected(op.kind, source, target, op.amount, Status.SUCCESS, None), parties)
-        return None
 
     def _refusal(self, op: Op) -> str | None:
         account = self.accounts.get(op.caller)
@@ -479,6 +556,51 @@ def run_op(store: LedgerStore, op: Op) -> OperationResult:
     )
 
 
+#: What became of one operation, as the linearizability check compares it: its failure
+#: reason (a batch: each item's, or ``version_conflict`` for the whole of it; ``None``:
+#: applied) and the caller's account as the answer showed it (``None`` for a refusal).
+Summary = tuple[object, AccountView | None]
+
+
+def perform(
+    store: LedgerStore, action: Op | Batch
+) -> tuple[Summary, OperationResult | BatchResult | LedgerError]:
+    """Run an operation or a batch on the store; its summary and the store's answer."""
+    try:
+        if isinstance(action, Batch):
+            items = [BatchItem(op.kind, op.amount, op.target) for op in action.ops]
+            result: OperationResult | BatchResult = store.batch(
+                action.caller,
+                items,
+                atomic=action.atomic,
+                deadline=deadline(),
+                expected_version=action.expected_version,
+            )
+        else:
+            result = run_op(store, action)
+    except LedgerError as error:
+        return (error.code, None), error
+    if isinstance(result, BatchResult):
+        return (tuple(item.code for item in result.items), result.account), result
+    return (None, result.account), result
+
+
+def summarize(store: LedgerStore, action: Op | Batch) -> Summary:
+    return perform(store, action)[0]
+
+
+def predict(model: Model, action: Op | Batch) -> Summary:
+    """Apply an operation or a batch to the model; the summary the store must answer with."""
+    if isinstance(action, Batch):
+        version = model.accounts[action.caller].version
+        if action.expected_version is not None and action.expected_version != version:
+            model.batch(action)
+            return "version_conflict", None
+        return tuple(model.batch(action)), model.view(action.caller)
+    reason = model.apply(action)
+    return reason, model.view(action.caller) if reason is None else None
+
+
 def audit_trail(store: LedgerStore, limit: int) -> list[Transaction]:
     """The whole audit trail, oldest first, page by page."""
     records: list[Transaction] = []
@@ -522,7 +644,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.store: LedgerStore = MockDB(clock=self.clock)
         else:
             self.store = PostgresStore(
-                empty_postgres(self.store_url), clock=self.clock, sweep_interval_s=None, max_connections=2
+                empty_postgres(self.store_url), clock=self.clock, sweep_interval_s=None, max_connections=3
             )
         #: The store's driver: its raw state read without expiring anything ("peeking").
         self.driver = driver_for(self.store)
@@ -619,7 +741,71 @@ class LedgerMachine(RuleBasedStateMachine):
     ) -> Op:
         return Op(kind, caller, amount, target, self.resolve_version(caller, offset))
 
+    def draw_amount(self, data: st.DataObject, caller: str) -> int:
+        """Any amount, or one that all or half of the caller's money (as it stands) just covers:
+        two of those at once cannot both succeed."""
+        available = min(MAX_AMOUNT, max(1, self.model.available_after_expiry(caller)))
+        return data.draw(st.one_of(amounts, st.sampled_from([available, available // 2 + 1])), label="amount")
+
+    def draw_op(self, data: st.DataObject, caller: str, *, alone: bool) -> Op:
+        """A deposit, withdrawal or transfer of ``caller``'s; ``alone``: with an If-Match of its own
+        (not a batch item)."""
+        kind = data.draw(st.sampled_from(MONEY_KINDS), label="kind")
+        target = data.draw(recipients, label="recipient") if kind is OperationType.TRANSFER else None
+        offset = data.draw(version_offsets, label="offset") if alone else None
+        return self.make_op(kind, caller, self.draw_amount(data, caller), offset, target)
+
+    def draw_batch(self, data: st.DataObject, caller: str) -> Batch:
+        """A batch of one to four items (transfers to anyone: the caller, nobody), atomic or not."""
+        size = data.draw(st.integers(1, 4), label="items")
+        ops = tuple(self.draw_op(data, caller, alone=False) for _ in range(size))
+        atomic = data.draw(st.booleans(), label="atomic")
+        return Batch(
+            caller, ops, atomic, self.resolve_version(caller, data.draw(version_offsets, label="offset"))
+        )
+
+    def linearize(self, actions: list[Op | Batch], observed: list[Summary]) -> Model:
+        """The model after ``actions`` in the one sequential order that explains what the store
+        did: each action's summary, the audit trail and every account as stored."""
+        trail = [Expected.of(record) for record in audit_trail(self.store, 500)]
+        stored = {name: self.driver.peek_account(name) for name in self.model.accounts}
+        tried = []
+        for order in itertools.permutations(range(len(actions))):
+            candidate = copy.deepcopy(self.model)
+            predicted: list[Summary | None] = [None] * len(actions)
+            for index in order:
+                predicted[index] = predict(candidate, actions[index])
+            views = {name: candidate.view(name) for name in candidate.accounts}
+            if predicted == observed and candidate.records == trail and views == stored:
+                return candidate
+            tried.append((order, predicted))
+        raise AssertionError(
+            f"no sequential order explains {actions}: the store answered {observed} "
+            f"and stores {stored}; the orders predicted {tried}"
+        )
+
     # -- rules ----------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.model.accounts))
+    @rule(data=st.data())
+    def batch(self, data: st.DataObject) -> None:
+        """A batch of an account holder's, atomic or not, now and then with an If-Match."""
+        caller = data.draw(st.sampled_from(sorted(self.model.accounts)), label="caller")
+        action = self.draw_batch(data, caller)
+        expected = predict(self.model, action)
+        summary, result = perform(self.store, action)
+        assert summary == expected, f"{action}: the store answered {summary}, the model {expected}"
+        records = audit_trail(self.store, 500)[-len(action.ops) :]
+        if isinstance(result, VersionConflict):
+            assert result.transaction == records[0]
+            return
+        assert isinstance(result, BatchResult)
+        assert [item.transaction for item in result.items] == records
+        assert result.atomic is action.atomic
+        refusing = [
+            index for index, item in enumerate(result.items) if item.code not in (None, "batch_failed")
+        ]
+        assert result.failed_index == (refusing[0] if action.atomic and refusing else None)
 
     @initialize(
         data=st.data(),
@@ -1054,11 +1240,46 @@ class HoldsMachine(LedgerMachine):
     keyed = retry_keyed = reuse_keyed = None  # type: ignore[assignment]
 
 
+class ConcurrentMachine(LedgerMachine):
+    """The machine with a step of two or three operations at once, checked for linearizability.
+
+    Which order the store chose may change balances, so every later draw must keep its
+    shape (bounds, list lengths, which rules may run) whatever the order, or hypothesis
+    would see a different test on replay: so no rule here draws from a set of accounts or
+    a range that depends on balances (holds are only created at the opening step), and the
+    idempotency rules leave the concurrent step a larger share.
+    """
+
+    keyed = retry_keyed = reuse_keyed = withdraw_everything_or_a_coin_more = None  # type: ignore[assignment]
+
+    def create_a_hold_that_fits(self, data: st.DataObject) -> None:
+        """Not a rule here: the opening step's holds only."""
+        super().create_a_hold_that_fits(data)
+
+    @precondition(lambda self: bool(self.model.accounts))
+    @rule(data=st.data(), count=st.integers(2, 3))
+    def concurrently(self, data: st.DataObject, count: int) -> None:
+        """Two or three operations or batches released together on a barrier: the store must end
+        as the model does after them in some sequential order, each answered as in that order."""
+        actions: list[Op | Batch] = []
+        for _ in range(count):
+            caller = data.draw(contenders, label="caller")
+            if caller in self.model.accounts and data.draw(st.booleans(), label="a batch"):
+                actions.append(self.draw_batch(data, caller))
+            else:
+                actions.append(self.draw_op(data, caller, alone=True))
+        with switching_often():
+            observed = run_together([functools.partial(summarize, self.store, action) for action in actions])
+        self.model = self.linearize(actions, observed)
+
+
 #: Fewer, shorter examples on PostgreSQL (each step costs round trips, not microseconds).
 POSTGRES_SETTINGS = settings(SETTINGS, max_examples=20, stateful_step_count=30)
 
 
-@pytest.mark.parametrize("machine", [LedgerMachine, HoldsMachine], ids=["ledger", "holds"])
+@pytest.mark.parametrize(
+    "machine", [LedgerMachine, HoldsMachine, ConcurrentMachine], ids=["ledger", "holds", "concurrent"]
+)
 def test_the_store_agrees_with_the_model(store_url: str, machine: type[LedgerMachine]) -> None:
     bound = type(f"{machine.__name__}On{store_url[:8].title()}", (machine,), {"store_url": store_url})
     run_state_machine_as_test(bound, settings=SETTINGS if store_url == "memory" else POSTGRES_SETTINGS)
@@ -1121,3 +1342,38 @@ def test_the_model_itself_checks_funds_versions_and_recipients() -> None:
         "account_not_found",
     ]
     assert model.histories == {"ann": [1, 3, 4, 5, 6, 7], GHOST: [8]}
+
+
+def test_the_model_itself_applies_batches_alone_or_all_or_nothing() -> None:
+    """Fixed predictions for batches, so that a model bug cannot hide a store bug."""
+    model = Model()
+    model.open("ann", 100)
+    model.open("bob", 0)
+    pay_bob, overdraw = Op(OperationType.TRANSFER, "ann", 60, "bob"), Op(OperationType.WITHDRAWAL, "ann", 50)
+    to_self = Op(OperationType.TRANSFER, "ann", 1, "ann")
+    assert model.batch(Batch("ann", (pay_bob, overdraw, to_self), atomic=True)) == [
+        "batch_failed",
+        "insufficient_funds",
+        "batch_failed",
+    ]
+    assert (model.view("ann"), model.view("bob")) == (AccountView("ann", 100, 0), AccountView("bob", 0, 0))
+    assert model.batch(Batch("ann", (pay_bob, overdraw, to_self), atomic=False)) == [
+        None,
+        "insufficient_funds",
+        "same_account",
+    ]
+    assert (model.view("ann"), model.view("bob")) == (AccountView("ann", 40, 1), AccountView("bob", 60, 1))
+    assert model.batch(Batch("ann", (pay_bob,), atomic=False, expected_version=0)) == ["version_conflict"]
+    deposit = Op(OperationType.DEPOSIT, "ann", 5)
+    assert model.batch(Batch("ann", (deposit, Op(OperationType.WITHDRAWAL, "ann", 45)), atomic=True)) == [
+        None,
+        None,
+    ]
+    assert model.view("ann") == AccountView("ann", 0, 3)
+    assert (model.deposited, model.withdrawn) == (105, 45)
+    assert [(record.reason, record.status) for record in model.records[2:5]] == [
+        ("batch_failed", Status.FAILED),
+        ("insufficient_funds", Status.FAILED),
+        ("batch_failed", Status.FAILED),
+    ]
+    assert model.histories["bob"] == [2, 6]
