@@ -5,12 +5,29 @@ sharing its ledger; with PostgreSQL, as many processes as GUNICORN_WORKERS says,
 with its own connection pool to the one database.
 Every setting can be changed from the environment without editing this file; a bad
 value stops the start with a message naming the variable.
+
+Several workers share their metrics through prometheus-client's multiprocess mode:
+the master prepares PROMETHEUS_MULTIPROC_DIR before the first fork (``on_starting``)
+and forgets each exited worker's live values (``child_exit``). Every log line,
+gunicorn's too, is one JSON object (``logger_class``).
+
+Nothing here may import prometheus_client: workers are forked from the master and
+inherit its modules, and prometheus_client chooses its mode when it is imported.
 """
 
 import os
 
 from app.config import Config
-from app.serving import check_worker_count, gunicorn_settings, install_json_errors, refuse_replacement
+from app.serving import (
+    JsonGunicornLogger,
+    check_worker_count,
+    forget_worker,
+    gunicorn_settings,
+    install_json_errors,
+    prepare_metrics_dir,
+    refuse_replacement,
+    remove_metrics_dir,
+)
 
 _config = Config.from_env(os.environ)
 _settings = gunicorn_settings(os.environ)
@@ -36,18 +53,24 @@ limit_request_field_size = 8190
 # gunicorn 25+ opens a control socket at a fixed path in $HOME: two instances would
 # collide on it, and the service needs no remote-control surface.
 control_socket_disable = True
+# gunicorn's own lines (boot, worker exits, its errors) in the app's JSON format.
+logger_class = JsonGunicornLogger
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    """Refuse to start several processes on the memory store, before forking any."""
+    """Before forking any worker: refuse several on the memory store; prepare the metrics
+    directory that several share."""
     check_worker_count(server.cfg.workers, Config.from_env(os.environ))
+    prepare_metrics_dir(server.cfg.workers, os.environ)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """A worker died while serving (crash, OOM kill): with the memory store, stop.
+    """A worker exited: its live metric values go. If it died while serving (crash, OOM
+    kill) on the memory store, stop.
 
     With LEDGER_DATA_DIR the replacement worker replays the journal, so it may start.
     """
+    forget_worker(worker.pid, os.environ)
     if _config.data_dir is None:
         refuse_replacement(server, _config, f"worker {worker.pid} exited")
 
@@ -55,3 +78,8 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 def on_reload(server):  # type: ignore[no-untyped-def]
     """A HUP would replace the worker: with the memory store, stop instead."""
     refuse_replacement(server, _config, "a reload (HUP) would replace the worker")
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """The master is exiting: the metrics directory it created goes with it."""
+    remove_metrics_dir(os.environ)

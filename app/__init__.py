@@ -46,7 +46,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     from app.auth import token_digest
     from app.jsonio import OrjsonProvider
-    from app.observability import Observability, configure_logging
+    from app.logs import configure_logging
+    from app.observability import Observability
 
     config = Config.from_env(os.environ, test_config)
     configure_logging(config.log_level)

@@ -1,19 +1,32 @@
-"""Checks made by the gunicorn master before and while it serves (see ``gunicorn.conf.py``).
+"""What the gunicorn master does before and while it serves (see ``gunicorn.conf.py``).
 
 The memory store lives inside the one worker process, so anything that would
 replace that process (a second worker, a crashed worker respawned, a HUP reload)
 would serve a fresh, empty ledger from the same address. The master stops instead,
 loudly, so that the operator sees it.
+
+With several workers the master also prepares the directory of prometheus-client's
+multiprocess mode (``prepare_metrics_dir``), and gunicorn's own log lines are JSON like
+the app's (``JsonGunicornLogger``).
 """
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import re
-from collections.abc import Mapping
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from gunicorn.glogging import Logger
+
 from app.config import Config, ConfigError
+from app.logs import JsonFormatter
 
 MAX_THREADS = 1024
 #: gthread worker threads by default. Chosen from benchmarks/thread_sweep.py: on two
@@ -105,3 +118,70 @@ def install_json_errors() -> None:
     from gunicorn import util
 
     util.write_error = write_json_error
+
+
+class JsonGunicornLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger with the app's JSON lines (``app.logs``) on its error log (and its
+    access log, if one is configured); gunicorn's settings for where they go still apply.
+
+    A syslog handler keeps gunicorn's format: syslog wants its own prefix.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        formatter = JsonFormatter()
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if not isinstance(handler, logging.handlers.SysLogHandler):
+                    handler.setFormatter(formatter)
+
+
+#: prometheus-client's variable: where every process of multiprocess mode keeps its files.
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+#: Set by the master to the directory it created itself (and removes at exit).
+_OWN_DIR = "GOLEDGER_PRIVATE_METRICS_DIR"
+
+
+def prepare_metrics_dir(workers: int, environ: MutableMapping[str, str]) -> None:
+    """Before the first fork: the directory of multiprocess mode, empty, in the environment
+    the workers inherit (prometheus-client reads it when a worker imports it).
+
+    A directory the operator set is emptied of the last run's files (which would
+    otherwise be added to this run's); without one, several workers get a private
+    directory of their own, and one worker none: its plain registry needs no files.
+    """
+    given = environ.get(MULTIPROC_DIR)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    elif workers > 1:
+        if "prometheus_client" in sys.modules:
+            raise ConfigError(
+                "prometheus_client was imported in the gunicorn master before it could set "
+                f"{MULTIPROC_DIR} (is the app preloaded?): the workers would inherit its "
+                f"single-process mode and each count alone. Set {MULTIPROC_DIR} in the "
+                "environment, or do not preload the app."
+            )
+        created = tempfile.mkdtemp(prefix="goledger-metrics-")
+        environ[MULTIPROC_DIR] = created
+        environ[_OWN_DIR] = created
+
+
+def forget_worker(pid: int, environ: Mapping[str, str]) -> None:
+    """A worker exited: its live gauges' files go (its counters stay, so sums never go back)."""
+    directory = environ.get(MULTIPROC_DIR)
+    if directory:
+        # Imported here, never before the directory is in the environment: workers forked
+        # afterwards inherit the module, and with it the mode it chose at import.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def remove_metrics_dir(environ: Mapping[str, str]) -> None:
+    """The master is exiting: remove the directory it created (an operator's stays)."""
+    created = environ.get(_OWN_DIR)
+    if created:
+        shutil.rmtree(created, ignore_errors=True)

@@ -64,6 +64,8 @@ _AREAS = (
     ("app: ledger (MockDB, audit, model)", "/app/ledger/"),
     ("app: API layer (views, params, auth, errors)", "/app/api/"),
     ("app: observability (metrics, logs)", "/app/observability"),
+    ("app: observability (metrics, logs)", "/app/logs"),
+    ("app: observability (metrics, logs)", "/app/multiprocess"),
     ("app: API layer (views, params, auth, errors)", "/app/"),
     ("readerwriterlock", "readerwriterlock"),
     ("prometheus_client", "prometheus_client"),

@@ -35,6 +35,7 @@ import pytest
 
 from app.auth import token_digest
 from app.ledger.audit import Verification
+from app.ledger.counters import DurationHistogram
 from app.ledger.errors import OperationTimeout, StorageUnavailable
 from app.ledger.memory import MockDB
 from app.ledger.memory import trail as trail_module
@@ -43,11 +44,11 @@ from app.ledger.memory.journal import Journal
 from app.ledger.model import BatchItem, Deadline, OperationResult, OperationType
 from app.ledger.outcomes import Outcome
 from app.ledger.records import RecordDraft
-from app.ledger.store import LedgerStore, Stats
+from app.ledger.store import Counts, Durations, LedgerStore
 from tests.drivers import MemoryDriver, StoreDriver, memory_driver
 from tests.stores import open_account
 from tests.threads import switching_often
-from tests.windows import Tap, Window, assert_excluded, meet
+from tests.windows import Tap, WatchedLock, Window, assert_excluded, meet, pausing
 
 
 def patient() -> Deadline:
@@ -137,7 +138,7 @@ def test_concurrent_counts_of_one_operation_lose_none(store: LedgerStore, driver
     window = Window(driver.watch("counters"))
     driver.widen("counters", window, "get")  # a count pauses between reading and writing back
     meet(window, lambda: deposit(store), lambda: deposit(store))
-    assert store.stats().operations[("deposit", "success")] == 2
+    assert store.counts().operations[("deposit", "success")] == 2
 
 
 def test_a_metrics_scrape_never_sees_half_a_count(store: LedgerStore, driver: StoreDriver) -> None:
@@ -145,11 +146,37 @@ def test_a_metrics_scrape_never_sees_half_a_count(store: LedgerStore, driver: St
     window = Window(driver.watch("counters"))
     driver.widen("counters", window, "__setitem__")  # a count pauses with its operation counted,
     # its lock wait not yet: a scrape in between would see one without the other
-    _, scraped = meet(window, lambda: deposit(store), store.stats)
-    assert isinstance(scraped, Stats), scraped
-    assert sum(scraped.operations.values()) == scraped.lock_wait_buckets[-1], "a scrape saw half a count"
-    stats = store.stats()
-    assert sum(stats.operations.values()) == stats.lock_wait_buckets[-1]
+    _, scraped = meet(window, lambda: deposit(store), store.counts)
+    assert isinstance(scraped, Counts), scraped
+    assert sum(scraped.operations.values()) == scraped.lock_wait.buckets[-1], "a scrape saw half a count"
+    counts = store.counts()
+    assert sum(counts.operations.values()) == counts.lock_wait.buckets[-1]
+
+
+def watched_histogram(window_methods: tuple[str, ...]) -> tuple[DurationHistogram, Window]:
+    """A latency histogram whose lock is watched and whose bucket list pauses after
+    ``window_methods``."""
+    histogram = DurationHistogram()
+    lock = WatchedLock()
+    window = Window(lock)
+    histogram._lock = lock
+    histogram._buckets = pausing(histogram._buckets, window, *window_methods)
+    return histogram, window
+
+
+def test_concurrent_observations_of_a_latency_histogram_lose_none() -> None:
+    # An observation pauses between reading its bucket's count and writing it back.
+    histogram, window = watched_histogram(("__getitem__",))
+    meet(window, lambda: histogram.observe(0.002), lambda: histogram.observe(0.002))
+    assert histogram.snapshot().buckets[-1] == 2, "an observation was lost"
+
+
+def test_a_scrape_never_sees_half_an_observation() -> None:
+    # An observation pauses with its bucket counted, its duration not yet in the sum.
+    histogram, window = watched_histogram(("__setitem__",))
+    _, scraped = meet(window, lambda: histogram.observe(0.002), histogram.snapshot)
+    assert isinstance(scraped, Durations), scraped
+    assert (scraped.buckets[-1], scraped.sum_s) == (1, 0.002), "a scrape saw half an observation"
 
 
 @pytest.mark.memory_only

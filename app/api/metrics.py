@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response
-from prometheus_client import generate_latest
 
 from app.extensions import observability
 
@@ -15,5 +14,4 @@ _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    registry = observability().registry
-    return Response(generate_latest(registry), mimetype=None, content_type=_CONTENT_TYPE)
+    return Response(observability().exposition(), mimetype=None, content_type=_CONTENT_TYPE)

@@ -1,8 +1,8 @@
-"""Per-process operation counters for ``/metrics`` and ``/system/health``.
+"""Per-process operation counters and latency histograms for ``/metrics`` and ``/system/health``.
 
-One mutex guards them and is held only for a few dictionary updates, never across
-I/O. With several worker processes each counts its own operations (Prometheus
-adds them up across scrape targets).
+One mutex guards the operation counters (and one each histogram), held only for a
+few updates, never across I/O. With several worker processes each counts its own;
+``/metrics`` adds them up (``app.observability``).
 """
 
 from __future__ import annotations
@@ -11,14 +11,48 @@ import bisect
 import threading
 import time
 
-from app.ledger.store import LOCK_WAIT_BUCKETS_S
+from app.ledger.store import LOCK_WAIT_BUCKETS_S, Counts, Durations
 
+#: Upper bounds (seconds) of the other latency histograms' buckets (pool waits, commits,
+#: journal syncs): finer than the lock waits' from 0.1 to 10 ms, where most of them fall.
+DURATION_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
 #: A lock wait that ran past its deadline this recently makes health "degraded".
 LOCK_TROUBLE_WINDOW_S = 60.0
 
 
+class DurationHistogram:
+    """A latency histogram a store keeps: ``observe`` is a bisect and two additions under
+    its own mutex; ``/metrics`` copies it out when it is scraped."""
+
+    def __init__(self, bounds_s: tuple[float, ...] = DURATION_BUCKETS_S) -> None:
+        self._bounds_s = bounds_s
+        self._lock = threading.Lock()
+        self._buckets = [0] * (len(bounds_s) + 1)
+        self._sum_s = 0.0
+
+    def observe(self, duration_s: float) -> None:
+        bucket = bisect.bisect_left(self._bounds_s, duration_s)
+        with self._lock:
+            self._buckets[bucket] += 1
+            self._sum_s += duration_s
+
+    def snapshot(self) -> Durations:
+        with self._lock:
+            buckets = list(self._buckets)
+            sum_s = self._sum_s
+        return Durations(self._bounds_s, _cumulative(buckets), sum_s)
+
+
 class OperationCounters:
-    def __init__(self, *, lock_trouble_after_s: float = 0.0) -> None:
+    """Operations by kind and outcome, their lock waits, and the store's other latencies.
+
+    ``durations``: the names of the latency histograms the store keeps besides the lock
+    waits (``Counts.durations``), each then ``self.durations[name]``.
+    """
+
+    def __init__(self, *, lock_trouble_after_s: float = 0.0, durations: tuple[str, ...] = ()) -> None:
         self._lock = threading.Lock()
         self._operation_count = 0
         self._operations: dict[tuple[str, str], int] = {}
@@ -28,6 +62,7 @@ class OperationCounters:
         self._lock_trouble_after_s = lock_trouble_after_s
         self._aborts: dict[str, int] = {}
         self.started_at = time.monotonic()
+        self.durations = {name: DurationHistogram() for name in durations}
 
     def count(self, outcomes: list[tuple[str, str]], lock_wait_s: float) -> None:
         """Count operations (kind, outcome) served by one lock acquisition (one, or a batch's items)."""
@@ -72,15 +107,24 @@ class OperationCounters:
         with self._lock:
             return self._operation_count
 
-    def snapshot(self) -> tuple[dict[tuple[str, str], int], tuple[int, ...], float]:
-        """Operations, cumulative lock-wait bucket counts (then +Inf) and the wait sum."""
+    def snapshot(self) -> Counts:
+        """Operations, lock waits and the other latency histograms, each copied under its lock."""
         with self._lock:
             operations = dict(self._operations)
             buckets = list(self._lock_wait_buckets)
             wait_sum_s = self._lock_wait_sum_s
-        cumulative = []
-        running = 0
-        for count in buckets:
-            running += count
-            cumulative.append(running)
-        return operations, tuple(cumulative), wait_sum_s
+        return Counts(
+            operations=operations,
+            lock_wait=Durations(LOCK_WAIT_BUCKETS_S, _cumulative(buckets), wait_sum_s),
+            durations={name: histogram.snapshot() for name, histogram in self.durations.items()},
+        )
+
+
+def _cumulative(buckets: list[int]) -> tuple[int, ...]:
+    """Counts per bucket as Prometheus has them: each bucket also counts those below it."""
+    running = 0
+    cumulative = []
+    for count in buckets:
+        running += count
+        cumulative.append(running)
+    return tuple(cumulative)

@@ -39,20 +39,46 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
-class Stats:
-    """Counters for ``/metrics``, copied under the store's counter lock."""
+class Durations:
+    """A latency histogram as counted: per upper bound of ``bounds_s`` the observations at
+    or under it (cumulative), then the +Inf count; and the sum of every observation."""
+
+    bounds_s: tuple[float, ...]
+    buckets: tuple[int, ...]
+    sum_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """What this process counted since it started, copied under the counters' locks, no I/O.
+
+    Each worker process counts its own; ``/metrics`` adds them up across workers.
+    """
 
     #: (operation, outcome) -> count; outcome is ``success`` or the error code.
     operations: Mapping[tuple[str, str], int]
-    #: Cumulative counts per bucket of ``LOCK_WAIT_BUCKETS_S``, then the +Inf count.
-    lock_wait_buckets: tuple[int, ...]
-    lock_wait_sum_s: float
+    #: Time operations waited for their locks (the balance lock, or the account rows).
+    lock_wait: Durations
+    #: Other latencies the store measures, by name: ``pg_pool_wait`` and ``pg_commit``
+    #: (PostgreSQL), ``journal_sync`` (the write-ahead journal).
+    durations: Mapping[str, Durations] = field(default_factory=dict)
+    #: The write-ahead journal's ``syncs``, ``frames`` and ``bytes``; empty without one.
+    journal: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The ledger's sizes for ``/metrics``, as the store can tell them cheaply.
+
+    The PostgreSQL store's ``accounts`` and ``idempotency_keys`` are the database's
+    estimates (its live-row statistics), not counts.
+    """
+
     accounts: int
     audit_records: int
     idempotency_keys: int
-    #: The write-ahead journal's counters (``syncs``, ``frames``, ``bytes``, ``failed``);
-    #: empty for a store without one.
-    journal: Mapping[str, int] = field(default_factory=dict)
+    #: Whether the write-ahead journal has failed; ``None`` for a store without one.
+    journal_failed: bool | None = None
 
 
 class LedgerStore(Protocol):
@@ -198,4 +224,10 @@ class LedgerStore(Protocol):
         """
         ...
 
-    def stats(self) -> Stats: ...
+    def stats(self) -> Stats:
+        """The ledger's sizes; bounded in time (the last figures seen if they cannot be read)."""
+        ...
+
+    def counts(self) -> Counts:
+        """This process's counters (``/metrics`` reads them often: no I/O, no store lock)."""
+        ...

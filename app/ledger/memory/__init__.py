@@ -41,7 +41,8 @@ any, and never takes one twice (the readerwriterlock locks are not reentrant):
 
 The expiry sweeper's condition guards only its heap and is never held while the
 sweeper takes ``_rw``; ``AuditTrail._check_lock`` (one chain check at a time) is taken
-with no other lock held.
+with no other lock held, and so is the journal's ``DurationHistogram._lock`` (how long
+its syncs took), by the sync's leader right after the sync.
 
 Holds expire no later than the next operation that touches either of their
 accounts (each write, and a balance read, expires what is due first) or the

@@ -7,6 +7,7 @@ decides what runs under which lock, what is audited and what is journaled.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -51,7 +52,7 @@ from app.ledger.model import (
 )
 from app.ledger.outcomes import Outcome, Result, outcome_row
 from app.ledger.records import RecordDraft
-from app.ledger.store import Health, Stats
+from app.ledger.store import Counts, Health, Stats
 
 _log = logging.getLogger("goledger.store")
 
@@ -421,16 +422,21 @@ class MockDB(HoldOperations, rules.SingleOperations):
             if accounts is not None:
                 self._accounts_seen = accounts
             accounts = self._accounts_seen
-        operations, cumulative, wait_sum_s = self._counters.snapshot()
         journal = self._durability.journal
         return Stats(
-            operations=operations,
-            lock_wait_buckets=cumulative,
-            lock_wait_sum_s=wait_sum_s,
             accounts=accounts,
             audit_records=audit_records,
             idempotency_keys=len(self._keys),
-            journal={} if journal is None else journal.counters(),
+            journal_failed=None if journal is None else journal.failure is not None,
+        )
+
+    def counts(self) -> Counts:
+        counts = self._counters.snapshot()
+        journal = self._durability.journal
+        if journal is None:
+            return counts
+        return dataclasses.replace(
+            counts, durations={"journal_sync": journal.sync_durations()}, journal=journal.counters()
         )
 
 

@@ -41,6 +41,8 @@ across a wait on the database:
   (``_chain_checked``, ``_chain_hash``), the last problem health or ``verify`` found
   (``_chain_problem``) and the last figures of ``stats`` (``_figures_seen``);
 - ``OperationCounters._lock``, for a few counter updates;
+- each ``DurationHistogram._lock`` of ``OperationCounters.durations`` (pool waits,
+  commits), for one observation, taken once the checkout or the commit is over;
 - the sweeper's events: ``_wake`` (a pass now, or after its interval) and ``_stop``;
 - ``PostgresStore._digests`` (the token digests this process has read) has none:
   a dict whose single operations are atomic under the GIL.

@@ -121,6 +121,7 @@ class Keys:
             result = error
         # The journal's format (app.ledger.persistence): records are referred to by sequence.
         stored = Jsonb(outcome_row(result))
+        started = time.perf_counter()
         try:
             keep = (
                 "UPDATE idempotency_keys SET outcome = %s WHERE username = %s AND key = %s",
@@ -130,7 +131,7 @@ class Keys:
         except psycopg.OperationalError:
             if not (connection.broken and self._landed(username, key)):
                 raise
-        self._runner.count_inside()
+        self._runner.count_inside(commit_s=time.perf_counter() - started)
         return Outcome(result, replayed=False)
 
     def _landed(self, username: str, key: str) -> bool:

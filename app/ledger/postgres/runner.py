@@ -19,13 +19,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from app.ledger.counters import OperationCounters
+from app.ledger.counters import DurationHistogram, OperationCounters
 from app.ledger.errors import OperationTimeout, StoreInvariantBroken
 from app.ledger.model import Deadline, Transaction
 from app.ledger.postgres.unit import Connection, Restart, Unit
@@ -42,6 +42,10 @@ TIMEOUT_RECORD_BUDGET_MS = 300
 RECONNECT_TIMEOUT_S = 10.0
 #: The bound of reads that have no deadline of their own (authentication, pages, verify).
 READ_TIMEOUT_S = 2.0
+#: The latency histograms of ``OperationCounters.durations``: the wait for a pooled
+#: connection, and the round trip that carries a transaction's ``COMMIT``.
+POOL_WAIT = "pg_pool_wait"
+COMMIT = "pg_commit"
 
 #: Every pooled connection: a server that stops answering (a partition, a failover
 #: to another address) is given up on after seconds, not the OS's TCP minutes; and
@@ -104,8 +108,12 @@ class Runner:
         clock: Callable[[], float],
     ) -> None:
         self.url = url
-        self.pool: ConnectionPool[Connection] = ConnectionPool(
+        self.counters = OperationCounters(
+            lock_trouble_after_s=lock_trouble_after_s, durations=(POOL_WAIT, COMMIT)
+        )
+        self.pool: ConnectionPool[Connection] = _TimedPool(
             url,
+            waits=self.counters.durations[POOL_WAIT],
             min_size=min_connections,
             max_size=max_connections,
             kwargs={"autocommit": True, "application_name": "goledger", **CONNECTION_SAFEGUARDS},
@@ -117,7 +125,6 @@ class Runner:
         )
         self.pool.open(wait=True, timeout=10.0)
         self.clock = clock
-        self.counters = OperationCounters(lock_trouble_after_s=lock_trouble_after_s)
         #: This thread's keyed request: ``connection``, its open transaction (``None``
         #: outside ``inside``); ``extra``, the accounts its restarts found it must lock;
         #: ``counts``, the outcomes to count once it commits.
@@ -144,6 +151,7 @@ class Runner:
                     finally:
                         if unit.committed:
                             self.counters.count(unit.outcomes, unit.lock_wait_s)
+                            self.counters.durations[COMMIT].observe(unit.commit_s)
                     return result
             except Restart as restart:
                 extra |= restart.names
@@ -200,10 +208,12 @@ class Runner:
         finally:
             self._local.connection = None
 
-    def count_inside(self) -> None:
-        """Count the outcomes of the last ``inside`` block (once its transaction committed)."""
+    def count_inside(self, *, commit_s: float) -> None:
+        """Count the outcomes of the last ``inside`` block once its transaction committed, in a
+        round trip of ``commit_s``."""
         for outcomes, waited_s in self._local.counts:
             self.counters.count(outcomes, waited_s)
+        self.counters.durations[COMMIT].observe(commit_s)
 
     def _write_inside(
         self,
@@ -253,6 +263,21 @@ class Runner:
             return unit.append(specs)
 
         return self.read(append, deadline)
+
+
+class _TimedPool(ConnectionPool[Connection]):
+    """psycopg_pool's pool, timing how long each checkout waited for a connection."""
+
+    def __init__(self, url: str, *, waits: DurationHistogram, **options: Any) -> None:
+        self._waits = waits
+        super().__init__(url, **options)
+
+    def getconn(self, timeout: float | None = None) -> Connection:
+        started = time.perf_counter()
+        try:
+            return super().getconn(timeout)
+        finally:  # a checkout that timed out waited too
+            self._waits.observe(time.perf_counter() - started)
 
 
 def _pause(deadline: Deadline, attempt: int) -> bool:

@@ -90,7 +90,7 @@ from app.ledger.rules import (
     encode_cursor,
     roles,
 )
-from app.ledger.store import Health, Stats
+from app.ledger.store import Counts, Health, Stats
 
 T = TypeVar("T")
 
@@ -445,6 +445,9 @@ class PostgresStore(rules.SingleOperations):
 
     def stats(self) -> Stats:
         return self._monitor.stats()
+
+    def counts(self) -> Counts:
+        return self._counters.snapshot()
 
 
 def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:

@@ -143,6 +143,8 @@ class Unit:
         self.new_holds: list[HoldState] = []
         self.settled: dict[str, HoldState] = {}
         self.lock_wait_s = 0.0
+        #: How long the round trip that carried the ``COMMIT`` took (once ``committed``).
+        self.commit_s = 0.0
         self._url = url
 
     # -- locking ----------------------------------------------------------------
@@ -185,7 +187,9 @@ class Unit:
     def finish(self) -> None:
         """Commit a standalone transaction that wrote nothing (``append`` commits the others)."""
         if self.commit and self.began and not self.committed:
+            started = time.perf_counter()
             self.connection.execute("COMMIT")
+            self.commit_s = time.perf_counter() - started
             self.committed = True
 
     def _adopt(self, account: AccountState) -> None:
@@ -228,6 +232,7 @@ class Unit:
             statements.insert(0, _timeouts(self.deadline))
         if self.commit:
             statements.append(("COMMIT", ()))
+        started = time.perf_counter()
         try:
             *_, sealed = run_script(self.connection, statements)
         except psycopg.OperationalError:
@@ -244,6 +249,8 @@ class Unit:
                 ) from None
             _log.warning("the connection broke during COMMIT, but the transaction had landed")
         self.committed = self.commit
+        if self.committed:
+            self.commit_s = time.perf_counter() - started
         records = [
             draft.sealed(record_id, sequence, created_at, previous_hash, digest)
             for (record_id, draft), (sequence, previous_hash, digest) in zip(numbered, sealed, strict=True)
