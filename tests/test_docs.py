@@ -45,9 +45,21 @@ def routes_named_in(text: str) -> set[tuple[str, str]]:
 
 
 def variables_read_by(source: str) -> set[str]:
-    """The names ``source`` reads with ``environ.get("NAME", ...)`` or ``environ["NAME"]``."""
+    """The names ``source`` reads with ``environ.get("NAME", ...)`` or ``environ["NAME"]``, the
+    name given literally or through a public module-level constant (``NAME_VARIABLE = "NAME"``;
+    a private one, ``_NAME``, is the service talking to itself, e.g. master to workers)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name) and not target.id.startswith("_")
+    }
+    for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
             target, arguments = node.func.value, node.args
         elif isinstance(node, ast.Subscript):
@@ -60,6 +72,8 @@ def variables_read_by(source: str) -> set[str]:
         name = arguments[0] if arguments else None
         if environ and isinstance(name, ast.Constant) and isinstance(name.value, str):
             names.add(name.value)
+        elif environ and isinstance(name, ast.Name) and name.id in constants:
+            names.add(constants[name.id])
     return names
 
 
