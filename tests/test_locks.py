@@ -594,6 +594,7 @@ def _rw_operations(store: MockDB, driver: MemoryDriver) -> dict[str, Callable[[]
         "is_empty": store.is_empty,
         "verify": store.verify,
         "health": store.health,
+        "readiness": store.not_ready,
         "stats": store.stats,
     }
 
@@ -610,6 +611,7 @@ def _rw_operations(store: MockDB, driver: MemoryDriver) -> dict[str, Callable[[]
         "is_empty",
         "verify",
         "health",
+        "readiness",
         "stats",
     ],
 )
