@@ -39,6 +39,10 @@ class Config:
     pg_pool_size: int = 10
     #: With ``data_dir``: snapshot once the journal's current segment grows past this (0: never).
     snapshot_bytes: int = 64 * 1024 * 1024
+    #: A checkpoint (and, with ``data_dir``, a state snapshot) every this many audit records.
+    checkpoint_records: int = 100_000
+    #: With ``data_dir``: audit records kept in memory besides those on disk (recent ones).
+    record_cache: int = 50_000
 
     @property
     def uses_memory_store(self) -> bool:
@@ -88,6 +92,12 @@ class Config:
                 environ.get("LEDGER_SNAPSHOT_BYTES", str(64 * 1024 * 1024)),
                 0,
                 2**33,
+            ),
+            checkpoint_records=_integer(
+                "LEDGER_CHECKPOINT_RECORDS", environ.get("LEDGER_CHECKPOINT_RECORDS", "100000"), 1, 10**9
+            ),
+            record_cache=_integer(
+                "LEDGER_RECORD_CACHE", environ.get("LEDGER_RECORD_CACHE", "50000"), 0, 10**9
             ),
         )
         return dataclasses.replace(config, **dict(overrides or {}))

@@ -2,17 +2,28 @@
 
 Each record carries ``hash = SHA-256(previous_hash || canonical encoding)``, the
 first one chained to ``GENESIS_HASH``. Changing, removing or reordering any record
-breaks every hash after it. Verification replays the trail from nothing and checks
-it against the balances the store holds. Pure functions: callers take the
-snapshot under their own locks and verify outside them.
+breaks every hash after it. Verification replays the trail from nothing (or from
+a checkpoint) and checks it against the balances the store holds. ``Replay`` takes
+the records one at a time, so a verification streams the trail in memory bounded by
+the number of accounts. Pure code: callers copy the balances under their own locks
+and verify outside them.
+
+Checkpoints
+-----------
+A checkpoint names a place in the chain (``sequence``, ``chain_head``: the hash of
+that record) and the balances of every account that existed there
+(``balances_digest``: ``balances_digest`` of them). A verification from a checkpoint
+checks the records after it, then takes the current balances back by what those
+records moved: the result must match the checkpoint's digest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app.ledger.model import Hold, HoldStatus, OperationType, Status, Transaction
+from app.ledger.model import Checkpoint, Hold, HoldStatus, OperationType, Status, Transaction
 from app.ledger.records import digest, encode
 
 GENESIS_HASH = "0" * 64
@@ -42,6 +53,16 @@ def chain_hash(previous_hash: str, record: Transaction) -> str:
     return digest(previous_hash, canonical_encoding(record))
 
 
+def balances_digest(balances: Iterable[tuple[str, int]], *, ordered: bool = False) -> str:
+    """SHA-256 (hex) of ``name TAB balance LF`` lines, names in code-point order (the byte
+    order of their UTF-8, PostgreSQL's ``COLLATE "C"``). ``ordered``: the pairs already
+    come in that order (streamed from a database), so they are hashed as they come."""
+    lines = hashlib.sha256()
+    for name, balance in balances if ordered else sorted(balances):
+        lines.update(f"{name}\t{balance}\n".encode())
+    return lines.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class AccountSnapshot:
     balance: int
@@ -59,6 +80,10 @@ class Verification:
     total_withdrawn: int = 0
     last_hash: str = GENESIS_HASH
     problems: list[str] = field(default_factory=list)
+    #: The checkpoint a verification started from (``None``: from the first record).
+    from_sequence: int | None = None
+    #: Checkpoints whose digest and chain head a full verification confirmed.
+    checkpoints: int = 0
 
     @property
     def ok(self) -> bool:
@@ -72,6 +97,8 @@ class Verification:
             "total_deposited": self.total_deposited,
             "total_withdrawn": self.total_withdrawn,
             "last_hash": self.last_hash,
+            "from_sequence": self.from_sequence,
+            "checkpoints_checked": self.checkpoints,
         }
 
 
@@ -96,41 +123,134 @@ def check_chain(records: Sequence[Transaction], previous_hash: str, first_sequen
     return problems
 
 
-def verify_ledger(
-    accounts: Mapping[str, AccountSnapshot], records: Sequence[Transaction], holds: Sequence[Hold] = ()
-) -> Verification:
-    """Check the invariants: balances >= 0, money conserved, balances == replay, chain intact,
-    each account's held money == its pending holds, no hold captured beyond its amount."""
-    report = Verification(accounts=len(accounts), records=len(records))
-    report.problems.extend(check_chain(records, GENESIS_HASH, 1))
-    if records:
-        report.last_hash = records[-1].hash
+class Replay:
+    """A verification fed one record at a time, in order (``add``), then ``finish``ed
+    against the balances and pending holds the store holds once those records applied.
 
-    replayed: dict[str, int] = {}
-    for record in records:
-        if record.status != Status.SUCCESS:
-            continue
-        if record.type in _CREDITS and record.target is not None:
-            replayed[record.target] = replayed.get(record.target, 0) + record.amount
-            report.total_deposited += record.amount
-        elif record.type == OperationType.WITHDRAWAL and record.source is not None:
-            replayed[record.source] = replayed.get(record.source, 0) - record.amount
-            report.total_withdrawn += record.amount
-        elif record.type in _MOVES and record.source is not None and record.target is not None:
-            replayed[record.source] = replayed.get(record.source, 0) - record.amount
-            replayed[record.target] = replayed.get(record.target, 0) + record.amount
+    From the first record (``start=None``) it replays every balance from zero; from a
+    checkpoint it collects what the records after it moved, and ``finish`` takes the
+    current balances back by that much to compare them with the checkpoint's digest.
+    ``checkpoints`` (ascending): the ones a full replay passes are checked against the
+    replayed balances and the chain. Memory: one integer per account.
+    """
 
-    for username, account in accounts.items():
-        report.total_balance += account.balance
-        if account.balance < 0:
-            report.problems.append(f"{username} has a negative balance: {account.balance}")
-        if not 0 <= account.held <= max(account.balance, 0):
-            report.problems.append(f"{username} holds {account.held} of a balance of {account.balance}")
-        expected = replayed.get(username, 0)
-        if account.balance != expected:
+    def __init__(self, start: Checkpoint | None = None, checkpoints: Sequence[Checkpoint] = ()) -> None:
+        self.report = Verification()
+        self._start = start
+        self._sequence = 0 if start is None else start.sequence
+        self._hash = GENESIS_HASH if start is None else start.chain_head
+        self.report.from_sequence = None if start is None else start.sequence
+        #: What the records moved per account (from zero on a full replay).
+        self._moved: dict[str, int] = {}
+        #: Accounts opened by the records replayed (a checkpoint's digest excludes those after it).
+        self._opened: set[str] = set()
+        self._checkpoints = [point for point in checkpoints if point.sequence > self._sequence]
+        self._chain_problems = 0
+
+    @property
+    def sequence(self) -> int:
+        """The last record added."""
+        return self._sequence
+
+    def add(self, record: Transaction) -> None:
+        report = self.report
+        expected = self._sequence + 1
+        if self._chain_problems < MAX_PROBLEMS:
+            problems = check_chain((record,), self._hash, expected)
+            self._chain_problems += len(problems)
+            report.problems.extend(problems)
+        self._sequence, self._hash = record.sequence, record.hash
+        report.records += 1
+        if record.status is Status.SUCCESS:
+            moved = self._moved
+            kind, source, target, amount = record.type, record.source, record.target, record.amount
+            if kind in _CREDITS and target is not None:
+                moved[target] = moved.get(target, 0) + amount
+                report.total_deposited += amount
+                if kind is OperationType.OPEN:
+                    self._opened.add(target)
+            elif kind is OperationType.WITHDRAWAL and source is not None:
+                moved[source] = moved.get(source, 0) - amount
+                report.total_withdrawn += amount
+            elif kind in _MOVES and source is not None and target is not None:
+                moved[source] = moved.get(source, 0) - amount
+                moved[target] = moved.get(target, 0) + amount
+        while self._checkpoints and self._checkpoints[0].sequence <= record.sequence:
+            self._check_passed(self._checkpoints.pop(0), record)
+
+    def add_all(self, records: Iterable[Transaction]) -> None:
+        for record in records:
+            self.add(record)
+
+    def _check_passed(self, point: Checkpoint, record: Transaction) -> None:
+        """A full replay reached a checkpoint: the chain and the replayed balances must match it."""
+        report = self.report
+        if point.sequence != record.sequence or point.chain_head != record.hash:
             report.problems.append(
-                f"{username} has {account.balance} but its audit records add up to {expected}"
+                f"checkpoint {point.sequence} does not match the audit record at its sequence"
             )
+            return
+        if self._start is None:
+            replayed = ((name, self._moved.get(name, 0)) for name in self._opened)
+            if balances_digest(replayed) != point.balances_digest:
+                report.problems.append(
+                    f"checkpoint {point.sequence}: the balances replayed up to it do not match its digest"
+                )
+                return
+        report.checkpoints += 1
+
+    def finish(
+        self, accounts: Mapping[str, AccountSnapshot], holds: Iterable[Hold] = (), last_hash: str | None = None
+    ) -> Verification:
+        """Check the invariants: balances >= 0, money conserved, balances == replay, chain
+        intact, each account's held money == its pending holds, no hold captured beyond its
+        amount. ``accounts`` and ``holds`` are the state once the added records applied;
+        ``last_hash``: the chain head the store holds (it must be the last record's)."""
+        report = self.report
+        report.accounts = len(accounts)
+        report.last_hash = self._hash
+        if last_hash is not None and last_hash != self._hash:
+            report.problems.append("the chain head the ledger holds is not the hash of its last record")
+        for point in self._checkpoints:
+            report.problems.append(f"checkpoint {point.sequence} is past the end of the audit trail")
+        moved = self._moved
+        for username, account in accounts.items():
+            report.total_balance += account.balance
+            if account.balance < 0:
+                report.problems.append(f"{username} has a negative balance: {account.balance}")
+            if not 0 <= account.held <= max(account.balance, 0):
+                report.problems.append(f"{username} holds {account.held} of a balance of {account.balance}")
+        if self._start is None:
+            for username, account in accounts.items():
+                expected = moved.get(username, 0)
+                if account.balance != expected:
+                    report.problems.append(
+                        f"{username} has {account.balance} but its audit records add up to {expected}"
+                    )
+            if report.total_balance != report.total_deposited - report.total_withdrawn:
+                report.problems.append(
+                    f"money is not conserved: balances add up to {report.total_balance}, deposits minus "
+                    f"withdrawals to {report.total_deposited - report.total_withdrawn}"
+                )
+        else:
+            at_start = (
+                (name, account.balance - moved.get(name, 0))
+                for name, account in accounts.items()
+                if name not in self._opened
+            )
+            if balances_digest(at_start) != self._start.balances_digest:
+                report.problems.append(
+                    f"the balances do not follow from checkpoint {self._start.sequence} and the "
+                    f"{report.records} audit records after it"
+                )
+        _check_holds(report, accounts, holds)
+        for username in moved.keys() - accounts.keys():
+            report.problems.append(f"the audit trail moves money of {username}, which has no account")
+        del report.problems[MAX_PROBLEMS:]
+        return report
+
+
+def _check_holds(report: Verification, accounts: Mapping[str, AccountSnapshot], holds: Iterable[Hold]) -> None:
     pending: dict[str, int] = {}
     for hold in holds:
         if hold.status == HoldStatus.PENDING:
@@ -144,12 +264,15 @@ def verify_ledger(
             report.problems.append(
                 f"{username} holds {account.held} but its pending holds add up to {pending.get(username, 0)}"
             )
-    for username in replayed.keys() - accounts.keys():
-        report.problems.append(f"the audit trail moves money of {username}, which has no account")
-    if report.total_balance != report.total_deposited - report.total_withdrawn:
-        report.problems.append(
-            f"money is not conserved: balances add up to {report.total_balance}, deposits minus "
-            f"withdrawals to {report.total_deposited - report.total_withdrawn}"
-        )
-    del report.problems[MAX_PROBLEMS:]
-    return report
+
+
+def verify_ledger(
+    accounts: Mapping[str, AccountSnapshot],
+    records: Iterable[Transaction],
+    holds: Iterable[Hold] = (),
+    checkpoints: Sequence[Checkpoint] = (),
+) -> Verification:
+    """A full verification of ``records`` (in order) against ``accounts`` and ``holds``."""
+    replay = Replay(checkpoints=checkpoints)
+    replay.add_all(records)
+    return replay.finish(accounts, holds)

@@ -97,6 +97,25 @@ class OperationResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A verified place in the audit trail: the record ``sequence``, its hash, and a digest of
+    every account's balance right after it (``app.ledger.audit.balances_digest``)."""
+
+    sequence: int
+    chain_head: str
+    balances_digest: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPage:
+    """Checkpoints, newest first, and the cursor of the next page (``None`` at the end)."""
+
+    checkpoints: tuple[Checkpoint, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of audit records and the cursor of the next page (``None`` at the end)."""
 

@@ -42,6 +42,7 @@ from app.ledger.model import (
 
 HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
 AUDIT_CURSOR = re.compile(r"a:([1-9][0-9]{0,18})")
+CHECKPOINT_CURSOR = re.compile(r"k:([1-9][0-9]{0,18})")
 
 
 def check_version(account: AccountState, expected_version: int | None) -> None:

@@ -15,6 +15,7 @@ from app.ledger.model import (
     AccountView,
     BatchItem,
     BatchResult,
+    CheckpointPage,
     Deadline,
     Hold,
     HoldResult,
@@ -199,8 +200,16 @@ class LedgerStore(Protocol):
         """The whole audit trail, oldest first, ``limit`` records at a time."""
         ...
 
-    def verify(self) -> Verification:
-        """Check every invariant of the ledger against its audit trail."""
+    def verify(self, *, from_sequence: int | None = None) -> Verification:
+        """Check every invariant of the ledger against its audit trail, streaming it.
+
+        ``from_sequence``: a checkpoint's sequence; only the records after it are checked,
+        against it (``InvalidInput("invalid_parameter")`` if no checkpoint has that sequence).
+        """
+        ...
+
+    def checkpoints(self, *, limit: int, cursor: str | None) -> CheckpointPage:
+        """The ledger's checkpoints, newest first, ``limit`` at a time."""
         ...
 
     def idempotent(
