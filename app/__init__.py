@@ -11,8 +11,9 @@ import logging
 import os
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import click
 from flask import Flask
 
 from app.config import Config, ConfigError, without_password
@@ -82,6 +83,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(module.bp)
     cli.init_app(app)
 
+    if isinstance(ledger, cli.DataDirInUse):
+        return app  # an operator command beside the running service: it owns the ledger
     if config.demo:
         _seed_demo(app)
     _warn_of_demo_tokens(app)
@@ -111,10 +114,11 @@ def _build_store(config: Config) -> LedgerStore:
                 max_keys=config.idempotency_max_keys, max_keys_per_user=config.idempotency_max_keys_per_user
             ),
             "lock_trouble_after_s": config.op_timeout_ms / 1000,
+            "checkpoint_records": config.checkpoint_records,
         }
         if config.data_dir is None:
             return MockDB(**options)
-        return _open_data_dir(config.data_dir, config.snapshot_bytes, options)
+        return _open_data_dir(config, options)
     import psycopg
     from psycopg_pool import PoolTimeout
 
@@ -131,12 +135,23 @@ def _build_store(config: Config) -> LedgerStore:
         raise ConfigError(f"Cannot reach the PostgreSQL store named by LEDGER_STORE: {reason}") from None
 
 
-def _open_data_dir(data_dir: str, snapshot_bytes: int, options: dict[str, Any]) -> MockDB:
+def _open_data_dir(config: Config, options: dict[str, Any]) -> MockDB:
+    from app.cli import DataDirInUse
     from app.ledger.memory import MockDB
-    from app.ledger.memory.files import JournalError
+    from app.ledger.memory.files import DataDirLocked, JournalError
 
+    data_dir = config.data_dir
+    assert data_dir is not None
     try:
-        store = MockDB.open(data_dir, snapshot_bytes=snapshot_bytes, **options)
+        store = MockDB.open(
+            data_dir, snapshot_bytes=config.snapshot_bytes, record_cache=config.record_cache, **options
+        )
+    except DataDirLocked as error:
+        if click.get_current_context(silent=True) is None:
+            raise ConfigError(f"LEDGER_DATA_DIR: {error}") from None
+        # An operator command (``flask --app app ledger ...``) beside the running service:
+        # those that need no store (``ledger backup``) still work.
+        return cast(MockDB, DataDirInUse(str(error)))
     except JournalError as error:
         # A clear sentence for the operator, not a traceback: the start stops here.
         raise ConfigError(f"LEDGER_DATA_DIR: {error}") from None

@@ -15,6 +15,23 @@ if TYPE_CHECKING:
 ledger_cli = AppGroup("ledger", help="Operate the ledger.")
 
 
+class DataDirInUse:
+    """The app's store when an operator command runs beside the service that owns the data
+    directory: commands that need no store (``ledger backup``) work, the others say why not."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    def close(self) -> None:
+        """Nothing to close: nothing was opened."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise click.ClickException(
+            f"{self._reason} This command needs the ledger itself: run it while the service is stopped "
+            "(`ledger backup` works while it runs)."
+        )
+
+
 @ledger_cli.command("health")
 def health_command() -> None:
     """Print the store's health and exit non-zero when it is not healthy."""
@@ -118,6 +135,40 @@ def _report(report: Any) -> None:
     for problem in report.problems:
         click.echo(f"  - {problem}", err=True)
     raise SystemExit(1)
+
+
+@ledger_cli.command("backup")
+@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Back up this data directory instead of LEDGER_DATA_DIR.",
+)
+def backup_command(destination: Path, data_dir: Path | None) -> None:
+    """Copy the embedded store's data directory into DESTINATION (new or empty), consistently,
+    while the service keeps running. Restoring is starting the service on DESTINATION."""
+    from app.extensions import config
+    from app.ledger.memory.backup import backup
+    from app.ledger.memory.files import JournalError
+
+    source = data_dir
+    if source is None:
+        settings = config()
+        if not settings.uses_memory_store or settings.data_dir is None:
+            raise click.ClickException(
+                "Nothing to back up here: set LEDGER_DATA_DIR (or pass --data-dir); a PostgreSQL "
+                "ledger is backed up with PostgreSQL's own tools (pg_dump, base backups)."
+            )
+        source = Path(settings.data_dir)
+    try:
+        report = backup(source, destination)
+    except (JournalError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"backup {report.destination}: {report.files} files, {report.bytes} bytes, "
+        f"snapshot {report.snapshot or 'none'}, {report.segments} journal segments"
+    )
 
 
 @ledger_cli.command("migrate")

@@ -181,6 +181,11 @@ class MemoryDriver(StoreDriver):
     def remove(self, sequence: int) -> None:
         del self.store._trail._records[sequence - 1]  # MockDB._trail: its AuditTrail; ._records: the records
 
+    def in_memory(self) -> tuple[int, int]:
+        """How many audit records and holds the store keeps in memory."""
+        # MockDB._trail: its AuditTrail; MockDB._holds: its HoldBook
+        return self.store._trail.cached(), len(self.store._holds)
+
     def adjust(self, username: str, *, balance: int = 0, held: int = 0) -> None:
         account = self.store._accounts[username]  # MockDB._accounts: username -> AccountState
         account.balance += balance
@@ -228,7 +233,7 @@ class MemoryDriver(StoreDriver):
         return None if state is None else state.view()
 
     def peek_hold_count(self) -> int:
-        return len(self.store._holds.snapshot())  # MockDB._holds: its HoldBook (hold id -> HoldState)
+        return len(self.store._holds)  # MockDB._holds: its HoldBook (without a data directory: every hold)
 
     # -- widening ----------------------------------------------------------------------------
 
@@ -267,7 +272,7 @@ class MemoryDriver(StoreDriver):
             "counters": (store._counters, "_operations"),  # OperationCounters._operations: (kind, outcome)
             "credentials": (store, "_credentials"),  # MockDB._credentials: username -> token digest
             "audit_records": (store._trail, "_records"),  # AuditTrail._records: the records in order
-            "audit_index": (store._trail, "_by_account"),  # AuditTrail._by_account: username -> sequences
+            "audit_index": (store._trail, "_latest"),  # AuditTrail._latest: username -> latest record
             "accounts": (store, "_accounts"),  # MockDB._accounts: username -> AccountState
         }[part]
         setattr(owner, attribute, pausing(getattr(owner, attribute), window, *methods, iterating=iterating))

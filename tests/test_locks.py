@@ -39,7 +39,7 @@ from app.ledger.counters import DurationHistogram
 from app.ledger.errors import OperationTimeout, StorageUnavailable
 from app.ledger.memory import MockDB
 from app.ledger.memory import trail as trail_module
-from app.ledger.memory.durability import SnapshotState
+from app.ledger.memory.durability import SnapshotReport
 from app.ledger.memory.journal import Journal
 from app.ledger.model import BatchItem, Deadline, OperationResult, OperationType
 from app.ledger.outcomes import Outcome
@@ -187,7 +187,7 @@ def test_audit_appends_from_two_writers_keep_the_chain_linear(ledger: MockDB) ->
     # A deposit pauses with its record on the list and the chain's head not yet moved on,
     # holding the write lock; a deposit that times out on that lock appends its FAILED
     # record without it (the only append that does).
-    driver.widen("audit_records", window, "append")
+    driver.widen("audit_records", window, "extend")
     meet(window, lambda: deposit(ledger), lambda: timed_out_deposit(ledger))
     records = ledger.audit_page(limit=10, cursor=None).transactions
     assert [record.sequence for record in records] == [1, 2, 3]
@@ -204,10 +204,10 @@ def test_a_snapshot_racing_a_writer_restores_exactly_what_was_acknowledged(tmp_p
         deposit(store)
         driver = memory_driver(store)
         window = Window(driver.watch("trail"))
-        # The snapshot pauses in the middle of copying the trail (after it took the journal's
-        # position); a writer that timed out on the write lock the snapshot holds appends
-        # its FAILED record meanwhile.
-        driver.widen("audit_index", window, iterating=True)
+        # The snapshot pauses in the middle of copying the trail's head (each account's
+        # latest record, after it took the journal's position); a writer that timed out on
+        # the write lock the snapshot holds appends its FAILED record meanwhile.
+        driver.widen("audit_index", window, "copy")
         taken, refused = meet(window, store.snapshot, lambda: timed_out_deposit(store))
         assert not isinstance(taken, BaseException), taken
         assert isinstance(refused, OperationTimeout)
@@ -292,12 +292,14 @@ EXCLUDED: dict[str, tuple[str, Callable[[MemoryDriver], object]]] = {
     "counters-performance_ok": ("counters", lambda driver: driver.parts().counters.performance_ok()),
     "counters-operation_count": ("counters", lambda driver: driver.parts().counters.operation_count()),
     "counters-snapshot": ("counters", lambda driver: driver.parts().counters.snapshot()),
-    "trail-len": ("trail", lambda driver: len(driver.parts().trail)),
+    "trail-tip": ("trail", lambda driver: driver.parts().trail.tip()),
     "trail-append": ("trail", lambda driver: driver.parts().trail.append(_draft())),
-    "trail-history": ("trail", lambda driver: driver.parts().trail.history("aaron", None, 10)),
+    "trail-history": ("trail", lambda driver: driver.parts().trail.history("aaron", None, 10, None)),
     "trail-page": ("trail", lambda driver: driver.parts().trail.page(0, 10, None)),
-    "trail-copy": ("trail", lambda driver: driver.parts().trail.copy(lambda: None)),
-    "trail-records": ("trail", lambda driver: driver.parts().trail.records()),
+    "trail-head": ("trail", lambda driver: driver.parts().trail.head(lambda: None)),
+    "trail-read": ("trail", lambda driver: driver.parts().trail.read(1, 10)),
+    "trail-entry": ("trail", lambda driver: driver.parts().trail.entry(1)),
+    "trail-cached": ("trail", lambda driver: driver.parts().trail.cached()),
     "trail-verified": ("trail", lambda driver: driver.parts().trail.verified(
         Verification(problems=["broken"])
     )),
@@ -493,12 +495,14 @@ def test_closing_waits_for_a_running_snapshot(tmp_path: Path) -> None:
     assert_excluded(driver.watch("snapshot"), call(store.close))
 
 
-def _failing_capture(before: Callable[[], None]) -> Callable[[Journal], SnapshotState]:
-    def capture(journal: Journal) -> SnapshotState:
+def _failing_capture(before: Callable[[], None]) -> Callable[[], SnapshotReport]:
+    """A background snapshot that fails (the work ``snapshot_in_background`` runs)."""
+
+    def snapshot() -> SnapshotReport:
         before()
         raise OSError("the test's disk is full")
 
-    return capture
+    return snapshot
 
 
 @pytest.mark.memory_only

@@ -200,7 +200,10 @@ class Replay:
         report.checkpoints += 1
 
     def finish(
-        self, accounts: Mapping[str, AccountSnapshot], holds: Iterable[Hold] = (), last_hash: str | None = None
+        self,
+        accounts: Mapping[str, AccountSnapshot],
+        holds: Iterable[Hold] = (),
+        last_hash: str | None = None,
     ) -> Verification:
         """Check the invariants: balances >= 0, money conserved, balances == replay, chain
         intact, each account's held money == its pending holds, no hold captured beyond its
@@ -250,7 +253,9 @@ class Replay:
         return report
 
 
-def _check_holds(report: Verification, accounts: Mapping[str, AccountSnapshot], holds: Iterable[Hold]) -> None:
+def _check_holds(
+    report: Verification, accounts: Mapping[str, AccountSnapshot], holds: Iterable[Hold]
+) -> None:
     pending: dict[str, int] = {}
     for hold in holds:
         if hold.status == HoldStatus.PENDING:

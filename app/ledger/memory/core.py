@@ -21,7 +21,7 @@ from app.ledger import rules
 from app.ledger.accounts import AccountState, HoldState
 from app.ledger.counters import OperationCounters
 from app.ledger.errors import LedgerError, OperationTimeout, StorageUnavailable, StoreInvariantBroken
-from app.ledger.memory.durability import Durability, OutcomeOf
+from app.ledger.memory.durability import DEFAULT_CHECKPOINT_RECORDS, Durability, OutcomeOf
 from app.ledger.memory.files import Recovered
 from app.ledger.memory.holds import ExpirySweeper, HoldBook
 from app.ledger.memory.keys import IdempotencyTable
@@ -71,6 +71,7 @@ class LedgerCore:
         idempotency: IdempotencyTable | None = None,
         lock_trouble_after_s: float = 0.0,
         clock: Callable[[], float] = time.time,
+        checkpoint_records: int = DEFAULT_CHECKPOINT_RECORDS,
     ) -> None:
         """An empty ledger in memory only (``MockDB.open`` gives one with a journal).
 
@@ -78,6 +79,8 @@ class LedgerCore:
         this long marks health degraded (the app passes the default deadline, so a
         caller's own tight ``X-Timeout-Ms`` does not take the instance out of rotation).
         ``clock``: the wall clock that holds expire by (injectable for tests).
+        ``checkpoint_records``: a checkpoint every this many audit records (0: only when
+        asked for).
         """
         self._rw = rwlock.RWLockFair()
         self._accounts: dict[str, AccountState] = {}  # under _rw
@@ -94,17 +97,22 @@ class LedgerCore:
         # Not ``or``: an empty table has len() == 0 and would be replaced.
         self._keys = idempotency if idempotency is not None else IdempotencyTable()
         self._durability = Durability(self._keys)
+        self._durability.checkpoint_records = checkpoint_records
         self.recovery: Recovered | None = None
         #: The hash check of a trail read from disk, running from ``open`` on.
         self.chain_check: threading.Thread | None = None
 
     def _await_written(self) -> None:
-        """Wait for this thread's journal entries (``durable``); then snapshot if one is due."""
-        if self._durability.await_written():
+        """Wait for this thread's journal entries (``durable``); then snapshot (or, in memory
+        only, checkpoint) if one is due."""
+        durability = self._durability
+        if durability.await_written() or (
+            durability.journal is None and durability.checkpoint_due(self._trail.sequence)
+        ):
             self._snapshot_due()
 
     def _snapshot_due(self) -> None:
-        """The journal outgrew its bound: ``MockDB`` snapshots in the background."""
+        """A snapshot or a checkpoint is due: ``MockDB`` makes it in the background."""
 
     def _read_after_expiry(
         self, username: str, deadline: Deadline, kind: str, read: Callable[[], tuple[T, int]]
@@ -283,9 +291,14 @@ class LedgerCore:
         if durability.journal is None:
             return self._trail.append(drafts)
         states = [self._accounts[name] for name in dict.fromkeys(accounts) if name in self._accounts]
-        return self._trail.append(
-            drafts, lambda records: durability.keep(records, drafts, states, holds, credential, outcome)
+        records = self._trail.append(
+            drafts,
+            lambda records, metas: durability.keep(records, metas, states, holds, credential, outcome),
         )
+        if holds:  # the write lock is held: the hold book may let resolved holds go
+            self._holds.settled(holds, records[-1].sequence)
+            self._holds.forget_settled(durability.journal.indexed_sequence)
+        return records
 
     def _count(self, kind: str, outcome: str, lock_wait_s: float) -> None:
         self._counters.count([(kind, outcome)], lock_wait_s)

@@ -18,21 +18,31 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from app.ledger.accounts import AccountState, HoldState
+from app.ledger.audit import balances_digest
 from app.ledger.errors import LedgerError, StorageUnavailable
 from app.ledger.memory import files as journal_files
 from app.ledger.memory import persistence
+from app.ledger.memory.archive import RecordArchive
+from app.ledger.memory.checkpoints import CheckpointBook, checkpoint_row
 from app.ledger.memory.files import JournalUnavailable
+from app.ledger.memory.holds import hold_ordinal
 from app.ledger.memory.journal import Journal
 from app.ledger.memory.keys import NOT_KEPT, IdempotencyTable
-from app.ledger.model import Transaction
+from app.ledger.model import Checkpoint, Transaction, utc_now_iso
 from app.ledger.outcomes import Result, outcome_row
-from app.ledger.records import RecordDraft
 
 _log = logging.getLogger("goledger.store")
+encode_row = orjson.dumps
 
 #: The journal size past which the store snapshots itself (``LEDGER_SNAPSHOT_BYTES``).
 DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
+#: Recent audit records a store with a data directory keeps in memory (``LEDGER_RECORD_CACHE``).
+DEFAULT_RECORD_CACHE = 50_000
+#: A checkpoint every this many audit records (``LEDGER_CHECKPOINT_RECORDS``).
+DEFAULT_CHECKPOINT_RECORDS = 100_000
 #: How long after a failed automatic snapshot the next one may start.
 SNAPSHOT_RETRY_S = 60.0
 #: The lsn of an account whose last change could not be journaled: never durable.
@@ -73,8 +83,15 @@ class SnapshotState:
     segment: int
     header: dict[str, Any]
     sections: list[tuple[str, Sequence[persistence.Row]]]
+    #: The last audit record the state includes, and its hash.
     records: int
-    accounts: int
+    last_hash: str
+    #: Every account's balance (the checkpoint's digest is made of them).
+    balances: list[tuple[str, int]]
+
+    @property
+    def accounts(self) -> int:
+        return len(self.balances)
 
 
 class Durability:
@@ -85,6 +102,11 @@ class Durability:
         self.directory: journal_files.DataDirectory | None = None
         self.journal: Journal | None = None
         self.snapshot_bytes = 0
+        #: The index files the journal's leader writes (synced before each snapshot).
+        self.archive: RecordArchive | None = None
+        #: The ledger's checkpoints (each snapshot adds one) and how often one is due.
+        self.checkpoints = CheckpointBook()
+        self.checkpoint_records = 0
         self._written = threading.local()  # the lsn the current thread's write must wait for
         #: Why writes are refused before they start (``None``: they are not).
         self.refusal: str | None = None
@@ -118,7 +140,7 @@ class Durability:
     def keep(
         self,
         records: list[Transaction],
-        drafts: Sequence[RecordDraft],
+        metas: Sequence[tuple[tuple[str, ...], tuple[int, ...]]],
         accounts: Iterable[AccountState],
         holds: Sequence[HoldState],
         credential: tuple[str, bytes] | None,
@@ -126,26 +148,24 @@ class Durability:
     ) -> None:
         """Queue the journal entry of a change (the caller holds the audit trail's lock).
 
-        ``accounts`` and ``holds``: the states the change left (the caller holds the
-        write lock whenever there are any); ``credential``: the token digest of an
-        account it opened; ``outcome``: what an idempotent request answers, kept under
-        its key when the request runs under one.
+        ``metas``: each record's parties and their links; ``accounts`` and ``holds``: the
+        states the change left (the caller holds the write lock whenever there are any);
+        ``credential``: the token digest of an account it opened; ``outcome``: what an
+        idempotent request answers, kept under its key when the request runs under one.
         """
         if self.journal is None:
             return
         touched = list(accounts)
-        entry: dict[str, Any] = {
-            "r": [
-                persistence.record_row(record, draft.shown_to())
-                for record, draft in zip(records, drafts, strict=True)
-            ],
-        }
+        rows = [
+            encode_row(persistence.record_row(record, parties, links))
+            for record, (parties, links) in zip(records, metas, strict=True)
+        ]
+        hold_rows = [encode_row(hold.row()) for hold in holds]
+        rest: dict[str, Any] = {}
         if touched:
-            entry["a"] = {account.username: account.row() for account in touched}
+            rest["a"] = {account.username: account.row() for account in touched}
         if credential is not None:
-            entry["c"] = {credential[0]: credential[1].hex()}
-        if holds:
-            entry["h"] = [hold.row() for hold in holds]
+            rest["c"] = {credential[0]: credential[1].hex()}
         claim = CLAIM.get()
         kept: Result | LedgerError | None = None
         lsn = NEVER_DURABLE
@@ -155,14 +175,24 @@ class Durability:
                 if isinstance(kept, NOT_KEPT):
                     kept = None
                 else:
-                    entry["i"] = [
+                    rest["i"] = [
                         claim.username,
                         claim.key,
                         claim.fingerprint,
                         claim.created_at,
                         outcome_row(kept),
                     ]
-            lsn = self.journal.append(persistence.encode(entry), records[-1].sequence)
+            payload, record_spans, hold_spans = persistence.entry_payload(rows, hold_rows, rest)
+            lsn = self.journal.append(
+                payload,
+                records[-1].sequence,
+                record_spans,
+                [
+                    (ordinal, offset, length)
+                    for hold, (offset, length) in zip(holds, hold_spans, strict=True)
+                    if (ordinal := hold_ordinal(hold.id)) is not None
+                ],
+            )
         except JournalUnavailable as error:
             raise StorageUnavailable(
                 f"The ledger cannot keep new operations ({error}); the operation was not acknowledged."
@@ -188,14 +218,24 @@ class Durability:
     def await_written(self) -> bool:
         """Wait until what this thread's write queued is durable (group commit).
 
-        ``True`` when the journal has outgrown its bound and a snapshot is due.
+        ``True`` when a snapshot is due: the journal's segment has outgrown its bound,
+        or ``checkpoint_records`` records were added since the last checkpoint.
         """
         lsn: int = getattr(self._written, "lsn", 0)
         if not lsn or self.journal is None:
             return False
         self._written.lsn = 0
         self.await_lsn(lsn)
-        return bool(self.snapshot_bytes) and self.journal.segment_bytes >= self.snapshot_bytes
+        if self.snapshot_bytes and self.journal.segment_bytes >= self.snapshot_bytes:
+            return True
+        return self.checkpoint_due(self.journal.durable_sequence)
+
+    def checkpoint_due(self, sequence: int) -> bool:
+        """Whether ``checkpoint_records`` records were added since the last checkpoint."""
+        if not self.checkpoint_records:
+            return False
+        last = self.checkpoints.last
+        return sequence - (0 if last is None else last.sequence) >= self.checkpoint_records
 
     def await_lsn(self, lsn: int) -> None:
         if self.journal is None or not lsn:
@@ -215,12 +255,14 @@ class Durability:
     # -- snapshots ------------------------------------------------------------
 
     def snapshot(self, capture: Callable[[Journal], SnapshotState]) -> SnapshotReport:
-        """Write the state ``capture`` copies (under the store's locks) and drop the journal
-        it makes redundant.
+        """Write the state ``capture`` copies (under the store's locks), with its checkpoint.
 
         ``capture`` rotates the journal at the instant it copies, so the snapshot plus
-        the segments from the new one on are the whole ledger; the file is written
-        after every store lock is released.
+        the segments from the new one on are the whole state; the file is written
+        after every store lock is released. The segments before stay: they hold the
+        history. The index files are synced first (a start trusts them up to the
+        snapshot), the checkpoint is added once the snapshot is in place, and older
+        snapshots are deleted.
         """
         if self.journal is None or self.directory is None:
             raise StorageUnavailable("This ledger has no data directory to snapshot into.")
@@ -230,13 +272,19 @@ class Durability:
             started = time.perf_counter()
             state = capture(self.journal)
             lock_held_s = time.perf_counter() - started
-            self.await_lsn(state.lsn)  # the segments the snapshot replaces are complete on disk
+            self.await_lsn(state.lsn)  # the segments the snapshot stands for are complete on disk
+            point = Checkpoint(state.records, state.last_hash, balances_digest(state.balances), utc_now_iso())
+            if self.archive is not None:
+                self.archive.sync()
+            header = {**state.header, "checkpoint": checkpoint_row(point)}
             path, size = journal_files.write_snapshot(
                 self.directory.path,
                 state.segment,
-                persistence.snapshot_payloads(state.header, state.sections),
+                persistence.snapshot_payloads(header, state.sections),
             )
             journal_files.remove_before(self.directory.path, state.segment)
+            if state.records:
+                self.checkpoints.add(point)
         seconds = time.perf_counter() - started
         _log.info(
             "snapshot %s: %d records, %d accounts, %d bytes in %.2f s (writers paused %.3f s)",
@@ -249,8 +297,9 @@ class Durability:
         )
         return SnapshotReport(str(path), size, state.records, state.accounts, lock_held_s, seconds)
 
-    def snapshot_in_background(self, capture: Callable[[Journal], SnapshotState]) -> None:
-        """Start one snapshot thread unless one is running (the journal outgrew its bound).
+    def snapshot_in_background(self, work: Callable[[], object]) -> None:
+        """Run ``work`` (a snapshot, or a checkpoint of a ledger in memory) on one background
+        thread unless one is running or a failed one is too recent.
 
         Called by writers: it only ever takes ``_snapshot_starter``, never the lock a
         running snapshot holds while it writes its file.
@@ -260,7 +309,7 @@ class Durability:
             if running or time.monotonic() < self._snapshot_retry_at:
                 return
             self._snapshot_thread = threading.Thread(
-                target=self._snapshot_logged, args=(capture,), name="goledger-snapshot", daemon=True
+                target=self._snapshot_logged, args=(work,), name="goledger-snapshot", daemon=True
             )
             self._snapshot_thread.start()
 
@@ -270,12 +319,12 @@ class Durability:
         with self._snapshot_starter:
             return self._snapshot_thread
 
-    def _snapshot_logged(self, capture: Callable[[Journal], SnapshotState]) -> None:
+    def _snapshot_logged(self, work: Callable[[], object]) -> None:
         try:
-            self.snapshot(capture)
+            work()
         except Exception:
             _log.exception(
-                "automatic snapshot failed; the journal keeps growing, next attempt in %d s",
+                "automatic snapshot or checkpoint failed; next attempt in %d s",
                 SNAPSHOT_RETRY_S,
             )
             with self._snapshot_starter:

@@ -6,15 +6,22 @@ Files in a data directory
     Held with an exclusive ``flock`` by the one process that owns the directory;
     it holds that process's pid, for the message a second process gets.
 ``journal-NNNNNNNN.log``
-    Segments of the journal (``app.ledger.memory.journal``), in order. A segment
+    Segments of the journal (``app.ledger.memory.journal``), in order; never deleted:
+    they hold every audit record (the ledger's permanent record). A segment
     starts with a 16-byte magic and holds frames: ``length`` (u32), ``crc32`` (u32, of
     the lsn and the payload), ``lsn`` (u64), then ``length`` bytes of payload. Frames
     are numbered 1, 2, 3… across segments (the lsn), so a missing or repeated frame is
     noticed.
 ``snapshot-NNNNNNNN.snap``
-    The whole state as of the end of segment ``NNNNNNNN - 1``, in the same framing.
-    Written to a temporary name, synced, then renamed: a snapshot is there whole or
-    not at all. Older segments and snapshots are deleted once it is in place.
+    The state (accounts, pending holds, idempotency keys; no history) as of the end of
+    segment ``NNNNNNNN - 1``, in the same framing. Written to a temporary name,
+    synced, then renamed: a snapshot is there whole or not at all. Older snapshots are
+    deleted once it is in place; a start replays only the segments after it.
+``records.idx``, ``holds.idx``
+    Where each audit record and each hold's latest state sit in the segments
+    (``app.ledger.memory.archive``).
+``checkpoints.log``
+    The checkpoints (``app.ledger.memory.checkpoints``).
 
 Reading
 -------
@@ -44,6 +51,8 @@ _log = logging.getLogger("goledger.journal")
 SEGMENT_MAGIC = b"GOLEDGER-JRNL-01"
 SNAPSHOT_MAGIC = b"GOLEDGER-SNAP-01"
 _FRAME = struct.Struct("<IIQ")
+#: Bytes before a frame's payload (length, checksum, lsn).
+FRAME_HEADER_BYTES = _FRAME.size
 LSN = struct.Struct("<Q")
 #: The largest payload a frame may carry (a full batch is about 2 MiB).
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -257,14 +266,16 @@ def read_directory(directory: Path, snapshot_lsn_of: Callable[[Frame], int]) -> 
         if not snapshot.frames:
             raise JournalCorrupt(path, len(SNAPSHOT_MAGIC), "a snapshot without its header")
         snapshot_lsn = snapshot_lsn_of(snapshot.frames[0])
-    segments = [
-        (number, path) for number, path in _numbered(directory, _SEGMENT_NAME) if number >= first_segment
-    ]
-    for (number, path), (following, _) in itertools.pairwise(segments):
+    every = _numbered(directory, _SEGMENT_NAME)
+    # Every segment is kept (the history); those before the snapshot are read, not replayed.
+    for (number, path), (following, _) in itertools.pairwise(every):
         if following != number + 1:
             raise JournalCorrupt(path, 0, f"segment {number + 1} is missing")
-    if segments and segments[0][0] != first_segment:
-        raise JournalCorrupt(segments[0][1], 0, f"segment {first_segment} is missing")
+    if every and every[0][0] != 1:
+        raise JournalCorrupt(every[0][1], 0, "segment 1 is missing")
+    if snapshot is not None and first_segment > 1 and (not every or every[-1][0] < first_segment - 1):
+        raise JournalCorrupt(snapshot.path, 0, f"segment {first_segment - 1} is missing")
+    segments = [(number, path) for number, path in every if number >= first_segment]
     scans = []
     expected = snapshot_lsn + 1
     for index, (_, path) in enumerate(segments):
@@ -377,13 +388,13 @@ def _write_snapshot_file(temporary: Path, payloads: Iterable[bytes]) -> int:
 
 
 def remove_before(directory: Path, number: int) -> list[Path]:
-    """Delete the segments and snapshots a snapshot ``number`` has made redundant."""
+    """Delete the snapshots older than snapshot ``number`` (segments are the ledger's history:
+    they stay)."""
     removed = []
-    for pattern in (_SEGMENT_NAME, _SNAPSHOT_NAME):
-        for found, path in _numbered(directory, pattern):
-            if found < number:
-                path.unlink()
-                removed.append(path)
+    for found, path in _numbered(directory, _SNAPSHOT_NAME):
+        if found < number:
+            path.unlink()
+            removed.append(path)
     for stale in directory.glob("snapshot-*.tmp"):
         stale.unlink()
         removed.append(stale)

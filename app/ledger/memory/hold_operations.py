@@ -17,7 +17,6 @@ from app.ledger.model import (
     HoldResult,
     HoldStatus,
     OperationType,
-    new_id,
     utc_now_iso,
 )
 from app.ledger.records import RecordDraft
@@ -40,18 +39,18 @@ class HoldOperations(LedgerCore):
         """Reserve ``amount`` of the caller's available money for ``target``."""
         rules.check_amount(amount)
         rules.check_hold_timeout(timeout_s)
-        hold_id = new_id("hold_")
 
         def apply(_: RecordDraft) -> tuple[AccountView, Hold]:
             self._expire_due((username, target))
             caller = rules.reserve(self._accounts.get, username, target, amount, expected_version)
+            hold_id = self._holds.new_id()
             state = HoldState(hold_id, username, target, amount, self._clock() + timeout_s, utc_now_iso())
             self._holds.add(state)
             return caller.view(), state.view()
 
         draft = RecordDraft(OperationType.HOLD, username, target, amount)
         result = self._write(username, draft, deadline, apply, hold_result)
-        self._sweeper.schedule(self._clock() + timeout_s, hold_id)
+        self._sweeper.schedule(self._clock() + timeout_s, result.hold.id)
         return result
 
     @durable

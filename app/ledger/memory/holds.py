@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from app.ledger.accounts import HoldState
 from app.ledger.model import Hold, HoldStatus
@@ -25,8 +28,25 @@ from app.ledger.model import Hold, HoldStatus
 _log = logging.getLogger("goledger.holds")
 
 
+def hold_ordinal(hold_id: str) -> int | None:
+    """The ordinal a hold id of this store carries (``hold_`` and 12 hex digits of it, then
+    20 random ones), or ``None`` for an id of another shape."""
+    digits = hold_id[5:17]
+    if len(hold_id) != 37 or not digits.startswith("00"):
+        return None
+    try:
+        return int(digits, 16)
+    except ValueError:
+        return None
+
+
 class HoldBook:
-    """Every hold by id, and each account's pending holds in deadline order.
+    """The pending holds by id, and each account's pending holds in deadline order.
+
+    Holds are numbered as they are made (the ordinal is in the id). With a data
+    directory, a resolved hold stays here only until the index files hold its final
+    state (``forget_settled``); ``get`` then reads it back from disk through
+    ``archived``. Without one, every hold stays.
 
     Each account with pending holds (as payer or payee) has a min-heap of
     ``(expires_at_s, hold_id)``: finding what is due costs what is due, never a scan
@@ -40,6 +60,49 @@ class HoldBook:
         self._deadlines: dict[str, list[tuple[float, str]]] = {}
         self._pending_counts: dict[str, int] = {}
         self._changed: list[HoldState] = []
+        self._ordinal = 0  # the last hold number given out
+        #: Reads a hold's latest row from disk by ordinal (``None``: no data directory).
+        self.archived: Callable[[int], list[Any] | None] | None = None
+        # Resolved holds still here, with the last audit record of the entry that resolved them.
+        self._settled: deque[tuple[int, str]] = deque()
+
+    def new_id(self) -> str:
+        """A new hold's id: its ordinal and 80 random bits."""
+        self._ordinal += 1
+        return f"hold_{self._ordinal:012x}{os.urandom(10).hex()}"
+
+    def restore_ordinal(self, ordinal: int) -> None:
+        self._ordinal = max(self._ordinal, ordinal)
+
+    @property
+    def ordinal(self) -> int:
+        return self._ordinal
+
+    def settled(self, states: Iterable[HoldState], sequence: int) -> None:
+        """These holds' states were journaled with records up to ``sequence``; the resolved ones
+        may leave memory once the index holds that record."""
+        if self.archived is None:
+            return
+        for state in states:
+            if state.status is not HoldStatus.PENDING:
+                self._settled.append((sequence, state.id))
+
+    def forget_settled(self, indexed: int) -> None:
+        """Let resolved holds whose final state the index holds (records up to ``indexed``) go."""
+        settled = self._settled
+        while settled and settled[0][0] <= indexed:
+            _, hold_id = settled.popleft()
+            state = self._holds.get(hold_id)
+            if state is not None and state.status is not HoldStatus.PENDING:
+                del self._holds[hold_id]
+
+    def __len__(self) -> int:
+        """Holds in memory (the pending ones, and resolved ones not yet on disk)."""
+        return len(self._holds)
+
+    def forget_resolved(self) -> None:
+        """Drop every resolved hold (a start: the index holds them all)."""
+        self._holds = {key: state for key, state in self._holds.items() if state.status is HoldStatus.PENDING}
 
     def add(self, state: HoldState) -> None:
         self._holds[state.id] = state
@@ -53,6 +116,9 @@ class HoldBook:
 
     def put(self, state: HoldState) -> None:
         """Set a hold as the journal or a snapshot has it (replay: new or changed)."""
+        ordinal = hold_ordinal(state.id)
+        if ordinal is not None and ordinal > self._ordinal:
+            self._ordinal = ordinal
         previous = self._holds.get(state.id)
         self._holds[state.id] = state
         was_pending = previous is not None and previous.status is HoldStatus.PENDING
@@ -61,14 +127,17 @@ class HoldBook:
         elif was_pending and state.status is not HoldStatus.PENDING:
             self._unindex(state)
 
-    def all(self) -> list[HoldState]:
-        return list(self._holds.values())
-
     def pending(self) -> list[HoldState]:
         return [state for state in self._holds.values() if state.status is HoldStatus.PENDING]
 
     def get(self, hold_id: str) -> HoldState | None:
-        return self._holds.get(hold_id)
+        """The hold, from memory or (resolved) from disk; ``None``: no such hold."""
+        state = self._holds.get(hold_id)
+        if state is not None or self.archived is None:
+            return state
+        ordinal = hold_ordinal(hold_id)
+        row = None if ordinal is None or ordinal > self._ordinal else self.archived(ordinal)
+        return HoldState.from_row(row) if row is not None and row[0] == hold_id else None
 
     def resolved(self, state: HoldState) -> None:
         """Note that a rule resolved this hold: it is pending no more."""
@@ -96,8 +165,8 @@ class HoldBook:
             heap = self._deadlines.get(name) if name is not None else None
             while heap and heap[0][0] <= now_s:
                 _, hold_id = heapq.heappop(heap)
-                state = self._holds[hold_id]
-                if state.status is HoldStatus.PENDING and state.expires_at_s <= now_s:
+                state = self._holds.get(hold_id)  # a stale entry's hold may have left memory
+                if state is not None and state.status is HoldStatus.PENDING and state.expires_at_s <= now_s:
                     found[hold_id] = state
         return sorted(found.values(), key=lambda state: (state.expires_at_s, state.id))
 
@@ -105,7 +174,8 @@ class HoldBook:
         return self.due(list(self._deadlines), now_s)
 
     def snapshot(self) -> list[Hold]:
-        return [state.view() for state in self._holds.values()]
+        """The pending holds (what a verification checks the held money against)."""
+        return [state.view() for state in self.pending()]
 
     def _index(self, state: HoldState) -> None:
         for name in (state.source, state.target):
@@ -122,8 +192,12 @@ class HoldBook:
             self._pending_counts[name] = left
             heap = self._deadlines[name]
             if len(heap) > 2 * left + 16:
-                heap[:] = [entry for entry in heap if self._holds[entry[1]].status is HoldStatus.PENDING]
+                heap[:] = [entry for entry in heap if self._is_pending(entry[1])]
                 heapq.heapify(heap)
+
+    def _is_pending(self, hold_id: str) -> bool:
+        state = self._holds.get(hold_id)
+        return state is not None and state.status is HoldStatus.PENDING
 
 
 class ExpirySweeper:

@@ -11,6 +11,12 @@ one ``write`` and one ``fdatasync`` *without* holding the journal's mutex, and w
 the others; frames queued meanwhile go out with the next leader's write. Many
 concurrent requests therefore share one sync.
 
+Indexing
+--------
+Each frame may say where its audit records' rows and its holds' rows sit in its
+payload; right after writing a chunk the leader adds their places to the index files
+(``app.ledger.memory.archive``), before the sync, and ``indexed_sequence`` moves on.
+
 Failure
 -------
 A write or sync error (disk full, I/O error), or a sync that does not return within
@@ -31,8 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.ledger.counters import DurationHistogram
+from app.ledger.memory.archive import ENTRY, RecordArchive
 from app.ledger.memory.files import (
     FILE_MODE,
+    FRAME_HEADER_BYTES,
     LSN,
     SEGMENT_MAGIC,
     JournalUnavailable,
@@ -58,6 +66,19 @@ class _Rotation:
         self.number = number
 
 
+class _Framed:
+    """A queued frame, and where its rows sit in its payload (see ``Journal.append``)."""
+
+    __slots__ = ("data", "holds", "records")
+
+    def __init__(
+        self, data: bytes, records: list[tuple[int, int]], holds: list[tuple[int, int, int]]
+    ) -> None:
+        self.data = data
+        self.records = records
+        self.holds = holds
+
+
 class Journal:
     """Appends frames to the current segment; many waiters share one sync."""
 
@@ -71,20 +92,23 @@ class Journal:
         write: Callable[[int, memoryview], int] | None = None,
         sync: Callable[[int], None] | None = None,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        archive: RecordArchive | None = None,
     ) -> None:
         """Append to segment number ``segment`` (created if missing) after frame ``last_lsn``,
         which holds audit record ``last_sequence``.
 
         ``write``/``sync`` are the system calls (``os.write``, ``os.fdatasync``),
-        injectable to simulate a failing disk.
+        injectable to simulate a failing disk. ``archive``: the index files the leader
+        adds each frame's rows to.
         """
+        self._archive = archive
         self._directory = directory
         self._write: Callable[[int, memoryview], int] = write or os.write
         self._sync: Callable[[int], None] = sync or os.fdatasync
         self._stall_timeout_s = stall_timeout_s
         self._condition = threading.Condition(threading.Lock())
         # Under _condition:
-        self._queue: list[bytes | _Rotation] = []
+        self._queue: list[_Framed | _Rotation] = []
         self._appended_lsn = last_lsn
         self._durable_lsn = last_lsn
         # The last audit record in what is appended, and in what is durable.
@@ -140,9 +164,22 @@ class Journal:
         """How long the group commits' syncs took."""
         return self._sync_durations.snapshot()
 
-    def append(self, payload: bytes, sequence: int) -> int:
+    @property
+    def indexed_sequence(self) -> int:
+        """The last audit record the index files point at (a plain read: it only grows)."""
+        return 0 if self._archive is None else self._archive.indexed
+
+    def append(
+        self,
+        payload: bytes,
+        sequence: int,
+        records: list[tuple[int, int]] | None = None,
+        holds: list[tuple[int, int, int]] | None = None,
+    ) -> int:
         """Queue one frame whose last audit record is ``sequence``; its lsn.
 
+        ``records``: where (offset, length) the rows of its audit records sit in
+        ``payload``, in order; ``holds``: (ordinal, offset, length) of its hold rows.
         The caller holds the lock that orders the frames (the store's audit lock).
         """
         data = frame(self._appended_lsn + 1, payload)  # framed outside the mutex; lsn checked below
@@ -152,7 +189,7 @@ class Journal:
             lsn = self._appended_lsn + 1
             if data[8:16] != LSN.pack(lsn):
                 data = frame(lsn, payload)
-            self._queue.append(data)
+            self._queue.append(_Framed(data, records or [], holds or []))
             self._appended_lsn = lsn
             self._appended_sequence = sequence
             return lsn
@@ -209,8 +246,8 @@ class Journal:
             _log.critical("%s; the ledger no longer accepts writes until it is restarted", reason)
         self._condition.notify_all()
 
-    def _flush(self, queue: list[bytes | _Rotation]) -> None:
-        chunk: list[bytes] = []
+    def _flush(self, queue: list[_Framed | _Rotation]) -> None:
+        chunk: list[_Framed] = []
         for item in queue:
             if isinstance(item, _Rotation):
                 self._write_chunk(chunk)
@@ -220,11 +257,13 @@ class Journal:
                 chunk.append(item)
         self._write_chunk(chunk)
 
-    def _write_chunk(self, chunk: list[bytes]) -> None:
+    def _write_chunk(self, chunk: list[_Framed]) -> None:
         if not chunk:
             return
-        data = b"".join(chunk)
+        data = b"".join([framed.data for framed in chunk])
         write_all(self._write, self._fd, data)
+        if self._archive is not None:
+            self._index(chunk)
         started = time.perf_counter()
         self._sync(self._fd)
         self._sync_durations.observe(time.perf_counter() - started)
@@ -233,6 +272,21 @@ class Journal:
             self._counters["syncs"] += 1
             self._counters["frames"] += len(chunk)
             self._counters["bytes"] += len(data)
+
+    def _index(self, chunk: list[_Framed]) -> None:
+        """Add the places of the rows just written to the index files."""
+        pack, segment = ENTRY.pack, self._segment
+        entries: list[bytes] = []
+        holds: list[tuple[int, bytes]] = []
+        start = self._segment_bytes + FRAME_HEADER_BYTES
+        for framed in chunk:
+            for offset, length in framed.records:
+                entries.append(pack(segment, length, start + offset))
+            for ordinal, offset, length in framed.holds:
+                holds.append((ordinal, pack(segment, length, start + offset)))
+            start += len(framed.data)
+        assert self._archive is not None
+        self._archive.add(b"".join(entries), holds)
 
     def _switch_segment(self, number: int) -> None:
         fd = self._open_segment(number)
@@ -257,6 +311,10 @@ class Journal:
         with contextlib.suppress(JournalUnavailable):
             self.wait_durable(self.appended_lsn)
         with self._condition:
+            while self._leader_active and self._condition.wait(self._stall_timeout_s):
+                pass
+            if self._queue and self._failure is None and not self._leader_active:
+                self._lead()  # a rotation queued last: its segment is there at the next start
             if self._failure is None:
                 self._failure = "the journal is closed"
             if self._fd >= 0:

@@ -5,7 +5,8 @@ audit lock in audit order (keys are short: there is one entry per operation):
 
 ``r``
     the audit records it appends: ``[sequence, id, type, from, to, amount, status,
-    reason, created_at, previous_hash, hash, [parties whose history shows it]]``
+    reason, created_at, previous_hash, hash, [parties whose history shows it], [for
+    each party, the sequence of its record before this one, or 0]]``
 ``a``
     each touched account's state afterwards: ``{name: [balance, held, version]}``
 ``c``
@@ -20,10 +21,16 @@ Entries hold states, not commands: replay sets what the operation left behind an
 never re-runs business rules, so a later change of those rules cannot change
 history. Outcomes refer to their audit records by sequence number.
 
-A snapshot is a sequence of payloads: a header object, then chunks
-``["accounts"|"holds"|"records"|"index"|"keys", [...]]`` (``index``: each account's
-history, as sequence numbers), then a trailer object with the counts, so that a
-snapshot cut short is noticed.
+An entry is laid out as ``{"r":[row,row,...],"h":[row,...],...}`` with each row
+encoded on its own (``entry_payload``), so that the index files
+(``app.ledger.memory.archive``) can point at one record's or one hold's bytes inside
+the journal; the segments are the ledger's permanent record.
+
+A snapshot holds the state, never the history: a header object (the journal frame
+and audit record it covers, the chain's head, its checkpoint), then chunks
+``["accounts"|"holds"|"keys", [...]]`` (pending holds only), then a trailer object
+with the counts, so that a snapshot cut short is noticed. Its size follows the
+accounts, the pending holds and the live idempotency keys.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import orjson
 from app.ledger.model import OperationType, Status, Transaction
 from app.ledger.outcomes import Row as Row
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 #: Rows per snapshot chunk: big enough to amortise framing, small enough to stream.
 CHUNK_ROWS = 20_000
 
@@ -59,14 +66,8 @@ def _content(record: Transaction) -> Row:
     ]
 
 
-def snapshot_record_row(record: Transaction) -> Row:
-    """A record as a snapshot keeps it: no ``previous_hash`` (the record before has
-    it) and no parties (the snapshot's ``index`` has them)."""
-    return [*_content(record), record.hash]
-
-
-def record_row(record: Transaction, parties: Sequence[str]) -> Row:
-    return [*_content(record), record.previous_hash, record.hash, list(parties)]
+def record_row(record: Transaction, parties: Sequence[str], links: Sequence[int]) -> Row:
+    return [*_content(record), record.previous_hash, record.hash, list(parties), list(links)]
 
 
 #: Enum lookups by value (``OperationType(value)`` costs a microsecond; a replay does millions).
@@ -98,11 +99,6 @@ def record_from_row(row: Row) -> tuple[Transaction, list[str]]:
     return _record(row, row[9], row[10]), row[11]
 
 
-def record_from_snapshot_row(row: Row, previous_hash: str) -> Transaction:
-    """The record a snapshot row holds; ``previous_hash`` is the hash of the record before."""
-    return _record(row, previous_hash, row[9])
-
-
 def _record(row: Row, previous_hash: str, record_hash: str) -> Transaction:
     """Replay builds millions of records: the slots are filled through their descriptors
     (what the frozen dataclass's ``__init__`` does through ``object.__setattr__``, at
@@ -122,6 +118,61 @@ def _record(row: Row, previous_hash: str, record_hash: str) -> Transaction:
     set_previous(record, previous_hash)
     set_hash(record, record_hash)
     return record
+
+
+def entry_payload(
+    records: Sequence[bytes], holds: Sequence[bytes], rest: dict[str, Any]
+) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]]]:
+    """A journal entry from its encoded record and hold rows and its other keys; and where
+    (offset, length) each record row and each hold row sits in it."""
+    parts = [b'{"r":[']
+    record_spans: list[tuple[int, int]] = []
+    hold_spans: list[tuple[int, int]] = []
+    position = _place(parts, records, 6, record_spans)
+    if holds:
+        parts.append(b'],"h":[')
+        _place(parts, holds, position + 7, hold_spans)
+    parts.append(b"]")
+    tail = encode(rest) if rest else b"{}"
+    parts.append(b"}" if tail == b"{}" else b"," + tail[1:])
+    return b"".join(parts), record_spans, hold_spans
+
+
+def _place(parts: list[bytes], rows: Sequence[bytes], position: int, spans: list[tuple[int, int]]) -> int:
+    for index, row in enumerate(rows):
+        if index:
+            parts.append(b",")
+            position += 1
+        spans.append((position, len(row)))
+        parts.append(row)
+        position += len(row)
+    return position
+
+
+def entry_spans(payload: bytes, entry: dict[str, Any]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Where ``entry_payload`` put the rows of ``entry`` (read back from ``payload``).
+
+    Each row's encoding is its own again (orjson writes these values one way only); a
+    row that is not found where the layout puts it means the entry was not written by
+    ``entry_payload``: ``ValueError``.
+    """
+    spans: list[list[tuple[int, int]]] = [[], []]
+    position = 6
+    for which, name in enumerate(("r", "h")):
+        rows = entry.get(name, ())
+        if name == "h":
+            if not rows:
+                break
+            position += 7  # '],"h":['
+        for index, row in enumerate(rows):
+            if index:
+                position += 1
+            encoded = orjson.dumps(row)
+            if payload[position : position + len(encoded)] != encoded:
+                raise ValueError(f"row {index} of {name!r} is not where the entry layout puts it")
+            spans[which].append((position, len(encoded)))
+            position += len(encoded)
+    return spans[0], spans[1]
 
 
 def encode(value: object) -> bytes:

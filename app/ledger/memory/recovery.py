@@ -8,31 +8,41 @@ format is ``app.ledger.persistence``'s; the files are ``app.ledger.journal``'s.
 from __future__ import annotations
 
 import gc
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.ledger.accounts import AccountState, HoldState
-from app.ledger.audit import GENESIS_HASH
 from app.ledger.memory import persistence
-from app.ledger.memory.files import FileScan, Frame, JournalCorrupt, JournalError, Recovered
-from app.ledger.memory.holds import HoldBook
+from app.ledger.memory.archive import ENTRY, Entry, RecordArchive, entry_from_row
+from app.ledger.memory.checkpoints import checkpoint_from_row
+from app.ledger.memory.files import (
+    FRAME_HEADER_BYTES,
+    FileScan,
+    Frame,
+    JournalCorrupt,
+    JournalError,
+    Recovered,
+)
+from app.ledger.memory.holds import HoldBook, hold_ordinal
 from app.ledger.memory.keys import IdempotencyTable
-from app.ledger.model import Transaction
+from app.ledger.memory.trail import Restored
+from app.ledger.model import Checkpoint, Transaction
 from app.ledger.outcomes import outcome_from_row
 
 
 @dataclass
 class LedgerState:
-    """Everything ``MockDB`` keeps, as read back from disk."""
+    """Everything ``MockDB`` keeps in memory, as read back from disk."""
 
     accounts: dict[str, AccountState] = field(default_factory=dict)
     credentials: dict[str, bytes] = field(default_factory=dict)
     holds: HoldBook = field(default_factory=HoldBook)
-    audit: list[Transaction] = field(default_factory=list)
-    records_by_account: dict[str, list[int]] = field(default_factory=dict)
-    last_hash: str = GENESIS_HASH
+    trail: Restored = field(default_factory=Restored)
+    #: The checkpoint of the snapshot the start began from (``None``: no snapshot).
+    checkpoint: Checkpoint | None = None
 
 
 @contextmanager
@@ -54,38 +64,63 @@ def collector_paused() -> Iterator[None]:
     gc.freeze()
 
 
-def load(recovered: Recovered, idempotency: IdempotencyTable) -> LedgerState:
-    """The state a data directory holds; kept idempotency keys go back into ``idempotency``."""
-    loader = _Loader(idempotency)
+def load(
+    recovered: Recovered, idempotency: IdempotencyTable, archive: RecordArchive, cache_size: int
+) -> LedgerState:
+    """The state a data directory holds; kept idempotency keys go back into ``idempotency``.
+
+    The index files are trusted up to the snapshot (it synced them) and rebuilt from
+    the journal after it; the last ``cache_size`` records replayed stay in memory.
+    """
+    loader = _Loader(idempotency, archive, cache_size)
     if recovered.snapshot is not None:
         loader.load_snapshot(recovered.snapshot)
-    for segment in recovered.segments:
+    else:
+        archive.truncate(0)
+    for number, segment in enumerate(recovered.segments, start=recovered.first_segment):
         for found in segment.frames:
-            loader.replay(found, segment)
-    return loader.state
+            loader.replay(found, segment, number)
+    return loader.finish()
 
 
 def snapshot_lsn(header: Frame) -> int:
     """The journal frame a snapshot covers up to, from its header frame."""
     try:
-        lsn = persistence.decode(header.payload)["lsn"]
+        fields = persistence.decode(header.payload)
+        lsn, version = fields["lsn"], fields.get("format")
     except (ValueError, KeyError, TypeError):
-        lsn = None
+        lsn = version = None
+    if isinstance(version, int) and version != persistence.SNAPSHOT_FORMAT:
+        raise JournalError(
+            f"the snapshot is in format {version}, written by an earlier version of GoLedger; this "
+            f"version reads format {persistence.SNAPSHOT_FORMAT} (the journal keeps the whole history)"
+        )
     if not isinstance(lsn, int) or lsn < 0:
         raise JournalError(f"snapshot header at offset {header.offset} has no valid lsn")
     return lsn
 
 
 class _Loader:
-    def __init__(self, idempotency: IdempotencyTable) -> None:
+    def __init__(self, idempotency: IdempotencyTable, archive: RecordArchive, cache_size: int) -> None:
         self.state = LedgerState()
         self._idempotency = idempotency
+        self._archive = archive
+        self._recent: deque[Entry] = deque(maxlen=cache_size)
+        self._latest: dict[str, int] = {}
 
-    def replay(self, found: Frame, segment: FileScan) -> None:
-        """Apply one journal entry: the states it left behind, never its business rules."""
+    def finish(self) -> LedgerState:
+        trail = self.state.trail
+        trail.latest, trail.recent = self._latest, list(self._recent)
+        return self.state
+
+    def replay(self, found: Frame, segment: FileScan, number: int) -> None:
+        """Apply one journal entry: the states it left behind, never its business rules; and
+        index its rows."""
         state = self.state
         try:
-            entry: dict[str, Any] = persistence.decode(found.payload)
+            payload = found.payload
+            entry: dict[str, Any] = persistence.decode(payload)
+            record_spans, hold_spans = persistence.entry_spans(payload, entry)
             for row in entry.get("r", ()):
                 self._record(row)
             for name, (balance, held, version) in entry.get("a", {}).items():
@@ -96,17 +131,36 @@ class _Loader:
                     account.balance, account.held, account.version = balance, held, version
             for name, digest in entry.get("c", {}).items():
                 state.credentials[name] = bytes.fromhex(digest)
-            for row in entry.get("h", ()):
+            holds = entry.get("h", ())
+            for row in holds:
                 state.holds.put(HoldState.from_row(row))
+            start = found.offset + FRAME_HEADER_BYTES
+            self._archive.add(
+                b"".join([ENTRY.pack(number, length, start + offset) for offset, length in record_spans]),
+                [
+                    (ordinal, ENTRY.pack(number, length, start + offset))
+                    for row, (offset, length) in zip(holds, hold_spans, strict=True)
+                    if (ordinal := hold_ordinal(row[0])) is not None
+                ],
+            )
             if "i" in entry:
                 self._key(entry["i"])
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, IndexError) as error:
             raise JournalCorrupt(
                 segment.path, found.offset, f"entry {found.lsn} cannot be replayed: {error!r}"
             ) from None
 
     def load_snapshot(self, scan: FileScan) -> None:
         header = persistence.decode(scan.frames[0].payload)
+        trail = self.state.trail
+        try:
+            trail.sequence, trail.last_hash = header["records"], header["last_hash"]
+            self.state.holds.restore_ordinal(header["hold_ordinal"])
+            self.state.checkpoint = checkpoint_from_row(header["checkpoint"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise JournalCorrupt(scan.path, 0, f"the snapshot's header cannot be read: {error!r}") from None
+        trail.checked = trail.sequence
+        self._archive.truncate(trail.sequence)
         counts: dict[str, int] = {}
         trailer: dict[str, Any] | None = None
         for found in scan.frames[1:]:
@@ -120,74 +174,58 @@ class _Loader:
             counts[name] = counts.get(name, 0) + len(rows)
             try:
                 self._section(name, rows)
-            except (KeyError, TypeError, ValueError) as error:
+            except (KeyError, TypeError, ValueError, LookupError) as error:
                 raise JournalCorrupt(
                     scan.path, found.offset, f"snapshot chunk cannot be loaded: {error!r}"
                 ) from None
         if trailer is None or trailer.get("counts") != counts:
             raise JournalCorrupt(scan.path, scan.size, "the snapshot is incomplete (no matching trailer)")
-        if (
-            header.get("format") != persistence.SNAPSHOT_FORMAT
-            or header.get("last_hash") != self.state.last_hash
-        ):
-            raise JournalCorrupt(scan.path, 0, "the snapshot's header does not match its records")
 
     def _section(self, name: str, rows: list[persistence.Row]) -> None:
         state = self.state
-        if name == "records":
-            self._records(rows)
-        elif name == "accounts":
+        if name == "accounts":
             for username, balance, held, version, digest in rows:
                 state.accounts[username] = AccountState(username, balance, held, version)
                 state.credentials[username] = bytes.fromhex(digest)
+        elif name == "latest":
+            for username, sequence in rows:
+                self._latest[username] = sequence
         elif name == "holds":
             for row in rows:
                 state.holds.put(HoldState.from_row(row))
-        elif name == "index":
-            for username, sequences in rows:
-                state.records_by_account[username] = sequences
         elif name == "keys":
             for row in rows:
                 self._key(row)
         else:
             raise ValueError(f"unknown snapshot section {name!r}")
 
-    def _records(self, rows: list[persistence.Row]) -> None:
-        """A snapshot's records (its ``index`` section says whose history shows them).
-
-        Each links to the one before by construction (its ``previous_hash`` is not
-        stored); the numbering is checked here, every hash by the chain check.
-        """
-        state = self.state
-        audit = state.audit
-        expected, last_hash = len(audit) + 1, state.last_hash
-        from_row = persistence.record_from_snapshot_row
-        for row in rows:
-            if row[0] != expected:
-                raise ValueError(f"audit record {row[0]} does not follow record {expected - 1}")
-            audit.append(from_row(row, last_hash))
-            expected, last_hash = expected + 1, row[9]
-        state.last_hash = last_hash
-
     def _record(self, row: persistence.Row) -> None:
-        """Append a record read from disk, checking its place in the chain.
+        """Take a record read from the journal, checking its place in the chain.
 
         A record out of sequence, or not linked to the one before, is structural
         damage (``ValueError``: the start stops). Whether each record matches its
         hash is checked once the store runs (``MockDB._check_chain_in_background``):
         a trail that was edited still starts, so that it can be examined.
         """
-        state = self.state
-        record, row_parties = persistence.record_from_row(row)
-        if record.sequence != len(state.audit) + 1 or record.previous_hash != state.last_hash:
-            raise ValueError(f"audit record {record.sequence} does not follow record {len(state.audit)}")
-        state.audit.append(record)
-        state.last_hash = record.hash
-        for name in row_parties:
-            state.records_by_account.setdefault(name, []).append(record.sequence)
+        if len(row) < 13:
+            raise ValueError("a record without history links, written by an earlier version of GoLedger")
+        trail = self.state.trail
+        entry = entry_from_row(row)
+        record, parties, _ = entry
+        if record.sequence != trail.sequence + 1 or record.previous_hash != trail.last_hash:
+            raise ValueError(f"audit record {record.sequence} does not follow record {trail.sequence}")
+        trail.sequence, trail.last_hash = record.sequence, record.hash
+        self._recent.append(entry)
+        for name in parties:
+            self._latest[name] = record.sequence
+
+    def _record_at(self, sequence: int) -> Transaction:
+        recent = self._recent
+        if recent and sequence >= recent[0][0].sequence:
+            return recent[sequence - recent[0][0].sequence][0]
+        return self._archive.read(sequence)[0]
 
     def _key(self, row: persistence.Row) -> None:
         username, key, fingerprint, created_at, outcome = row
-        audit = self.state.audit
-        result = outcome_from_row(outcome, lambda sequence: audit[sequence - 1])
+        result = outcome_from_row(outcome, self._record_at)
         self._idempotency.restore(username, key, fingerprint, created_at, result)

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.ledger import rules
 from app.ledger.accounts import AccountState
-from app.ledger.audit import AccountSnapshot, Verification, verify_ledger
+from app.ledger.audit import AccountSnapshot, Replay, Verification, balances_digest
 from app.ledger.errors import (
     AccountExists,
     LedgerError,
@@ -27,9 +27,11 @@ from app.ledger.errors import (
 )
 from app.ledger.memory import files as journal_files
 from app.ledger.memory import recovery
+from app.ledger.memory.archive import RecordArchive
 from app.ledger.memory.core import durable, failure_outcome
 from app.ledger.memory.durability import (
     CLAIM,
+    DEFAULT_RECORD_CACHE,
     DEFAULT_SNAPSHOT_BYTES,
     Claim,
     SnapshotReport,
@@ -37,18 +39,21 @@ from app.ledger.memory.durability import (
 )
 from app.ledger.memory.hold_operations import HoldOperations
 from app.ledger.memory.journal import Journal
-from app.ledger.memory.persistence import snapshot_record_row
+from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import (
     MAX_BALANCE,
     AccountView,
     BatchItem,
     BatchResult,
+    Checkpoint,
+    CheckpointPage,
     Deadline,
     ItemOutcome,
     OperationResult,
     OperationType,
     Page,
     Transaction,
+    utc_now_iso,
 )
 from app.ledger.outcomes import Outcome, Result, outcome_row
 from app.ledger.records import RecordDraft
@@ -62,6 +67,8 @@ READY_LOCK_TIMEOUT_S = 1.0
 STATS_LOCK_TIMEOUT_S = 0.5
 #: How long ``verify`` may wait for the balance lock.
 VERIFY_LOCK_TIMEOUT_MS = 10_000
+#: How long a close waits for the start's chain check (it reads records from the journal).
+CLOSE_CHAIN_CHECK_WAIT_S = 60.0
 #: How long a snapshot may wait for the balance lock.
 SNAPSHOT_LOCK_TIMEOUT_MS = 30_000
 
@@ -77,67 +84,97 @@ class MockDB(HoldOperations, rules.SingleOperations):
         data_dir: str | Path,
         *,
         snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
+        record_cache: int = DEFAULT_RECORD_CACHE,
         read_only: bool = False,
         sync: Callable[[int], None] | None = None,
         write: Callable[[int, memoryview], int] | None = None,
         **options: Any,
     ) -> MockDB:
-        """The ledger kept in ``data_dir``: its snapshot and journal replayed, then journaling.
+        """The ledger kept in ``data_dir``: its snapshot loaded, the journal after it replayed,
+        then journaling.
 
         Takes the directory's lock for as long as the store lives (``DataDirLocked`` if
         another process holds it). A torn tail is cut off and logged; any other damage
         raises ``JournalCorrupt``. ``read_only`` (offline verification): nothing on disk
         is changed, a torn tail is only reported, and every write is refused.
         ``snapshot_bytes``: snapshot automatically once the current journal segment
-        grows past this many bytes (0: never). ``sync``/``write``: the system calls the
+        grows past this many bytes (0: never), besides every ``checkpoint_records``
+        records. ``record_cache``: how many recent audit records stay in memory (older
+        ones are read from the journal). ``sync``/``write``: the system calls the
         journal uses (tests inject failing ones).
         """
         directory = journal_files.DataDirectory(Path(data_dir), create=not read_only)
+        archive: RecordArchive | None = None
         try:
             store = cls(**options)
             durability = store._durability
             durability.directory = directory
+            archive = RecordArchive(directory.path, read_only=read_only)
             with recovery.collector_paused():
                 recovered = journal_files.read_directory(directory.path, recovery.snapshot_lsn)
                 store.recovery = recovered
-                store._restore(recovered)
+                checkpoint = store._restore(recovered, archive, record_cache)
                 last_lsn = recovered.last_lsn
                 recovered.release_frames()
+            durability.archive = archive
+            durability.checkpoints.open(directory.path, read_only=read_only, upto=len(store._trail))
             if read_only:
                 durability.refusal = f"{data_dir} is open read-only (offline verification)"
                 return store  # ``verify`` checks the whole chain itself
+            if checkpoint is not None:
+                durability.checkpoints.add(checkpoint)  # a crash may have come between the two
             if recovered.torn is not None:
                 journal_files.cut_torn_tail(recovered.torn)
             # What a crash between a snapshot's rename and its clean-up left behind.
             journal_files.remove_before(directory.path, recovered.first_segment)
             durability.journal = Journal(
-                directory.path, recovered.last_segment, last_lsn, len(store._trail), sync=sync, write=write
+                directory.path,
+                recovered.last_segment,
+                last_lsn,
+                len(store._trail),
+                sync=sync,
+                write=write,
+                archive=archive,
             )
             durability.snapshot_bytes = snapshot_bytes
+            store._schedule_pending_holds()
         except BaseException:
+            if archive is not None:
+                archive.close()
             directory.release()
             raise
         store._check_chain_in_background()
         return store
 
-    def _restore(self, recovered: journal_files.Recovered) -> None:
-        """Adopt what the data directory holds (before the store is shared)."""
-        state = recovery.load(recovered, self._keys)
+    def _restore(
+        self, recovered: journal_files.Recovered, archive: RecordArchive, record_cache: int
+    ) -> Checkpoint | None:
+        """Adopt what the data directory holds (before the store is shared); the checkpoint
+        of the snapshot it started from."""
+        state = recovery.load(recovered, self._keys, archive, record_cache)
         self._accounts = state.accounts
         self._credentials = state.credentials
         self._holds = state.holds
-        self._trail.restore(state.audit, state.records_by_account, state.last_hash)
+        self._holds.archived = archive.hold_row
+        self._holds.forget_resolved()
+        self._trail = AuditTrail(record_cache)
+        self._trail.restore(state.trail, archive)
+        return state.checkpoint
+
+    def _schedule_pending_holds(self) -> None:
+        """Hand the pending holds read from disk to the sweeper, once the journal can keep
+        what it does (an expiry before that would be lost)."""
         now_s = self._clock()
         for hold in self._holds.pending():
             self._sweeper.schedule(max(hold.expires_at_s, now_s), hold.id)
 
     def _check_chain_in_background(self) -> None:
-        """Hash-check the trail read from disk while the ledger already serves.
+        """Hash-check the records read from the journal while the ledger already serves.
 
-        Replay checks every record's place in the chain; recomputing every hash
-        (a second per million records) is health's incremental check, started here
-        at once instead of at the first probe. A broken record marks the trail
-        broken: health answers 503 and ``verify`` lists it.
+        Replay checks every record's place in the chain; recomputing the hashes of the
+        records after the snapshot is health's incremental check, started here at once
+        instead of at the first probe (``/admin/verify`` checks every record). A broken
+        record marks the trail broken: health answers 503 and ``verify`` lists it.
         """
 
         def check() -> None:
@@ -150,16 +187,40 @@ class MockDB(HoldOperations, rules.SingleOperations):
     # -- durability -----------------------------------------------------------
 
     def _snapshot_due(self) -> None:
-        self._durability.snapshot_in_background(self._capture_snapshot)
+        durability = self._durability
+        durability.snapshot_in_background(
+            self.snapshot if durability.journal is not None else self.checkpoint
+        )
 
     def snapshot(self) -> SnapshotReport:
-        """Write the whole state to a snapshot and delete the journal it makes redundant.
+        """Write the state (accounts, pending holds, idempotency keys) to a snapshot, with a
+        checkpoint; a start then replays only the journal after it.
 
         Writers pause while the state is copied (under the write lock, then the audit
-        trail's lock, then the idempotency table's); the file is written after every
-        lock is released.
+        trail's lock, then the idempotency table's): time proportional to the accounts,
+        not the history; the file is written after every lock is released.
         """
         return self._durability.snapshot(self._capture_snapshot)
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Record a checkpoint now (with a data directory: a snapshot); ``None`` for an empty ledger."""
+        durability = self._durability
+        if durability.journal is not None:
+            self.snapshot()
+            return durability.checkpoints.last
+        lock = self._rw.gen_rlock()
+        self._acquire(lock, Deadline.after_ms(SNAPSHOT_LOCK_TIMEOUT_MS), "checkpoint")
+        try:
+            head, balances = self._trail.head(
+                lambda: [(name, account.balance) for name, account in self._accounts.items()]
+            )
+        finally:
+            lock.release()
+        if not head.sequence:
+            return None
+        point = Checkpoint(head.sequence, head.last_hash, balances_digest(balances), utc_now_iso())
+        durability.checkpoints.add(point)
+        return point
 
     def _capture_snapshot(self, journal: Journal) -> SnapshotState:
         lock = self._rw.gen_wlock()
@@ -177,21 +238,28 @@ class MockDB(HoldOperations, rules.SingleOperations):
                     [username, key, fingerprint, created_at, outcome_row(outcome)]
                     for username, key, fingerprint, created_at, outcome in self._keys.kept()
                 ]
-                holds = [state.row() for state in self._holds.all()]
+                holds = [state.row() for state in self._holds.pending()]
                 return number, journal.appended_lsn, accounts, holds, keys
 
-            trail, (number, lsn, accounts, holds, keys) = self._trail.copy(at_the_same_instant)
+            head, (number, lsn, accounts, holds, keys) = self._trail.head(at_the_same_instant)
+            ordinal = self._holds.ordinal
         finally:
             lock.release()
-        header = {"lsn": lsn, "segment": number, "records": len(trail.records), "last_hash": trail.last_hash}
+        header = {
+            "lsn": lsn,
+            "segment": number,
+            "records": head.sequence,
+            "last_hash": head.last_hash,
+            "hold_ordinal": ordinal,
+        }
         sections: list[tuple[str, Sequence[Any]]] = [
             ("accounts", accounts),
+            ("latest", [[name, sequence] for name, sequence in head.latest.items()]),
             ("holds", holds),
-            ("records", [snapshot_record_row(record) for record in trail.records]),
-            ("index", [[name, sequences] for name, sequences in trail.index.items()]),
             ("keys", keys),
         ]
-        return SnapshotState(lsn, number, header, sections, len(trail.records), len(accounts))
+        balances = [(row[0], row[1]) for row in accounts]
+        return SnapshotState(lsn, number, header, sections, head.sequence, head.last_hash, balances)
 
     @property
     def snapshot_thread(self) -> threading.Thread | None:
@@ -321,19 +389,34 @@ class MockDB(HoldOperations, rules.SingleOperations):
         self._sweeper.stop()
 
     def close(self) -> None:
-        """Stop the background sweeper; sync and close the journal, release the data directory."""
+        """Stop the background sweeper; snapshot (a clean shutdown's checkpoint) if anything
+        was added since the last one; sync and close the journal, release the data directory."""
         self._sweeper.stop()
-        self._durability.close()
+        durability = self._durability
+        last = durability.checkpoints.last
+        if (
+            durability.journal is not None
+            and durability.can_write()
+            and len(self._trail) > (0 if last is None else last.sequence)
+        ):
+            try:
+                self.snapshot()
+            except (LedgerError, OSError):
+                _log.exception("the snapshot at shutdown failed; the next start replays more of the journal")
+        durability.close()
+        if durability.archive is not None:
+            if self.chain_check is not None:  # it reads the journal's records: let it finish first
+                self.chain_check.join(timeout=CLOSE_CHAIN_CHECK_WAIT_S)
+            durability.archive.close()
 
     # -- history and audit ----------------------------------------------------
 
     def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
         rules.check_limit(limit)
         before = None if cursor is None else rules.decode_cursor(cursor, rules.HISTORY_CURSOR)
-        durable = self._durability.durable_sequence()
-        if durable is not None:
-            before = durable + 1 if before is None else min(before, durable + 1)
-        records, more_before = self._trail.history(username, before, limit)
+        records, more_before = self._trail.history(
+            username, before, limit, self._durability.durable_sequence()
+        )
         return Page(records, None if more_before is None else rules.encode_cursor("h", more_before))
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
@@ -343,9 +426,23 @@ class MockDB(HoldOperations, rules.SingleOperations):
         next_cursor = rules.encode_cursor("a", records[-1].sequence) if more and records else None
         return Page(records, next_cursor)
 
-    def verify(self) -> Verification:
-        # A consistent copy under both locks (in order), checked outside them:
-        # records are immutable, so copying the list is enough.
+    def checkpoints(self, *, limit: int, cursor: str | None) -> CheckpointPage:
+        rules.check_limit(limit)
+        before = None if cursor is None else rules.decode_cursor(cursor, rules.CHECKPOINT_CURSOR)
+        points, more = self._durability.checkpoints.page(before, limit)
+        next_cursor = rules.encode_cursor("k", points[-1].sequence) if more and points else None
+        return CheckpointPage(tuple(points), next_cursor)
+
+    def verify(self, *, from_sequence: int | None = None) -> Verification:
+        """Check the ledger, streaming its records (from disk where the journal holds them).
+
+        The balances and pending holds are copied under the read lock with the chain's
+        head (so they are the state those records left); the records are then read
+        and checked outside every lock. ``from_sequence``: only the records after that
+        checkpoint, against it.
+        """
+        book = self._durability.checkpoints
+        start = None if from_sequence is None else book.at(from_sequence)
         lock = self._rw.gen_rlock()
         self._acquire(lock, Deadline.after_ms(VERIFY_LOCK_TIMEOUT_MS), "verify")
         try:
@@ -354,11 +451,19 @@ class MockDB(HoldOperations, rules.SingleOperations):
                 for name, account in self._accounts.items()
             }
             holds = self._holds.snapshot()
-            records = self._trail.records()
+            head = self._trail.tip()
         finally:
             lock.release()
-        report = verify_ledger(accounts, records, holds)
-        self._trail.verified(report)
+        replay = Replay(start, book.all() if start is None else ())
+        try:
+            replay.add_all(self._trail.stream(replay.sequence + 1, head[0], from_disk=True))
+        except (journal_files.JournalCorrupt, OSError) as error:
+            replay.report.problems.append(
+                f"the audit records after {replay.sequence} cannot be read: {error}"
+            )
+        report = replay.finish(accounts, holds, head[1])
+        if start is None:
+            self._trail.verified(report)
         return report
 
     # -- idempotency ----------------------------------------------------------

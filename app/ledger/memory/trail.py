@@ -1,117 +1,248 @@
-"""``MockDB``'s audit trail: every record, each account's history, the chain's head.
+"""``MockDB``'s audit trail: the chain's head, each account's latest record, recent records.
+
+Each record names, for each account whose history shows it, that account's record
+before it (its *links*), so an account's history is a walk back from its latest
+record, one record a step: the trail keeps one sequence number per account, never
+an index of every record.
+
+Without a data directory every record stays in memory. With one, only the most
+recent ``cache_size`` records do (a few more while the journal's leader has not
+indexed them yet); older ones are read back from the journal through
+``RecordArchive``, so what the store keeps grows with its accounts, not its history.
 
 Locking
 -------
-``AuditTrail._lock`` guards the records, the per-account index, the last hash and
-how far health has checked the chain. It is taken after the store's balance lock
-and before the idempotency table's and the journal's mutexes (``append`` queues
-the change's journal entry while it holds it, so the journal's order is the audit
-order). ``_check_lock`` (one incremental chain check at a time) is taken before
-``_lock``, with no other lock held. Records are immutable: copies of the list are
-handed out, never the list itself.
+``AuditTrail._lock`` guards the recent records, the chain's head, each account's
+latest record and how far health has checked the chain. It is taken after the
+store's balance lock and before the idempotency table's and the journal's mutexes
+(``append`` queues the change's journal entry while it holds it, so the journal's
+order is the audit order). ``_check_lock`` (one incremental chain check at a time)
+is taken before ``_lock``, with no other lock held. Records are immutable; reads
+from disk take no lock (what the index holds never changes).
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from app.ledger.audit import GENESIS_HASH, Verification, check_chain
+from app.ledger.errors import InvalidInput
+from app.ledger.memory.archive import Entry, RecordArchive
 from app.ledger.model import Transaction, new_id, utc_now_iso
 from app.ledger.records import RecordDraft
 
 T = TypeVar("T")
 
+#: Records read from memory or disk at a time by a stream.
+STREAM_CHUNK = 10_000
+
 
 @dataclass(frozen=True, slots=True)
-class TrailCopy:
-    """The whole trail as of one instant (for a snapshot or a verification)."""
+class TrailHead:
+    """The trail as of one instant (for a snapshot or a verification)."""
 
-    records: list[Transaction]
-    index: dict[str, list[int]]
+    sequence: int
     last_hash: str
+    latest: dict[str, int]
+
+
+@dataclass(slots=True)
+class Restored:
+    """A trail read back from disk: its head, each account's latest record, recent records."""
+
+    sequence: int = 0
+    last_hash: str = GENESIS_HASH
+    latest: dict[str, int] | None = None
+    recent: list[Entry] | None = None
+    #: Records up to here were checked when their checkpoint was made (health resumes after).
+    checked: int = 0
 
 
 class AuditTrail:
-    """The hash-chained audit records of one ledger, in memory."""
+    """The hash-chained audit records of one ledger: recent ones in memory, the rest on disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_size: int | None = None) -> None:
+        """``cache_size``: records kept in memory once a data directory holds them all
+        (``None``: keep every record, as a ledger without a data directory must)."""
         self._lock = threading.Lock()
+        # The records _first.._sequence, oldest first, with their parties and links.
         self._records: list[Transaction] = []
-        self._by_account: dict[str, list[int]] = {}
+        self._parties: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
+        self._first = 1
+        self._sequence = 0
+        self._latest: dict[str, int] = {}
         self._last_hash = GENESIS_HASH
+        self._cache_size = cache_size
+        self._archive: RecordArchive | None = None
         # Health re-checks only the records it has not checked yet; a full
         # verification that failed marks the trail broken until the next one passes.
         self._checked = 0
         self._problem: str | None = None
         self._check_lock = threading.Lock()
 
-    def restore(self, records: list[Transaction], index: dict[str, list[int]], last_hash: str) -> None:
+    def restore(self, restored: Restored, archive: RecordArchive | None) -> None:
         """Adopt a trail read from disk (before the store is shared)."""
-        self._records, self._by_account, self._last_hash = records, index, last_hash
+        recent = restored.recent or []
+        self._records = [record for record, _, _ in recent]
+        self._parties = [(parties, links) for _, parties, links in recent]
+        self._sequence, self._last_hash = restored.sequence, restored.last_hash
+        self._first = restored.sequence - len(recent) + 1
+        self._latest = dict(restored.latest or {})
+        self._archive = archive
+        self._checked = restored.checked
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._records)
+        return self._sequence
+
+    @property
+    def sequence(self) -> int:
+        """The last record's sequence (a plain read: it only grows)."""
+        return self._sequence
 
     def append(
         self,
         drafts: Sequence[RecordDraft],
-        keep: Callable[[list[Transaction]], None] | None = None,
+        keep: Callable[[list[Transaction], list[tuple[tuple[str, ...], tuple[int, ...]]]], None]
+        | None = None,
     ) -> list[Transaction]:
         """Seal ``drafts`` onto the chain, in order, with one timestamp; ``keep`` (queueing
-        their journal entry) runs before the lock is released."""
+        their journal entry, given the records and their parties and links) runs before
+        the lock is released."""
         created_at = utc_now_iso()
         ids = [new_id("tx_") for _ in drafts]
         sealed: list[Transaction] = []
+        metas: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
         with self._lock:
-            records, by_account, last_hash = self._records, self._by_account, self._last_hash
+            latest, last_hash, sequence = self._latest, self._last_hash, self._sequence
             for record_id, draft in zip(ids, drafts, strict=True):
-                record = draft.seal(last_hash, len(records) + 1, record_id, created_at)
-                records.append(record)
+                sequence += 1
+                record = draft.seal(last_hash, sequence, record_id, created_at)
                 last_hash = record.hash
-                for name in draft.shown_to():
-                    by_account.setdefault(name, []).append(record.sequence)
+                parties = draft.shown_to()
+                links = tuple([latest.get(name, 0) for name in parties])
+                for name in parties:
+                    latest[name] = sequence
                 sealed.append(record)
-            self._last_hash = last_hash
+                metas.append((parties, links))
+            self._records.extend(sealed)
+            self._parties.extend(metas)
+            self._sequence, self._last_hash = sequence, last_hash
             if keep is not None:
-                keep(sealed)
+                keep(sealed, metas)
+            if self._archive is not None and self._cache_size is not None:
+                self._trim(self._cache_size, self._archive.indexed)
         return sealed
 
-    def history(
-        self, username: str, before: int | None, limit: int
-    ) -> tuple[tuple[Transaction, ...], int | None]:
-        """Up to ``limit`` of ``username``'s records before sequence ``before``, newest first;
-        and the sequence to continue before (``None``: that was the oldest)."""
+    def _trim(self, size: int, indexed: int) -> None:
+        """Drop the oldest cached records beyond ``size`` that the index holds (under the lock).
+
+        Trims in steps of an eighth of the cache (at least 64 records), so the list is
+        not shifted on every append.
+        """
+        excess = len(self._records) - size
+        if excess < max(64, size // 8):
+            return
+        cut = min(excess, indexed - self._first + 1)
+        if cut > 0:
+            del self._records[:cut]
+            del self._parties[:cut]
+            self._first += cut
+
+    # -- reading records ------------------------------------------------------------
+
+    def entry(self, sequence: int) -> Entry | None:
+        """Record ``sequence`` with its parties and links (memory or disk), or ``None``."""
         with self._lock:
-            sequences = self._by_account.get(username, [])
-            end = len(sequences) if before is None else bisect.bisect_left(sequences, before)
-            start = max(0, end - limit)
-            chosen = sequences[start:end]
-            records = tuple(self._records[sequence - 1] for sequence in reversed(chosen))
-        return records, chosen[0] if start > 0 else None
+            index = sequence - self._first
+            if 0 <= index < len(self._records):
+                return self._records[index], *self._parties[index]
+            on_disk = 1 <= sequence < self._first
+        if not on_disk or self._archive is None:
+            return None
+        return self._archive.read(sequence)
+
+    def history(
+        self, username: str, before: int | None, limit: int, upto: int | None
+    ) -> tuple[tuple[Transaction, ...], int | None]:
+        """Up to ``limit`` of ``username``'s records before sequence ``before`` (and at most
+        ``upto``), newest first; and the sequence to continue before (``None``: that was
+        the oldest). ``before`` must be one of ``username``'s records (a cursor this
+        trail issued), else ``invalid_cursor``."""
+        if before is None:
+            with self._lock:
+                sequence = self._latest.get(username, 0)
+        else:
+            sequence = self._link(self._own_entry(username, before), username)
+        while upto is not None and sequence > upto:  # not durable yet: always in memory
+            sequence = self._link(self._own_entry(username, sequence), username)
+        found: list[Transaction] = []
+        while sequence and len(found) < limit:
+            entry = self._own_entry(username, sequence)
+            found.append(entry[0])
+            sequence = self._link(entry, username)
+        return tuple(found), found[-1].sequence if sequence and found else None
+
+    def _own_entry(self, username: str, sequence: int) -> Entry:
+        entry = self.entry(sequence)
+        if entry is None or username not in entry[1]:
+            raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.")
+        return entry
+
+    @staticmethod
+    def _link(entry: Entry, username: str) -> int:
+        _, parties, links = entry
+        return links[parties.index(username)]
 
     def page(self, after: int, limit: int, last: int | None) -> tuple[tuple[Transaction, ...], bool]:
         """Up to ``limit`` records after sequence ``after`` (and at most up to ``last``);
         and whether more follow."""
-        with self._lock:
-            end = len(self._records) if last is None else min(last, len(self._records))
-            records = tuple(self._records[after : min(after + limit, end)])
-        return records, after + limit < end
+        end = self._sequence if last is None else min(last, self._sequence)
+        records = self.read(after + 1, min(after + limit, end))
+        return tuple(records), after + limit < end
 
-    def copy(self, during: Callable[[], T]) -> tuple[TrailCopy, T]:
-        """The whole trail, and what ``during`` returns when run at the same instant (under the lock)."""
+    def read(self, first: int, last: int, *, from_disk: bool = False) -> list[Transaction]:
+        """Records ``first`` to ``last``: the older ones from disk, the recent from memory.
+
+        ``from_disk``: every record the index holds is read from disk, even if a copy is
+        in memory (a verification checks what is kept, not what is cached).
+        """
+        if last < first:
+            return []
+        with self._lock:
+            split = self._first
+            if from_disk and self._archive is not None:
+                split = max(split, min(self._archive.indexed + 1, self._sequence + 1))
+            start = max(first, split)
+            cached = self._records[start - self._first : last - self._first + 1] if start <= last else []
+        older: list[Transaction] = []
+        if first < split and self._archive is not None:
+            older = [record for record, _, _ in self._archive.read_range(first, min(last, split - 1))]
+        return older + cached
+
+    def stream(self, first: int, last: int, *, from_disk: bool = False) -> Iterator[Transaction]:
+        """Records ``first`` to ``last`` in order, ``STREAM_CHUNK`` at a time."""
+        for low in range(first, last + 1, STREAM_CHUNK):
+            yield from self.read(low, min(low + STREAM_CHUNK - 1, last), from_disk=from_disk)
+
+    def head(self, during: Callable[[], T]) -> tuple[TrailHead, T]:
+        """The trail's head and each account's latest record, and what ``during`` returns
+        when run at the same instant (under the lock)."""
         with self._lock:
             value = during()
-            index = {name: list(sequences) for name, sequences in self._by_account.items()}
-            return TrailCopy(list(self._records), index, self._last_hash), value
+            return TrailHead(self._sequence, self._last_hash, self._latest.copy()), value
 
-    def records(self) -> list[Transaction]:
+    def tip(self) -> tuple[int, str]:
+        """The last record's sequence and hash, read together."""
         with self._lock:
-            return list(self._records)
+            return self._sequence, self._last_hash
+
+    def cached(self) -> int:
+        """How many records are in memory."""
+        with self._lock:
+            return len(self._records)
 
     # -- the chain's health ------------------------------------------------------
 
@@ -136,15 +267,21 @@ class AuditTrail:
                 return self._problem is None
         try:
             with self._lock:
-                start = self._checked
-                fresh = self._records[start:]
-                previous_hash = self._records[start - 1].hash if start else GENESIS_HASH
-            problems = check_chain(fresh, previous_hash, start + 1)
+                start, end = self._checked, self._sequence
+            previous = self.entry(start) if start else None
+            previous_hash = GENESIS_HASH if previous is None else previous[0].hash
+            problems: list[str] = []
+            for low in range(start + 1, end + 1, STREAM_CHUNK):
+                fresh = self.read(low, min(low + STREAM_CHUNK - 1, end))
+                problems = check_chain(fresh, previous_hash, low)
+                if problems or not fresh:
+                    break
+                previous_hash = fresh[-1].hash
             with self._lock:
                 if problems:
                     self._problem = problems[0]
                 elif self._checked == start:
-                    self._checked = start + len(fresh)
+                    self._checked = end
                 return self._problem is None
         finally:
             self._check_lock.release()
