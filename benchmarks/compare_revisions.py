@@ -6,6 +6,10 @@ turn (A B A B ...), pinned to one CPU, each in a fresh process. The table gives 
 median ops/s of each side and the median of the paired ratios (candidate / baseline).
 
     .venv/bin/python -m benchmarks.compare_revisions c29859d HEAD --rounds 9 --seconds 1
+    .venv/bin/python -m benchmarks.compare_revisions 2fa6f81 HEAD --operations journal-batch --seconds 8
+
+Operations: ``transfer``, ``deposit``, ``balance`` (a store in memory) and
+``journal-batch`` (batches of 8,189 transfers, each durable, on a fresh data directory).
 """
 
 from __future__ import annotations
@@ -29,15 +33,25 @@ from app.ledger.memory import MockDB
 from app.ledger.model import Deadline
 
 operation, seconds = sys.argv[1], float(sys.argv[2])
-store = MockDB()
+if operation == "journal-batch":  # durable batches of 8,189 transfers on a data directory
+    import tempfile
+    from app.ledger.model import BatchItem, OperationType
+    store = MockDB.open(tempfile.mkdtemp(prefix="goledger-compare-"))
+else:
+    store = MockDB()
 names = [f"user{index}" for index in range(100)]
 for name in names:
     store.create_account(name, token_digest(name), 10**12, deadline=Deadline.after_ms(5000))
-deadline = Deadline.after_ms(60_000)
+deadline = Deadline.after_ms(600_000)
 count = 0
 started = time.perf_counter()
 stop_at = started + seconds
-while time.perf_counter() < stop_at:
+while operation == "journal-batch" and time.perf_counter() < stop_at:
+    payer = names[count % 100]
+    items = [BatchItem(OperationType.TRANSFER, 1, names[(count + 1 + i % 99) % 100]) for i in range(8189)]
+    store.batch(payer, items, atomic=False, deadline=deadline)
+    count += len(items)
+while operation != "journal-batch" and time.perf_counter() < stop_at:
     for index in range(200):
         source, target = names[index % 100], names[(index * 7 + 1) % 100]
         if target == source:

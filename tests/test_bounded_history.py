@@ -274,7 +274,7 @@ def _flip_amount(directory: Path, sequence: int) -> None:
     """Rewrite one record's amount inside its journal frame, the frame's checksum recomputed."""
     for segment in sorted(directory.glob("journal-*.log")):
         data = segment.read_bytes()
-        marker = f"[{sequence},\"tx_".encode()
+        marker = f'[{sequence},"tx_'.encode()
         at = data.find(marker)
         if at < 0:
             continue
@@ -432,3 +432,37 @@ def test_resolved_holds_are_read_back_from_disk(tmp_path: Path) -> None:
         assert store.verify().ok
     finally:
         store.close()
+
+
+def test_the_backup_command_copies_a_data_directory_and_refuses_without_one(tmp_path: Path) -> None:
+    from app import create_app
+
+    live = tmp_path / "live"
+    store = MockDB.open(live)
+    _seed(store)
+    store.close()
+    app = create_app({"demo": False})  # the memory store without a data directory
+    try:
+        refused = app.test_cli_runner().invoke(args=["ledger", "backup", str(tmp_path / "nowhere")])
+        assert refused.exit_code != 0
+        assert "LEDGER_DATA_DIR" in refused.output
+        taken = app.test_cli_runner().invoke(
+            args=["ledger", "backup", "--data-dir", str(live), str(tmp_path / "copy")]
+        )
+        assert taken.exit_code == 0, taken.output
+        assert taken.output.startswith(f"backup {tmp_path / 'copy'}: ")
+        again = app.test_cli_runner().invoke(
+            args=["ledger", "backup", "--data-dir", str(live), str(tmp_path / "copy")]
+        )
+        assert again.exit_code != 0
+        assert "not empty" in again.output
+    finally:
+        from app.extensions import store as store_of
+
+        store_of(app).close()
+    restored = MockDB.open(tmp_path / "copy")
+    try:
+        assert restored.stats().accounts == len(NAMES)
+        assert restored.verify().ok
+    finally:
+        restored.close()

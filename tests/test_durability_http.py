@@ -12,6 +12,7 @@ import os
 import signal
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -449,3 +450,46 @@ def test_a_failing_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledge
         assert erin.status_code == 201, erin.get_json()
     finally:
         reopened.application.extensions["ledger"].close()
+
+
+# -- (e) an online backup ----------------------------------------------------------------
+
+
+def _ledger_command(data_dir: Path | None, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``flask --app app ledger ...`` with the service's environment (``None``: no
+    ``LEDGER_DATA_DIR``); bounded."""
+    variables = server_variables(data_dir or Path())
+    if data_dir is None:
+        del variables["LEDGER_DATA_DIR"]
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "flask"), "--app", "app", "ledger", *arguments],
+        cwd=ROOT,
+        env=server_env(free_port(), **variables),
+        capture_output=True,
+        text=True,
+        timeout=FAILED_START_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_a_backup_taken_while_the_service_runs_restores_what_it_had_acknowledged(tmp_path: Path) -> None:
+    data_dir, copy = tmp_path / "ledger", tmp_path / "backup"
+    names = ["alice", "bob"]
+    with gunicorn_process(**server_variables(data_dir)) as server:
+        write_some(server.url)
+        before = state(server.url, names)
+        taken = _ledger_command(data_dir, "backup", str(copy))
+        assert taken.returncode == 0, taken.stderr
+        assert taken.stdout.startswith(f"backup {copy}: "), taken.stdout
+        # A command that needs the ledger itself says why it cannot run beside the service.
+        refused = _ledger_command(data_dir, "verify")
+        assert refused.returncode != 0
+        assert "in use by another process" in refused.stderr, refused.stderr
+        assert "ledger backup" in refused.stderr, refused.stderr
+        transfer(server.url, "alice", "bob", 1)  # after the backup: not in the copy
+    assert oct(copy.stat().st_mode & 0o777) == oct(0o700)
+    assert all(oct(path.stat().st_mode & 0o777) == oct(0o600) for path in copy.iterdir())
+    checked = _ledger_command(None, "verify", "--data-dir", str(copy))
+    assert checked.returncode == 0, checked.stderr
+    with gunicorn_process(**server_variables(copy)) as restored:
+        assert state(restored.url, names) == before

@@ -22,8 +22,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from app.ledger.model import Checkpoint, Hold, HoldStatus, OperationType, Status, Transaction
+import orjson
+
+from app.ledger.model import Checkpoint, Hold, HoldStatus, OperationType, Transaction
 from app.ledger.records import digest, encode
 
 GENESIS_HASH = "0" * 64
@@ -32,6 +35,8 @@ GENESIS_HASH = "0" * 64
 #: (hold, void and expire only reserve or release money: no balance changes.)
 _CREDITS = (OperationType.OPEN, OperationType.DEPOSIT)
 _MOVES = (OperationType.TRANSFER, OperationType.CAPTURE)
+_CREDIT_VALUES = frozenset(kind.value for kind in _CREDITS)
+_MOVE_VALUES = frozenset(kind.value for kind in _MOVES)
 
 
 def canonical_encoding(record: Transaction) -> bytes:
@@ -153,39 +158,62 @@ class Replay:
         return self._sequence
 
     def add(self, record: Transaction) -> None:
-        report = self.report
-        expected = self._sequence + 1
-        if self._chain_problems < MAX_PROBLEMS:
-            problems = check_chain((record,), self._hash, expected)
-            self._chain_problems += len(problems)
-            report.problems.extend(problems)
-        self._sequence, self._hash = record.sequence, record.hash
-        report.records += 1
-        if record.status is Status.SUCCESS:
-            moved = self._moved
-            kind, source, target, amount = record.type, record.source, record.target, record.amount
-            if kind in _CREDITS and target is not None:
-                moved[target] = moved.get(target, 0) + amount
-                report.total_deposited += amount
-                if kind is OperationType.OPEN:
-                    self._opened.add(target)
-            elif kind is OperationType.WITHDRAWAL and source is not None:
-                moved[source] = moved.get(source, 0) - amount
-                report.total_withdrawn += amount
-            elif kind in _MOVES and source is not None and target is not None:
-                moved[source] = moved.get(source, 0) - amount
-                moved[target] = moved.get(target, 0) + amount
-        while self._checkpoints and self._checkpoints[0].sequence <= record.sequence:
-            self._check_passed(self._checkpoints.pop(0), record)
+        self.add_row(
+            [
+                record.sequence, record.id, str(record.type), record.source, record.target,
+                record.amount, str(record.status), record.reason, record.created_at,
+                record.previous_hash, record.hash,
+            ]
+        )  # fmt: skip
 
     def add_all(self, records: Iterable[Transaction]) -> None:
         for record in records:
             self.add(record)
 
-    def _check_passed(self, point: Checkpoint, record: Transaction) -> None:
+    def add_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        for row in rows:
+            self.add_row(row)
+
+    def add_row(self, row: Sequence[Any]) -> None:
+        """Add a record given as its fields: ``[sequence, id, type, from, to, amount, status,
+        reason, created_at, previous_hash, hash, ...]`` (the values the API shows; what the
+        embedded store's journal holds), without building a ``Transaction``."""
+        report = self.report
+        sequence, record_hash = row[0], row[10]
+        if self._chain_problems < MAX_PROBLEMS:
+            problems = report.problems
+            before = len(problems)
+            if sequence != self._sequence + 1:
+                problems.append(f"record {self._sequence + 1} carries sequence {sequence}")
+            if row[9] != self._hash:
+                problems.append(f"record {sequence} does not link to the hash of the record before it")
+            if digest(self._hash, orjson.dumps(row[:9])) != record_hash:
+                problems.append(f"record {sequence} ({row[1]}) does not match its hash")
+            self._chain_problems += len(problems) - before
+        self._sequence, self._hash = sequence, record_hash
+        report.records += 1
+        if row[6] == "SUCCESS":
+            moved = self._moved
+            kind, source, target, amount = row[2], row[3], row[4], row[5]
+            if kind in _CREDIT_VALUES and target is not None:
+                moved[target] = moved.get(target, 0) + amount
+                report.total_deposited += amount
+                if kind == "open":
+                    self._opened.add(target)
+            elif kind == "withdrawal" and source is not None:
+                moved[source] = moved.get(source, 0) - amount
+                report.total_withdrawn += amount
+            elif kind in _MOVE_VALUES and source is not None and target is not None:
+                moved[source] = moved.get(source, 0) - amount
+                moved[target] = moved.get(target, 0) + amount
+        if self._checkpoints and self._checkpoints[0].sequence <= sequence:
+            while self._checkpoints and self._checkpoints[0].sequence <= sequence:
+                self._check_passed(self._checkpoints.pop(0), sequence, record_hash)
+
+    def _check_passed(self, point: Checkpoint, sequence: int, record_hash: str) -> None:
         """A full replay reached a checkpoint: the chain and the replayed balances must match it."""
         report = self.report
-        if point.sequence != record.sequence or point.chain_head != record.hash:
+        if point.sequence != sequence or point.chain_head != record_hash:
             report.problems.append(
                 f"checkpoint {point.sequence} does not match the audit record at its sequence"
             )

@@ -5,7 +5,9 @@ Modules
 ``store``
     ``MockDB``: the public operations and the order of the locks.
 ``trail``
-    ``AuditTrail``: the hash-chained audit records and each account's history.
+    ``AuditTrail``: the chain's head, each account's latest record, recent records.
+``archive``, ``checkpoints``, ``backup``
+    Records and resolved holds read back from the journal; checkpoints; the online copy.
 ``holds``
     ``HoldBook`` (holds by id and the pending ones by account) and the expiry sweeper.
 ``keys``
@@ -28,8 +30,8 @@ any, and never takes one twice (the readerwriterlock locks are not reentrant):
 2. ``MockDB._credentials_lock`` guards the token digests, apart from ``_rw`` so that
    authenticating never waits behind a balance writer; a digest is added right
    after its account, under ``_rw``.
-3. ``AuditTrail._lock`` guards the audit records, the history index and the chain's
-   last hash. Records of applied operations are appended while the write lock is
+3. ``AuditTrail._lock`` guards the recent audit records, each account's latest
+   record and the chain's last hash. Records of applied operations are appended while the write lock is
    still held, so the audit order is exactly the order in which balances changed.
 4. ``IdempotencyTable._lock``: a key's outcome is handed to the table while the
    trail's lock is held (so a snapshot sees every journaled key); the table never
@@ -42,7 +44,11 @@ any, and never takes one twice (the readerwriterlock locks are not reentrant):
 The expiry sweeper's condition guards only its heap and is never held while the
 sweeper takes ``_rw``; ``AuditTrail._check_lock`` (one chain check at a time) is taken
 with no other lock held, and so is the journal's ``DurationHistogram._lock`` (how long
-its syncs took), by the sync's leader right after the sync.
+its syncs took), by the sync's leader right after the sync. ``CheckpointBook._lock``
+is taken alone or after ``Durability._snapshot_lock``; ``RecordArchive._lock`` guards
+only its table of open segment files, and records are read from disk with no lock
+held (what the index holds never changes; the trail lets a record leave its cache
+only once the index holds it).
 
 Holds expire no later than the next operation that touches either of their
 accounts (each write, and a balance read, expires what is due first) or the
@@ -64,8 +70,10 @@ hold read waits for the entry that last changed the account, history and audit
 pages stop at the last durable record. If the journal fails, writes are refused
 (``StorageUnavailable``) before anything is applied, and reads of accounts whose last
 change was not made durable are refused too; everything else keeps being served.
-``snapshot`` writes the whole state and drops the journal before it, so that a start
-loads one file and replays a short tail.
+The journal's segments are never deleted: they are the history, read back through
+``records.idx`` (``archive``) once a record has left the bounded cache of recent
+ones. ``snapshot`` writes the state (no history) with a checkpoint, so that a start
+loads one file and replays the journal after it.
 """
 
 from app.ledger.memory.durability import SnapshotReport

@@ -456,7 +456,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
             lock.release()
         replay = Replay(start, book.all() if start is None else ())
         try:
-            replay.add_all(self._trail.stream(replay.sequence + 1, head[0], from_disk=True))
+            self._trail.verify_into(replay, head[0])
         except (journal_files.JournalCorrupt, OSError) as error:
             replay.report.problems.append(
                 f"the audit records after {replay.sequence} cannot be read: {error}"

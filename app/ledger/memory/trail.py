@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from app.ledger.audit import GENESIS_HASH, Verification, check_chain
+from app.ledger.audit import GENESIS_HASH, Replay, Verification, check_chain
 from app.ledger.errors import InvalidInput
 from app.ledger.memory.archive import Entry, RecordArchive
 from app.ledger.model import Transaction, new_id, utc_now_iso
@@ -226,6 +226,17 @@ class AuditTrail:
         """Records ``first`` to ``last`` in order, ``STREAM_CHUNK`` at a time."""
         for low in range(first, last + 1, STREAM_CHUNK):
             yield from self.read(low, min(low + STREAM_CHUNK - 1, last), from_disk=from_disk)
+
+    def verify_into(self, replay: Replay, last: int) -> None:
+        """Feed records ``replay.sequence + 1`` to ``last`` to ``replay``: every record the
+        index holds as the journal keeps it (not the cached copy), the rest from memory."""
+        first = replay.sequence + 1
+        with self._lock:
+            split = self._first if self._archive is None else min(self._archive.indexed + 1, last + 1)
+        if self._archive is not None:
+            for low in range(first, split, STREAM_CHUNK):
+                replay.add_rows(self._archive.rows(low, min(low + STREAM_CHUNK - 1, split - 1)))
+        replay.add_all(self.stream(max(first, split), last))
 
     def head(self, during: Callable[[], T]) -> tuple[TrailHead, T]:
         """The trail's head and each account's latest record, and what ``during`` returns

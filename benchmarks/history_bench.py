@@ -1,0 +1,228 @@
+"""A long history on the embedded store with a data directory: memory, start, pages, verification.
+
+Builds (once; reused while ``DATA_DIR`` holds it) a ledger of ``--accounts`` accounts
+and ``--records`` audit records, written as batches of 8,189 transfers through
+``MockDB`` with its journal (every batch durable before the next starts), then
+measures, each in a fresh process pinned to CPU 0:
+
+* the start: ``MockDB.open`` (snapshot loaded, journal after it replayed), seconds;
+* the resident set size after the start and after the page reads (``VmRSS``, and the
+  peak ``VmHWM``);
+* history pages (``limit=50``, first pages and the pages behind their cursors) of
+  random accounts and audit pages at random places, whose records are all older than
+  the record cache (a cold cache: read from the journal), p50 and p99 in ms;
+* ``verify(from_sequence=<last checkpoint>)`` and, unless ``--no-full-verify``, a full
+  verification streamed over every record.
+
+The build also reports the durable batch throughput (transfers a second, one batch
+at a time). Run::
+
+    .venv/bin/python -m benchmarks.history_bench /work/bench-ledger --accounts 100000 --records 10000000
+
+Figures and the machine they were taken on are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 8189
+
+
+def _rss_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def build(directory: Path, accounts: int, records: int) -> dict[str, float]:
+    from app.auth import token_digest
+    from app.ledger.memory import MockDB
+    from app.ledger.model import BatchItem, Deadline, OperationType
+
+    store = MockDB.open(directory)
+    try:
+        names = [f"user{index:06d}" for index in range(accounts)]
+        existing = store.stats().accounts
+        digest = token_digest("bench")
+        started = time.perf_counter()
+
+        def open_some(chunk: list[str]) -> None:
+            for name in chunk:
+                store.create_account(name, digest, 10**12, deadline=Deadline.after_ms(60_000))
+
+        if existing < accounts:  # many threads share each sync (group commit)
+            todo = names[existing:]
+            threads = [threading.Thread(target=open_some, args=(todo[index::32],)) for index in range(32)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(3600)
+        opened_s = time.perf_counter() - started
+        rng = random.Random(1)
+        written = 0
+        started = time.perf_counter()
+        batch_seconds: list[float] = []
+        while store.stats().audit_records < records:
+            payer = rng.choice(names)
+            items = [BatchItem(OperationType.TRANSFER, 1, rng.choice(names)) for _ in range(BATCH)]
+            items = [item for item in items if item.target != payer]
+            began = time.perf_counter()
+            store.batch(payer, items, atomic=False, deadline=Deadline.after_ms(60_000))
+            batch_seconds.append(time.perf_counter() - began)
+            written += len(items)
+            if len(batch_seconds) % 100 == 0:
+                print(f"  {store.stats().audit_records:,} records", file=sys.stderr, flush=True)
+        elapsed = time.perf_counter() - started
+        thread = store.snapshot_thread
+        if thread is not None:
+            thread.join(3600)
+        return {
+            "accounts_opened_s": opened_s,
+            "transfers_written": written,
+            "durable_batch_transfers_per_s": written / elapsed if elapsed else 0.0,
+            "median_batch_transfers_per_s": BATCH / statistics.median(batch_seconds)
+            if batch_seconds
+            else 0.0,
+        }
+    finally:
+        store.close()
+
+
+def measure(directory: Path, samples: int, full_verify: bool) -> dict[str, float]:
+    from app.ledger.memory import MockDB
+
+    started = time.perf_counter()
+    store = MockDB.open(directory)
+    start_s = time.perf_counter() - started
+    try:
+        rss_open, _ = _rss_mb()
+        if store.chain_check is not None:
+            store.chain_check.join(600)
+        stats = store.stats()
+        total, accounts = stats.audit_records, stats.accounts
+        cached = store._trail.cached()  # how much of the history is in memory
+        cold_below = total - cached
+        rng = random.Random(2)
+        names = [f"user{index:06d}" for index in range(accounts)]
+        history_ms: list[float] = []
+        for _ in range(samples):
+            name = rng.choice(names)
+            began = time.perf_counter()
+            page = store.history(name, limit=50, cursor=None)
+            history_ms.append((time.perf_counter() - began) * 1000)
+            if page.next_cursor is not None:
+                began = time.perf_counter()
+                store.history(name, limit=50, cursor=page.next_cursor)
+                history_ms.append((time.perf_counter() - began) * 1000)
+        audit_ms: list[float] = []
+        from app.ledger import rules
+
+        for _ in range(samples):
+            after = rng.randrange(0, max(1, cold_below - 60))
+            cursor = rules.encode_cursor("a", after) if after else None
+            began = time.perf_counter()
+            store.audit_page(limit=50, cursor=cursor)
+            audit_ms.append((time.perf_counter() - began) * 1000)
+        rss_pages, _ = _rss_mb()
+        # The checkpoint before the newest: about LEDGER_CHECKPOINT_RECORDS records to check,
+        # the most a verification from the last checkpoint meets before the next one is made.
+        points = store.checkpoints(limit=2, cursor=None).checkpoints
+        verify_from_s = float("nan")
+        verified_from = 0
+        if points:
+            began = time.perf_counter()
+            report = store.verify(from_sequence=points[-1].sequence)
+            verify_from_s = time.perf_counter() - began
+            verified_from = report.records
+            assert report.ok, report.problems
+        full_s = float("nan")
+        if full_verify:
+            began = time.perf_counter()
+            report = store.verify()
+            full_s = time.perf_counter() - began
+            assert report.ok, report.problems[:5]
+        rss_end, peak_end = _rss_mb()
+
+        def p(values: list[float], q: float) -> float:
+            return statistics.quantiles(values, n=100)[int(q) - 1]
+
+        return {
+            "records": total,
+            "accounts": accounts,
+            "records_in_memory": cached,
+            "start_s": start_s,
+            "rss_after_start_mb": rss_open,
+            "rss_after_pages_mb": rss_pages,
+            "rss_after_verify_mb": rss_end,
+            "rss_peak_mb": peak_end,
+            "history_p50_ms": p(history_ms, 50),
+            "history_p99_ms": p(history_ms, 99),
+            "audit_p50_ms": p(audit_ms, 50),
+            "audit_p99_ms": p(audit_ms, 99),
+            "verify_from_checkpoint_s": verify_from_s,
+            "verify_from_checkpoint_records": verified_from,
+            "full_verify_s": full_s,
+            "journal_gb": sum(path.stat().st_size for path in directory.glob("journal-*.log")) / 1e9,
+        }
+    finally:
+        store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--records", type=int, default=10_000_000)
+    parser.add_argument("--samples", type=int, default=1_000)
+    parser.add_argument("--runs", type=int, default=3, help="measuring processes (median reported)")
+    parser.add_argument("--no-full-verify", action="store_true")
+    parser.add_argument("--phase", choices=("all", "build", "measure"), default="all")
+    args = parser.parse_args()
+    if args.phase in ("all", "build"):
+        built = build(args.data_dir, args.accounts, args.records)
+        print(json.dumps({"build": built}), flush=True)
+    if args.phase == "measure":
+        print(json.dumps(measure(args.data_dir, args.samples, not args.no_full_verify)), flush=True)
+        return
+    if args.phase == "all":
+        runs = []
+        for run in range(args.runs):
+            command = [
+                *(sys.executable, "-m", "benchmarks.history_bench", str(args.data_dir)),
+                *("--phase", "measure", "--samples", str(args.samples)),
+            ]
+            if args.no_full_verify or run > 0:
+                command.append("--no-full-verify")
+            output = subprocess.run(
+                ["taskset", "-c", "0", *command], cwd=ROOT, check=True, capture_output=True, text=True
+            ).stdout
+            runs.append(json.loads(output.strip().splitlines()[-1]))
+            print(json.dumps(runs[-1]), flush=True)
+        medians = {
+            key: statistics.median(run[key] for run in runs if run[key] == run[key])
+            for key in runs[0]
+            if any(run[key] == run[key] for run in runs)
+        }
+        print(json.dumps({"median": medians}), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
