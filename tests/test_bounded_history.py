@@ -466,3 +466,20 @@ def test_the_backup_command_copies_a_data_directory_and_refuses_without_one(tmp_
         assert restored.verify().ok
     finally:
         restored.close()
+
+
+def test_a_lost_index_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
+    store = MockDB.open(tmp_path, record_cache=8, checkpoint_records=30)
+    _seed(store)
+    holds = _work(store, random.Random(13), 80)
+    before = _everything(store, holds)
+    store.close()
+    (tmp_path / "records.idx").unlink()
+    (tmp_path / "holds.idx").unlink()
+    reopened = MockDB.open(tmp_path, record_cache=8, checkpoint_records=30)
+    try:
+        after = _everything(reopened, holds)
+        assert {**after, "checkpoints": None} == {**before, "checkpoints": None}
+        assert reopened.verify().ok
+    finally:
+        reopened.close()

@@ -182,10 +182,12 @@ class RecordArchive:
                         low + begin,
                         f"no audit records here: {error}",
                     ) from None
-                if len(decoded) != stop - run + 1 or any(
-                    not isinstance(row, list) or len(row) < 13 or row[0] != first + run + index
-                    for index, row in enumerate(decoded)
-                ):
+                count = stop - run + 1
+                if (
+                    len(decoded) != count
+                    or not all(isinstance(row, list) and len(row) >= 13 for row in (decoded[0], decoded[-1]))
+                    or (decoded[0][0], decoded[-1][0]) != (first + run, first + stop)
+                ):  # a misplaced run shows at its ends; the chain check catches the rest
                     raise JournalCorrupt(
                         self._directory / segment_name(segment), low + begin, "the index points at other rows"
                     )

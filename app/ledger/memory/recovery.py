@@ -8,6 +8,7 @@ format is ``app.ledger.persistence``'s; the files are ``app.ledger.journal``'s.
 from __future__ import annotations
 
 import gc
+import logging
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,21 +17,26 @@ from typing import Any
 
 from app.ledger.accounts import AccountState, HoldState
 from app.ledger.memory import persistence
-from app.ledger.memory.archive import ENTRY, Entry, RecordArchive, entry_from_row
+from app.ledger.memory.archive import ENTRY, RECORDS_INDEX, Entry, RecordArchive, entry_from_row
 from app.ledger.memory.checkpoints import checkpoint_from_row
 from app.ledger.memory.files import (
     FRAME_HEADER_BYTES,
+    SEGMENT_MAGIC,
     FileScan,
     Frame,
     JournalCorrupt,
     JournalError,
     Recovered,
+    scan_file,
+    segment_name,
 )
 from app.ledger.memory.holds import HoldBook, hold_ordinal
 from app.ledger.memory.keys import IdempotencyTable
 from app.ledger.memory.trail import Restored
 from app.ledger.model import Checkpoint, Transaction
 from app.ledger.outcomes import outcome_from_row
+
+_log = logging.getLogger("goledger.journal")
 
 
 @dataclass
@@ -74,7 +80,7 @@ def load(
     """
     loader = _Loader(idempotency, archive, cache_size)
     if recovered.snapshot is not None:
-        loader.load_snapshot(recovered.snapshot)
+        loader.load_snapshot(recovered.snapshot, recovered)
     else:
         archive.truncate(0)
     for number, segment in enumerate(recovered.segments, start=recovered.first_segment):
@@ -118,9 +124,7 @@ class _Loader:
         index its rows."""
         state = self.state
         try:
-            payload = found.payload
-            entry: dict[str, Any] = persistence.decode(payload)
-            record_spans, hold_spans = persistence.entry_spans(payload, entry)
+            entry: dict[str, Any] = persistence.decode(found.payload)
             for row in entry.get("r", ()):
                 self._record(row)
             for name, (balance, held, version) in entry.get("a", {}).items():
@@ -131,18 +135,9 @@ class _Loader:
                     account.balance, account.held, account.version = balance, held, version
             for name, digest in entry.get("c", {}).items():
                 state.credentials[name] = bytes.fromhex(digest)
-            holds = entry.get("h", ())
-            for row in holds:
+            for row in entry.get("h", ()):
                 state.holds.put(HoldState.from_row(row))
-            start = found.offset + FRAME_HEADER_BYTES
-            self._archive.add(
-                b"".join([ENTRY.pack(number, length, start + offset) for offset, length in record_spans]),
-                [
-                    (ordinal, ENTRY.pack(number, length, start + offset))
-                    for row, (offset, length) in zip(holds, hold_spans, strict=True)
-                    if (ordinal := hold_ordinal(row[0])) is not None
-                ],
-            )
+            self._index(found, number, entry)
             if "i" in entry:
                 self._key(entry["i"])
         except (KeyError, TypeError, ValueError, IndexError) as error:
@@ -150,7 +145,7 @@ class _Loader:
                 segment.path, found.offset, f"entry {found.lsn} cannot be replayed: {error!r}"
             ) from None
 
-    def load_snapshot(self, scan: FileScan) -> None:
+    def load_snapshot(self, scan: FileScan, recovered: Recovered) -> None:
         header = persistence.decode(scan.frames[0].payload)
         trail = self.state.trail
         try:
@@ -160,6 +155,8 @@ class _Loader:
         except (KeyError, TypeError, ValueError) as error:
             raise JournalCorrupt(scan.path, 0, f"the snapshot's header cannot be read: {error!r}") from None
         trail.checked = trail.sequence
+        if self._archive.indexed < trail.sequence:
+            self._rebuild_index(recovered, trail.sequence)
         self._archive.truncate(trail.sequence)
         counts: dict[str, int] = {}
         trailer: dict[str, Any] | None = None
@@ -180,6 +177,44 @@ class _Loader:
                 ) from None
         if trailer is None or trailer.get("counts") != counts:
             raise JournalCorrupt(scan.path, scan.size, "the snapshot is incomplete (no matching trailer)")
+
+    def _rebuild_index(self, recovered: Recovered, records: int) -> None:
+        """The index files lack records the snapshot covers (deleted, or copied without
+        them): rebuild them from the segments before the snapshot, reading every frame."""
+        _log.warning(
+            "%s: %s holds %d of the %d records before the snapshot; rebuilding it from the journal",
+            recovered.directory,
+            RECORDS_INDEX,
+            self._archive.indexed,
+            records,
+        )
+        self._archive.truncate(0)
+        lsn = 1
+        for number in range(1, recovered.first_segment):
+            path = recovered.directory / segment_name(number)
+            scan = scan_file(path, SEGMENT_MAGIC, lsn, tail_allowed=False)
+            for found in scan.frames:
+                try:
+                    entry = persistence.decode(found.payload)
+                    self._index(found, number, entry)
+                except (KeyError, TypeError, ValueError, IndexError) as error:
+                    raise JournalCorrupt(
+                        path, found.offset, f"entry {found.lsn} cannot be indexed: {error!r}"
+                    ) from None
+            lsn += len(scan.frames)
+
+    def _index(self, found: Frame, number: int, entry: dict[str, Any]) -> None:
+        """Add the places of an entry's record and hold rows to the index files."""
+        record_spans, hold_spans = persistence.entry_spans(found.payload, entry)
+        start = found.offset + FRAME_HEADER_BYTES
+        self._archive.add(
+            b"".join([ENTRY.pack(number, length, start + offset) for offset, length in record_spans]),
+            [
+                (ordinal, ENTRY.pack(number, length, start + offset))
+                for row, (offset, length) in zip(entry.get("h", ()), hold_spans, strict=True)
+                if (ordinal := hold_ordinal(row[0])) is not None
+            ],
+        )
 
     def _section(self, name: str, rows: list[persistence.Row]) -> None:
         state = self.state
