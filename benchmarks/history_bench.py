@@ -5,7 +5,9 @@ and ``--records`` audit records, written as batches of 8,189 transfers through
 ``MockDB`` with its journal (every batch durable before the next starts), then
 measures, each in a fresh process pinned to CPU 0:
 
-* the start: ``MockDB.open`` (snapshot loaded, journal after it replayed), seconds;
+* the start: ``MockDB.open`` (snapshot loaded, journal after it replayed), seconds
+  (``--phase tail`` first leaves the longest journal a start can meet: the records of
+  almost one checkpoint interval, written and then abandoned as a crash would);
 * the resident set size after the start and after the page reads (``VmRSS``, and the
   peak ``VmHWM``);
 * history pages (``limit=50``, first pages and the pages behind their cursors) of
@@ -103,6 +105,29 @@ def build(directory: Path, accounts: int, records: int) -> dict[str, float]:
         store.close()
 
 
+def leave_a_tail(directory: Path) -> dict[str, float]:
+    """Write batches until the next checkpoint is one batch away, then stop as a crash would
+    (no snapshot at shutdown): the next start replays the most journal it ever meets."""
+    from app.ledger.memory import MockDB
+    from app.ledger.model import BatchItem, Deadline, OperationType
+
+    store = MockDB.open(directory)
+    stats = store.stats()
+    names = [f"user{index:06d}" for index in range(stats.accounts)]
+    rng = random.Random(3)
+    points = store.checkpoints(limit=1, cursor=None).checkpoints
+    since = points[0].sequence if points else 0
+    due = since + store._durability.checkpoint_records  # when the next snapshot would start
+    while store.stats().audit_records + 2 * BATCH < due:
+        payer = rng.choice(names)
+        items = [BatchItem(OperationType.TRANSFER, 1, rng.choice(names)) for _ in range(BATCH)]
+        store.batch(payer, [item for item in items if item.target != payer], atomic=False,
+                    deadline=Deadline.after_ms(60_000))  # fmt: skip
+    tail = store.stats().audit_records - since
+    print(json.dumps({"tail_records": tail}), flush=True)
+    os._exit(0)  # every batch is durable; no clean shutdown, so no snapshot of the tail
+
+
 def measure(directory: Path, samples: int, full_verify: bool) -> dict[str, float]:
     from app.ledger.memory import MockDB
 
@@ -193,11 +218,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=3, help="measuring processes (median reported)")
     parser.add_argument("--no-full-verify", action="store_true")
-    parser.add_argument("--phase", choices=("all", "build", "measure"), default="all")
+    parser.add_argument("--phase", choices=("all", "build", "measure", "tail"), default="all")
     args = parser.parse_args()
     if args.phase in ("all", "build"):
         built = build(args.data_dir, args.accounts, args.records)
         print(json.dumps({"build": built}), flush=True)
+    if args.phase == "tail":
+        leave_a_tail(args.data_dir)
     if args.phase == "measure":
         print(json.dumps(measure(args.data_dir, args.samples, not args.no_full_verify)), flush=True)
         return

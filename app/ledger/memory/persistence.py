@@ -16,6 +16,9 @@ audit lock in audit order (keys are short: there is one entry per operation):
 ``i``
     the idempotency key it ran under and its outcome:
     ``[username, key, fingerprint, created_at_s, outcome]``
+``s``
+    where each row of ``r`` and then of ``h`` sits in the entry's bytes: offset,
+    length, offset, length...
 
 Entries hold states, not commands: replay sets what the operation left behind and
 never re-runs business rules, so a later change of those rules cannot change
@@ -124,7 +127,12 @@ def entry_payload(
     records: Sequence[bytes], holds: Sequence[bytes], rest: dict[str, Any]
 ) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]]]:
     """A journal entry from its encoded record and hold rows and its other keys; and where
-    (offset, length) each record row and each hold row sits in it."""
+    (offset, length) each record row and each hold row sits in it.
+
+    The entry ends with those places too (``"s"``: offset, length, offset, length... of
+    the records, then of the holds), so that a start re-indexes it without re-encoding
+    a row.
+    """
     parts = [b'{"r":[']
     record_spans: list[tuple[int, int]] = []
     hold_spans: list[tuple[int, int]] = []
@@ -133,8 +141,9 @@ def entry_payload(
         parts.append(b'],"h":[')
         _place(parts, holds, position + 7, hold_spans)
     parts.append(b"]")
-    tail = encode(rest) if rest else b"{}"
-    parts.append(b"}" if tail == b"{}" else b"," + tail[1:])
+    places = [number for span in (*record_spans, *hold_spans) for number in span]
+    tail = encode({**rest, "s": places})
+    parts.append(b"," + tail[1:])
     return b"".join(parts), record_spans, hold_spans
 
 
@@ -152,27 +161,28 @@ def _place(parts: list[bytes], rows: Sequence[bytes], position: int, spans: list
 def entry_spans(payload: bytes, entry: dict[str, Any]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Where ``entry_payload`` put the rows of ``entry`` (read back from ``payload``).
 
-    Each row's encoding is its own again (orjson writes these values one way only); a
-    row that is not found where the layout puts it means the entry was not written by
-    ``entry_payload``: ``ValueError``.
+    Each place is checked to hold a JSON array of the right length; one that does not
+    means the entry was not written by ``entry_payload``: ``ValueError``.
     """
-    spans: list[list[tuple[int, int]]] = [[], []]
-    position = 6
-    for which, name in enumerate(("r", "h")):
-        rows = entry.get(name, ())
-        if name == "h":
-            if not rows:
-                break
-            position += 7  # '],"h":['
-        for index, row in enumerate(rows):
-            if index:
-                position += 1
-            encoded = orjson.dumps(row)
-            if payload[position : position + len(encoded)] != encoded:
-                raise ValueError(f"row {index} of {name!r} is not where the entry layout puts it")
-            spans[which].append((position, len(encoded)))
-            position += len(encoded)
-    return spans[0], spans[1]
+    records, holds = len(entry.get("r", ())), len(entry.get("h", ()))
+    places = entry.get("s")
+    if places is None:  # written before entries carried their places: find them by re-encoding
+        places, position = [], 6
+        for name in ("r", "h"):
+            if name == "h" and holds:
+                position += 7  # '],"h":['
+            for index, row in enumerate(entry.get(name, ())):
+                position += 1 if index else 0
+                length = len(orjson.dumps(row))
+                places += [position, length]
+                position += length
+    if len(places) != 2 * (records + holds):
+        raise ValueError("the entry's row places do not match its rows")
+    spans = list(zip(places[0::2], places[1::2], strict=True))
+    for offset, length in spans:
+        if payload[offset : offset + 1] != b"[" or payload[offset + length - 1 : offset + length] != b"]":
+            raise ValueError(f"no row at offset {offset} of the entry")
+    return spans[:records], spans[records:]
 
 
 def encode(value: object) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.ledger.accounts import AccountState, HoldState
 from app.ledger.memory import persistence
-from app.ledger.memory.archive import ENTRY, RECORDS_INDEX, Entry, RecordArchive, entry_from_row
+from app.ledger.memory.archive import ENTRY, RECORDS_INDEX, RecordArchive, entry_from_row
 from app.ledger.memory.checkpoints import checkpoint_from_row
 from app.ledger.memory.files import (
     FRAME_HEADER_BYTES,
@@ -111,12 +111,12 @@ class _Loader:
         self.state = LedgerState()
         self._idempotency = idempotency
         self._archive = archive
-        self._recent: deque[Entry] = deque(maxlen=cache_size)
+        self._recent: deque[persistence.Row] = deque(maxlen=cache_size)
         self._latest: dict[str, int] = {}
 
     def finish(self) -> LedgerState:
         trail = self.state.trail
-        trail.latest, trail.recent = self._latest, list(self._recent)
+        trail.latest, trail.recent = self._latest, [entry_from_row(row) for row in self._recent]
         return self.state
 
     def replay(self, found: Frame, segment: FileScan, number: int) -> None:
@@ -240,24 +240,25 @@ class _Loader:
         A record out of sequence, or not linked to the one before, is structural
         damage (``ValueError``: the start stops). Whether each record matches its
         hash is checked once the store runs (``MockDB._check_chain_in_background``):
-        a trail that was edited still starts, so that it can be examined.
+        a trail that was edited still starts, so that it can be examined. Rows stay
+        rows until the end of the load: only the last ``cache_size`` become records.
         """
         if len(row) < 13:
             raise ValueError("a record without history links, written by an earlier version of GoLedger")
         trail = self.state.trail
-        entry = entry_from_row(row)
-        record, parties, _ = entry
-        if record.sequence != trail.sequence + 1 or record.previous_hash != trail.last_hash:
-            raise ValueError(f"audit record {record.sequence} does not follow record {trail.sequence}")
-        trail.sequence, trail.last_hash = record.sequence, record.hash
-        self._recent.append(entry)
-        for name in parties:
-            self._latest[name] = record.sequence
+        sequence = row[0]
+        if sequence != trail.sequence + 1 or row[9] != trail.last_hash:
+            raise ValueError(f"audit record {sequence} does not follow record {trail.sequence}")
+        trail.sequence, trail.last_hash = sequence, row[10]
+        self._recent.append(row)
+        latest = self._latest
+        for name in row[11]:
+            latest[name] = sequence
 
     def _record_at(self, sequence: int) -> Transaction:
         recent = self._recent
-        if recent and sequence >= recent[0][0].sequence:
-            return recent[sequence - recent[0][0].sequence][0]
+        if recent and sequence >= recent[0][0]:
+            return entry_from_row(recent[sequence - recent[0][0]])[0]
         return self._archive.read(sequence)[0]
 
     def _key(self, row: persistence.Row) -> None:
