@@ -18,8 +18,9 @@ Modules
     ``Keys``: idempotency keys in the database, claimed in the transaction of the
     operation they guard.
 ``monitor``
-    ``Monitor``: ``verify``, ``health`` (the chain checked a stretch at a time) and
-    ``stats``.
+    ``Monitor``: ``verify`` (the trail streamed from one snapshot, from the first
+    record or from a checkpoint), ``health`` (the chain checked a stretch at a time)
+    and ``stats``.
 ``checkpoints``
     ``Checkpointer``: a checkpoint every so many records (in a background thread) and
     at ``close``, each read from one snapshot; the list of checkpoints.

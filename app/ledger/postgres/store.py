@@ -28,11 +28,13 @@ that operation's transaction) or a background sweep (``sweeper.Sweeper``, one pe
 process, every ``SWEEP_INTERVAL_S``), whichever comes first. Expiry instants are on
 the application's wall clock, as in the embedded store.
 
-Checkpoints
------------
+Checkpoints and verification
+----------------------------
 Every ``checkpoint_records`` records, and at a clean ``close``, a checkpoint (the
 chain head and a digest of every balance) is taken on one MVCC snapshot, in a
 background thread that takes no row lock (``checkpoints.Checkpointer``).
+``verify`` streams the audit trail through a server-side cursor in one
+repeatable-read snapshot, from the first record or from a checkpoint (``monitor``).
 
 Durability
 ----------
@@ -432,9 +434,10 @@ class PostgresStore(rules.SingleOperations):
         next_cursor = encode_cursor("a", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
 
-    def verify(self) -> Verification:
-        """Check every invariant on one consistent snapshot (a repeatable-read transaction)."""
-        return self._monitor.verify()
+    def verify(self, *, from_sequence: int | None = None) -> Verification:
+        """Check every invariant on one consistent snapshot (a repeatable-read transaction),
+        streaming the audit trail; from a checkpoint, only the records after it."""
+        return self._monitor.verify(from_sequence)
 
     def checkpoints(self, *, limit: int, cursor: str | None) -> CheckpointPage:
         return checkpoints.page(self._runner, limit, cursor)
