@@ -18,7 +18,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from flask import Flask
 
+from app import create_app
 from app.ledger.audit import balances_digest
 from app.ledger.errors import OperationTimeout
 from app.ledger.model import BatchItem, Checkpoint, Deadline, OperationType
@@ -27,13 +29,16 @@ from app.ledger.postgres.runner import CONNECTION_SAFEGUARDS
 from app.ledger.postgres.schema import migrate
 from tests.drivers import PostgresDriver, driver_for
 from tests.stores import (
+    ADMIN_TOKEN,
     TEST_POOL_SIZE,
+    app_config,
     empty_postgres,
     open_account,
     scratch_database,
 )
 from tests.threads import JOIN_TIMEOUT_S, run_together
 
+ADMIN = {"Authorization": ADMIN_TOKEN}
 #: Larger than any test's trail: no background checkpoint unless a test asks for one.
 NEVER = 10**9
 
@@ -342,3 +347,30 @@ def test_a_full_verification_runs_under_its_own_timeout_not_the_pools(
     monkeypatch.setattr(monitor, "VERIFY_ITERSIZE", 100)
     with pytest.raises(OperationTimeout):
         hurried.store.verify()
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_app(postgres_url: str) -> Iterator[Flask]:
+    app = create_app(app_config(empty_postgres(postgres_url), checkpoint_records=4))
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["ledger"].close()
+
+
+def test_a_passing_verification_from_a_checkpoint_does_not_clear_a_full_ones_finding(
+    pg_app: Flask,
+) -> None:
+    client = pg_app.test_client()
+    ledger = pg_app.extensions["ledger"]
+    driver = pg_driver(ledger)
+    for _ in range(6):  # records 3..8: checkpoints at 4 and 8
+        client.post("/account/coins/add?username=aaron&amount=5", headers={"Authorization": "1"})
+        driver.settle_checkpoints()
+    driver.tamper(3, amount=6)
+    assert client.get("/admin/verify", headers=ADMIN).status_code == 500
+    assert client.get("/admin/verify?from=8", headers=ADMIN).status_code == 200
+    health = client.get("/system/health")
+    assert (health.status_code, health.json["components"]["audit_log"]) == (503, False)
