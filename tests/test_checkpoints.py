@@ -156,7 +156,7 @@ def test_a_verification_from_a_checkpoint_checks_only_the_records_after_it(
     assert status == 200, body
     assert body["ok"] is True
     assert (body["from_sequence"], body["records"]) == (start, LAST - start)
-    assert body["checkpoints_checked"] == len([point for point in (4, 8, 12) if point > start])
+    assert body["checkpoints_checked"] == 0  # a full verification's figure
     assert (body["accounts"], body["total_balance"], body["last_hash"]) == (
         full["accounts"],
         full["total_balance"],

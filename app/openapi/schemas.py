@@ -403,8 +403,8 @@ def _answers() -> dict[str, Schema]:
                     "checkpoints_checked": {
                         "type": "integer",
                         "minimum": 0,
-                        "description": "Checkpoints whose chain head (and, on a full verification, balances "
-                        "digest) the records passed confirmed.",
+                        "description": "Checkpoints whose chain head and balances digest a full verification "
+                        "confirmed (0 from a checkpoint).",
                     },
                 },
                 required=(

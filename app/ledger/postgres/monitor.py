@@ -174,7 +174,8 @@ def _verify(from_sequence: int | None, deadline: Deadline, connection: Connectio
         for username, balance, held in connection.execute("SELECT username, balance, held FROM accounts")
     }
     holds = [HoldState.from_row(row).view() for row in connection.execute(sql.PENDING_HOLDS)]
-    replay = Replay(start=start, checkpoints=points)
+    # Checkpoints are confirmed by a full verification only (``Verification.checkpoints``).
+    replay = Replay(start=start, checkpoints=points if start is None else ())
     with connection.cursor(name="goledger_verify_records") as records:
         records.itersize = VERIFY_ITERSIZE
         records.execute(sql.RECORDS_STREAM, (replay.sequence,))
