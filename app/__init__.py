@@ -129,6 +129,7 @@ def _build_store(config: Config) -> LedgerStore:
             config.store,
             max_connections=config.pg_pool_size,
             lock_trouble_after_s=config.op_timeout_ms / 1000,
+            checkpoint_records=config.checkpoint_records,
         )
     except (psycopg.OperationalError, PoolTimeout) as error:
         reason = without_password(str(error), config.store)

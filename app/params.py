@@ -29,6 +29,8 @@ _IF_MATCH = re.compile(r'(?:"([0-9]{1,19})"|([0-9]{1,19}))')
 _TOKEN = re.compile(r"[\x21-\x7e]{1,256}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 MAX_PAGE_LIMIT = 500
+#: The largest sequence a record can have (a bigint in PostgreSQL).
+MAX_SEQUENCE = 2**63 - 1
 DEFAULT_PAGE_LIMIT = 50
 
 
@@ -178,10 +180,20 @@ def parse_limit(value: object) -> int:
     return _whole_number(value, "invalid_limit", "The limit", 1, MAX_PAGE_LIMIT)
 
 
+def parse_checkpoint_sequence(value: object) -> int:
+    """``from`` of ``/admin/verify``: a record's sequence (the store checks it is a checkpoint's)."""
+    return _whole_number(value, "invalid_parameter", "The from parameter", 1, MAX_SEQUENCE)
+
+
 def parse_cursor(value: object) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= 128:
         raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.")
     return value
+
+
+def page_request(params: Params) -> tuple[int, str | None]:
+    """The ``limit`` (default ``DEFAULT_PAGE_LIMIT``) and ``cursor`` of a paged read."""
+    return params.get("limit", parse_limit) or DEFAULT_PAGE_LIMIT, params.get("cursor", parse_cursor)
 
 
 def parse_token(value: object) -> str:

@@ -208,6 +208,64 @@ def measure(directory: Path, samples: int, full_verify: bool) -> dict[str, float
         store.close()
 
 
+def service(directory: Path, samples: int) -> dict[str, float]:
+    """The service as it ships (gunicorn.conf.py, log level INFO) on the data directory:
+    seconds until it answers, the worker's RSS, history pages over HTTP (p50/p99 ms),
+    ``/admin/verify?from=`` the checkpoint before the newest."""
+    import http.client
+
+    from benchmarks.common import Server, request_json
+
+    began = time.perf_counter()
+    with Server(log_level="INFO", extra_env={"LEDGER_DATA_DIR": str(directory)}) as server:
+        ready_s = time.perf_counter() - began
+        pid = server.worker_pid()
+
+        def rss() -> float:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+            return float("nan")
+
+        rss_start = rss()
+        rng = random.Random(4)
+        admin = {"Authorization": server.admin_token}
+        status, body = request_json(server.base_url, "GET", "/admin/audit/checkpoints?limit=2", headers=admin)
+        assert status == 200, body
+        host, port = server.base_url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        latencies: list[float] = []
+        for _ in range(samples):
+            name = f"user{rng.randrange(100_000):06d}"
+            began = time.perf_counter()
+            status, page = request_json(
+                server.base_url,
+                "GET",
+                f"/account/transactions?username={name}&limit=50",
+                headers={"Authorization": "bench"},
+                connection=connection,
+            )
+            latencies.append((time.perf_counter() - began) * 1000)
+            assert status == 200, page
+        point = body["checkpoints"][-1]["sequence"]
+        began = time.perf_counter()
+        status, report = request_json(
+            server.base_url, "GET", f"/admin/verify?from={point}", headers=admin, timeout_s=600
+        )
+        verify_s = time.perf_counter() - began
+        assert status == 200, report
+        quantiles = statistics.quantiles(latencies, n=100)
+        return {
+            "service_ready_s": ready_s,
+            "worker_rss_after_start_mb": rss_start,
+            "worker_rss_after_pages_mb": rss(),
+            "http_history_p50_ms": quantiles[49],
+            "http_history_p99_ms": quantiles[98],
+            "http_verify_from_checkpoint_s": verify_s,
+            "http_verify_from_checkpoint_records": report["records"],
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -218,13 +276,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=3, help="measuring processes (median reported)")
     parser.add_argument("--no-full-verify", action="store_true")
-    parser.add_argument("--phase", choices=("all", "build", "measure", "tail"), default="all")
+    phases = ("all", "build", "measure", "tail", "service")
+    parser.add_argument("--phase", choices=phases, default="all")
     args = parser.parse_args()
     if args.phase in ("all", "build"):
         built = build(args.data_dir, args.accounts, args.records)
         print(json.dumps({"build": built}), flush=True)
     if args.phase == "tail":
         leave_a_tail(args.data_dir)
+    if args.phase == "service":
+        print(json.dumps(service(args.data_dir, args.samples)), flush=True)
+        return
     if args.phase == "measure":
         print(json.dumps(measure(args.data_dir, args.samples, not args.no_full_verify)), flush=True)
         return

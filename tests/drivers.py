@@ -37,7 +37,7 @@ from app.ledger.memory.durability import Durability
 from app.ledger.memory.holds import ExpirySweeper
 from app.ledger.memory.keys import IdempotencyTable
 from app.ledger.memory.trail import AuditTrail
-from app.ledger.model import AccountView, Hold, HoldStatus, Transaction, iso_from_epoch
+from app.ledger.model import AccountView, Checkpoint, Hold, HoldStatus, Transaction, iso_from_epoch
 from app.ledger.outcomes import Result
 from app.ledger.postgres import PostgresStore
 from app.ledger.store import LedgerStore
@@ -122,6 +122,10 @@ class StoreDriver(ABC):
 
         A store a test builds itself gets ``clock=`` in its constructor instead.
         """
+
+    def settle_checkpoints(self) -> None:
+        """Wait (within ``JOIN_TIMEOUT_S``) for the checkpoint the store is taking in the
+        background, if any (a store that takes them inline has nothing to wait for)."""
 
     @abstractmethod
     def race_rounds(self, rounds: int) -> int:
@@ -418,6 +422,19 @@ class PostgresDriver(StoreDriver):
 
     def set_clock(self, clock: Callable[[], float]) -> None:
         self.store._clock = clock  # PostgresStore._clock: the wall clock its holds expire by
+
+    def settle_checkpoints(self) -> None:
+        checkpointer = self.store._checkpointer  # PostgresStore._checkpointer: its background checkpoints
+        assert checkpointer.settle(JOIN_TIMEOUT_S), f"a checkpoint still runs after {JOIN_TIMEOUT_S} s"
+
+    def take_checkpoint(self, *, min_gap: int = 1) -> Checkpoint | None:
+        """Take a checkpoint now, in this thread, as the background one does (``None``: skipped)."""
+        return self.store._checkpointer.take(min_gap=min_gap)  # PostgresStore._checkpointer: its checkpoints
+
+    def run_pooled(self, statement: str) -> None:
+        """Run one statement on a connection of the store's pool (with the pool's session settings)."""
+        with self.store._runner.pool.connection() as connection:  # Runner.pool: its psycopg_pool pool
+            connection.execute(statement.encode())
 
     def race_rounds(self, rounds: int) -> int:
         """A quarter of them: each round costs round trips to the server."""

@@ -27,7 +27,7 @@ TEST_POOL_SIZE = 8
 
 _RESET = (
     "DELETE FROM audit_parties; DELETE FROM audit; DELETE FROM holds; DELETE FROM idempotency_keys; "
-    "DELETE FROM accounts; "
+    "DELETE FROM accounts; DELETE FROM checkpoints; "
     "UPDATE chain_head SET sequence = 0, hash = repeat('0', 64)"
 )
 

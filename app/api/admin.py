@@ -1,5 +1,5 @@
-"""``/admin/...``: accounts, the operator's deposits and withdrawals, the audit trail and its
-verification; admin token only."""
+"""``/admin/...``: accounts, the operator's deposits and withdrawals, the audit trail, its
+checkpoints and its verification; admin token only."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from app.api.common import (
     ADMIN_KEY_SCOPE,
     MoneyRequest,
     audit_record_json,
+    page_json,
     request_deadline,
     run_money_operation,
 )
@@ -21,10 +22,9 @@ from app.auth import authenticate_admin, new_token, token_digest
 from app.extensions import admin_digest, store
 from app.ledger.errors import InvalidInput
 from app.params import (
-    DEFAULT_PAGE_LIMIT,
     Params,
-    parse_cursor,
-    parse_limit,
+    page_request,
+    parse_checkpoint_sequence,
     parse_opening_balance,
     parse_token,
     parse_username,
@@ -95,21 +95,26 @@ def _operator_money(
 @bp.get("/audit")
 def audit() -> Response:
     """The whole audit trail, oldest first, with each record's place in the hash chain."""
-    params = Params.from_request(request)
-    limit = params.get("limit", parse_limit) or DEFAULT_PAGE_LIMIT
-    cursor = params.get("cursor", parse_cursor)
+    limit, cursor = page_request(Params.from_request(request))
     page = store().audit_page(limit=limit, cursor=cursor)
-    return jsonify(
-        {
-            "transactions": [audit_record_json(record) for record in page.transactions],
-            "next_cursor": page.next_cursor,
-        }
-    )
+    return page_json("transactions", list(map(audit_record_json, page.transactions)), page.next_cursor)
+
+
+@bp.get("/audit/checkpoints")
+def checkpoints() -> Response:
+    """The ledger's checkpoints, newest first: where a verification may start."""
+    limit, cursor = page_request(Params.from_request(request))
+    page = store().checkpoints(limit=limit, cursor=cursor)
+    # A checkpoint's fields are the contract's names: sequence, chain_head, balances_digest, created_at.
+    return page_json("checkpoints", list(map(dataclasses.asdict, page.checkpoints)), page.next_cursor)
 
 
 @bp.get("/verify")
 def verify() -> tuple[Response, int]:
-    report = store().verify()
+    """The whole ledger checked, or with ``from``, the records after that checkpoint."""
+    from_sequence = Params.from_request(request).get("from", parse_checkpoint_sequence)
+    ledger = store()
+    report = ledger.verify(from_sequence=from_sequence)
     if report.ok:
         return jsonify({"ok": True, **report.figures()}), 200
     return jsonify({"ok": False, "problems": report.problems, **report.figures()}), 500

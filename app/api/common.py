@@ -119,6 +119,11 @@ def _fingerprint(money_request: MoneyRequest, expected_version: int | None) -> s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def page_json(key: str, items: list[dict[str, Any]], next_cursor: str | None) -> Response:
+    """One page of a paged read: its ``items`` under ``key``, and the cursor of the next page."""
+    return jsonify({key: items, "next_cursor": next_cursor})
+
+
 def hold_json(hold: Hold) -> dict[str, Any]:
     return {
         "id": hold.id,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
-from app.api.common import authenticated_caller, request_deadline, transaction_json
+from app.api.common import authenticated_caller, page_json, request_deadline, transaction_json
 from app.extensions import store
-from app.params import DEFAULT_PAGE_LIMIT, parse_cursor, parse_limit
+from app.params import page_request
 
 bp = Blueprint("history", __name__)
 
@@ -15,12 +15,6 @@ bp = Blueprint("history", __name__)
 def history() -> Response:
     params, username = authenticated_caller()
     request_deadline()  # validated like every /account operation; history waits on no lock that needs it
-    limit = params.get("limit", parse_limit) or DEFAULT_PAGE_LIMIT
-    cursor = params.get("cursor", parse_cursor)
+    limit, cursor = page_request(params)
     page = store().history(username, limit=limit, cursor=cursor)
-    return jsonify(
-        {
-            "transactions": [transaction_json(record) for record in page.transactions],
-            "next_cursor": page.next_cursor,
-        }
-    )
+    return page_json("transactions", list(map(transaction_json, page.transactions)), page.next_cursor)

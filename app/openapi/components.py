@@ -121,6 +121,12 @@ def parameters() -> dict[str, Any]:
         ),
         "from": query("from", ref("Username"), "Optional; must equal username (403 otherwise)."),
         "timeout_s": query("timeout_s", ref("HoldTimeout"), "Seconds until the hold expires; default 3600."),
+        "from_checkpoint": query(
+            "from",
+            {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+            "A checkpoint's sequence: only the records after it are checked, against it. Not a whole number: "
+            "400 invalid_parameter; no checkpoint there: 400 invalid_parameter.",
+        ),
         "limit": query("limit", ref("PageLimit"), "Records per page, 1..500; default 50."),
         "cursor": query("cursor", ref("Cursor"), "The next_cursor of the previous page."),
         "hold_id": {

@@ -337,6 +337,7 @@ def _admin_paths() -> dict[str, Any]:
     create_400 += ["invalid_token", "invalid_amount", "invalid_timeout"]
     created = answer("The new account and its token.", ref("AccountCreated"))
     verified = {"anyOf": [ref("Verification"), ref("Error")]}
+    page_400 = ["invalid_json", "conflicting_parameters", "invalid_limit", "invalid_cursor"]
     return {
         "/admin/accounts": {
             "post": _operation(
@@ -388,18 +389,23 @@ def _admin_paths() -> dict[str, Any]:
                 parameters=["limit", "cursor", "X-Request-Id"],
                 responses={
                     "200": answer("One page of audit records.", ref("AuditPage")),
-                    **errors(
-                        {
-                            **admin_errors,
-                            400: [
-                                "invalid_json",
-                                "conflicting_parameters",
-                                "invalid_limit",
-                                "invalid_cursor",
-                            ],
-                            413: ["payload_too_large"],
-                        }
-                    ),
+                    **errors({**admin_errors, 400: page_400, 413: ["payload_too_large"]}),
+                },
+            )
+        },
+        "/admin/audit/checkpoints": {
+            "get": _operation(
+                "getCheckpoints",
+                "admin",
+                "The audit trail's checkpoints",
+                "Newest first: each a record's sequence, its hash and a digest of every balance right after "
+                "it, taken every LEDGER_CHECKPOINT_RECORDS records and at a clean shutdown. A verification "
+                "may start from one (`GET /admin/verify?from=<sequence>`).",
+                security=_ADMIN,
+                parameters=["limit", "cursor", "X-Request-Id"],
+                responses={
+                    "200": answer("One page of checkpoints.", ref("CheckpointPage")),
+                    **errors({**admin_errors, 400: page_400, 413: ["payload_too_large"], 503: ["timeout"]}),
                 },
             )
         },
@@ -409,12 +415,21 @@ def _admin_paths() -> dict[str, Any]:
                 "admin",
                 "Verify the ledger",
                 "Checks every balance >= 0, that money is conserved, each balance against the replay of its "
-                "audit records, the hash chain, and each account's held money against its pending holds.",
+                "audit records, the hash chain, each checkpoint the records pass, and each account's held "
+                "money against its pending holds. With `from`, only the records after that checkpoint, "
+                "against it, in time proportional to them.",
                 security=_ADMIN,
-                parameters=["X-Request-Id"],
+                parameters=["from_checkpoint", "X-Request-Id"],
                 responses={
                     "200": answer("Every invariant holds.", ref("Verification")),
-                    **errors(admin_errors),
+                    **errors(
+                        {
+                            **admin_errors,
+                            400: ["invalid_json", "conflicting_parameters", "invalid_parameter"],
+                            413: ["payload_too_large"],
+                            503: ["timeout"],
+                        }
+                    ),
                     "500": answer(
                         "A broken invariant (`ok: false`, the problems), or a bug (Error).", verified
                     ),

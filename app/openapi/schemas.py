@@ -45,6 +45,8 @@ ERROR_CODES: dict[str, str] = {
     "invalid_limit": "a page limit outside 1..500",
     "invalid_batch": "a batch with no operations, too many, or an unknown type",
     "invalid_timeout": "X-Timeout-Ms outside 1..60000, or timeout_s outside 1..604800",
+    "invalid_parameter": "a malformed parameter, or one naming nothing there is (from on /admin/verify: "
+    "no checkpoint has that sequence); the message names the parameter",
     "invalid_token": "an account token that is not 1..256 printable ASCII characters (GoLedger)",
     "invalid_idempotency_key": "an Idempotency-Key that is not 1..255 printable ASCII characters (GoLedger)",
     "bad_request": "a request gunicorn could not parse (GoLedger)",
@@ -393,6 +395,17 @@ def _answers() -> dict[str, Schema]:
                     "total_deposited": {"type": "integer", "minimum": 0},
                     "total_withdrawn": {"type": "integer", "minimum": 0},
                     "last_hash": _HASH,
+                    "from_sequence": {
+                        "type": ["integer", "null"],
+                        "minimum": 1,
+                        "description": "The checkpoint the verification started from (null: from the start).",
+                    },
+                    "checkpoints_checked": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Checkpoints whose chain head and balances digest a full verification "
+                        "confirmed (0 from a checkpoint).",
+                    },
                 },
                 required=(
                     "ok",
@@ -402,8 +415,43 @@ def _answers() -> dict[str, Schema]:
                     "total_deposited",
                     "total_withdrawn",
                     "last_hash",
+                    "from_sequence",
+                    "checkpoints_checked",
                 ),
             ),
+            "description": "records: the records checked (those after from_sequence, when given); "
+            "total_deposited and total_withdrawn count those records only.",
+        },
+        "Checkpoint": {
+            **_object(
+                {
+                    "sequence": {"type": "integer", "minimum": 1, "description": "The record it follows."},
+                    "chain_head": {**_HASH, "description": "That record's hash."},
+                    "balances_digest": {
+                        **_HASH,
+                        "description": "SHA-256 of a `name TAB balance LF` line per account existing then, "
+                        "names in byte order.",
+                    },
+                    "created_at": _TIMESTAMP,
+                }
+            ),
+            "examples": [
+                {
+                    "sequence": 100000,
+                    "chain_head": "baef86a2b10299ac2e3d4c611918474723ac4b26f3e5cb0b999b9012e7d9aff3",
+                    "balances_digest": "1edf54a764d90086f607c124317f4706434f860c72f2b0a57870ff2a273f3925",
+                    "created_at": "2026-12-02T18:03:48.169545Z",
+                }
+            ],
+        },
+        "CheckpointPage": {
+            **_object(
+                {
+                    "checkpoints": {"type": "array", "items": ref("Checkpoint")},
+                    "next_cursor": ref("NextCursor"),
+                }
+            ),
+            "description": "Newest first. Pass next_cursor back as cursor for the next page.",
         },
     }
 

@@ -18,8 +18,12 @@ Modules
     ``Keys``: idempotency keys in the database, claimed in the transaction of the
     operation they guard.
 ``monitor``
-    ``Monitor``: ``verify``, ``health`` (the chain checked a stretch at a time) and
-    ``stats``.
+    ``Monitor``: ``verify`` (the trail streamed from one snapshot, from the first
+    record or from a checkpoint), ``health`` (the chain checked a stretch at a time)
+    and ``stats``.
+``checkpoints``
+    ``Checkpointer``: a checkpoint every so many records (in a background thread) and
+    at ``close``, each read from one snapshot; the list of checkpoints.
 ``sweeper``
     ``Sweeper``: the background thread that expires due holds and purges old keys.
 ``sql``
@@ -44,6 +48,9 @@ across a wait on the database:
 - each ``DurationHistogram._lock`` of ``OperationCounters.durations`` (pool waits,
   commits), for one observation, taken once the checkout or the commit is over;
 - the sweeper's events: ``_wake`` (a pass now, or after its interval) and ``_stop``;
+- ``Checkpointer._lock`` guards what the checkpointer knows (the last checkpoint,
+  its background thread, whether it is closed); held only to decide and start that
+  thread, after a write committed;
 - ``PostgresStore._digests`` (the token digests this process has read) has none:
   a dict whose single operations are atomic under the GIL.
 
@@ -60,6 +67,8 @@ never wait for each other in a cycle:
 
 A keyed request takes its ``idempotency_keys`` row first (an insert that waits on
 the unique index while another transaction holds the same key), then the above.
+Verifications and checkpoints read one ``REPEATABLE READ, READ ONLY`` snapshot and
+take no row lock; a checkpoint's insert locks only its own new ``checkpoints`` row.
 Concurrent migrations take turns on a transaction-scoped advisory lock (``schema``).
 """
 

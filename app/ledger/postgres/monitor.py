@@ -1,5 +1,10 @@
 """What the PostgreSQL store reports on itself: ``verify``, ``health`` and ``stats``.
 
+``verify`` reads one MVCC snapshot (``Runner.read_snapshot``) and streams the audit
+trail through a server-side cursor into ``app.ledger.audit.Replay``, from the first
+record or from a checkpoint; its statements run under its own ``VERIFY_TIMEOUT_S``,
+not the pool's short ``statement_timeout``.
+
 ``health`` checks the audit chain a stretch at a time (``HEALTH_CHAIN_BATCH``
 records a call, resuming where it stopped) and remembers the first problem it or
 ``verify`` found; ``stats`` reports the last figures it read when the database
@@ -8,6 +13,7 @@ does not answer in time. That memory is this process's, under ``_health_lock``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -16,9 +22,11 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from app.ledger.accounts import HoldState
-from app.ledger.audit import GENESIS_HASH, AccountSnapshot, Verification, check_chain, verify_ledger
-from app.ledger.model import Deadline, Hold, Transaction
+from app.ledger.audit import GENESIS_HASH, AccountSnapshot, Replay, Verification, check_chain
+from app.ledger.errors import InvalidInput, OperationTimeout, StoreInvariantBroken
+from app.ledger.model import Deadline
 from app.ledger.postgres import sql
+from app.ledger.postgres.checkpoints import every_checkpoint
 from app.ledger.postgres.runner import Runner
 from app.ledger.postgres.unit import Connection
 from app.ledger.store import Health, Stats
@@ -29,7 +37,13 @@ _log = logging.getLogger("goledger.postgres")
 HEALTH_CHAIN_BATCH = 10_000
 HEALTH_TIMEOUT_S = 1.0
 STATS_TIMEOUT_MS = 500
-VERIFY_TIMEOUT_S = 10.0
+#: The bound of one verification (its statements too, not the pool's ``READ_TIMEOUT_S``): a
+#: full one of millions of records legitimately takes minutes.
+VERIFY_TIMEOUT_S = 600.0
+#: The longest wait for a pooled connection: an empty pool or a lost database is a 503 soon.
+VERIFY_POOL_WAIT_S = 2.0
+#: Audit records fetched per round trip of the verification's server-side cursor.
+VERIFY_ITERSIZE = 5_000
 
 
 class Monitor:
@@ -45,30 +59,22 @@ class Monitor:
         #: The last (accounts, audit records, idempotency keys) that ``stats`` read.
         self._figures_seen = (0, 0, 0)
 
-    def verify(self) -> Verification:
-        """Check every invariant on one consistent snapshot (a repeatable-read transaction)."""
+    def verify(self, from_sequence: int | None = None) -> Verification:
+        """Check every invariant on one snapshot, streaming the audit trail (``_verify``).
 
-        def snapshot(
-            connection: Connection,
-        ) -> tuple[dict[str, AccountSnapshot], list[Hold], list[Transaction]]:
-            with connection.transaction():
-                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                accounts = {
-                    username: AccountSnapshot(balance, held)
-                    for username, balance, held in connection.execute(
-                        "SELECT username, balance, held FROM accounts"
-                    )
-                }
-                holds = [HoldState.from_row(row).view() for row in connection.execute(sql.ALL_HOLDS)]
-                records = [sql.record(row) for row in connection.execute(sql.ALL_RECORDS)]
-            return accounts, holds, records
-
-        accounts, holds, records = self._runner.read(
-            snapshot, Deadline.after_ms(int(VERIFY_TIMEOUT_S * 1000))
+        ``from_sequence``: a checkpoint's sequence; only the records after it are read, and
+        checked against it (``InvalidInput("invalid_parameter")`` when no checkpoint has it).
+        """
+        deadline = Deadline.after_ms(int(VERIFY_TIMEOUT_S * 1000))
+        report = self._runner.read_snapshot(
+            functools.partial(_verify, from_sequence, deadline), deadline, pool_wait_s=VERIFY_POOL_WAIT_S
         )
-        report = verify_ledger(accounts, records, holds)
         with self._health_lock:
-            self._chain_problem = None if report.ok else report.problems[0]
+            if not report.ok:
+                self._chain_problem = report.problems[0]
+            elif from_sequence is None:
+                # Only a full verification vouches for the records before a checkpoint too.
+                self._chain_problem = None
         return report
 
     def health(self) -> Health:
@@ -144,3 +150,38 @@ class Monitor:
             audit_records=figures[1],
             idempotency_keys=figures[2],
         )
+
+
+def _verify(from_sequence: int | None, deadline: Deadline, connection: Connection) -> Verification:
+    """In a snapshot (``Runner.read_snapshot``): the accounts and pending holds into memory, the
+    checkpoints, then the audit records after the start through a server-side cursor, one page
+    of ``VERIFY_ITERSIZE`` at a time into ``Replay``. Memory: one entry per account, per pending
+    hold and per checkpoint, and one page of records, however long the trail."""
+    head = connection.execute("SELECT sequence, hash FROM chain_head").fetchone()
+    if head is None:
+        raise StoreInvariantBroken("the chain_head row is missing")
+    points = every_checkpoint(connection)
+    start = None
+    if from_sequence is not None:
+        start = next((point for point in points if point.sequence == from_sequence), None)
+        if start is None:
+            raise InvalidInput(
+                "invalid_parameter",
+                f"from: no checkpoint has sequence {from_sequence} (see GET /admin/audit/checkpoints).",
+            )
+    accounts = {
+        username: AccountSnapshot(balance, held)
+        for username, balance, held in connection.execute("SELECT username, balance, held FROM accounts")
+    }
+    holds = [HoldState.from_row(row).view() for row in connection.execute(sql.PENDING_HOLDS)]
+    # Checkpoints are confirmed by a full verification only (``Verification.checkpoints``).
+    replay = Replay(start=start, checkpoints=points if start is None else ())
+    with connection.cursor(name="goledger_verify_records") as records:
+        records.itersize = VERIFY_ITERSIZE
+        records.execute(sql.RECORDS_STREAM, (replay.sequence,))
+        for row in records:
+            replay.add(sql.record(row))
+            # statement_timeout bounds each page's FETCH; this bounds the whole stream.
+            if replay.report.records % VERIFY_ITERSIZE == 0 and deadline.remaining_s() == 0:
+                raise OperationTimeout(f"The verification did not finish within {VERIFY_TIMEOUT_S:g} s.")
+    return replay.finish(accounts, holds, last_hash=str(head[1]))

@@ -125,9 +125,12 @@ class Runner:
         )
         self.pool.open(wait=True, timeout=10.0)
         self.clock = clock
+        #: Told the last sequence of each committed append (the store's checkpointer listens).
+        self.appended: Callable[[int], None] = _nobody_listens
         #: This thread's keyed request: ``connection``, its open transaction (``None``
         #: outside ``inside``); ``extra``, the accounts its restarts found it must lock;
-        #: ``counts``, the outcomes to count once it commits.
+        #: ``counts``, the outcomes to count once it commits; ``last_sequence``, the last
+        #: record it appended (told to ``appended`` once it commits).
         self._local = threading.local()
 
     def write(
@@ -152,7 +155,9 @@ class Runner:
                         if unit.committed:
                             self.counters.count(unit.outcomes, unit.lock_wait_s)
                             self.counters.durations[COMMIT].observe(unit.commit_s)
-                    return result
+                if unit.last_sequence:
+                    self.appended(unit.last_sequence)
+                return result
             except Restart as restart:
                 extra |= restart.names
             except PoolTimeout:
@@ -165,14 +170,25 @@ class Runner:
                     raise self.timed_out(label, timeout_specs, started, budget_s) from None
         raise self.timed_out(label, timeout_specs, started, budget_s)
 
-    def read(self, query: Callable[[Connection], T], deadline: Deadline | None = None) -> T:
+    def read(
+        self,
+        query: Callable[[Connection], T],
+        deadline: Deadline | None = None,
+        *,
+        pool_wait_s: float | None = None,
+    ) -> T:
         """Run a read on a pooled connection; lost connections are retried within the deadline
-        (default ``READ_TIMEOUT_S``), then it is an ``OperationTimeout`` (503), never a 500."""
+        (default ``READ_TIMEOUT_S``), then it is an ``OperationTimeout`` (503), never a 500.
+
+        ``pool_wait_s``: the longest wait for a pooled connection, for reads whose deadline is
+        long (a verification): an empty pool or a database that is down is then a 503 soon.
+        """
         deadline = deadline or Deadline.after_ms(int(READ_TIMEOUT_S * 1000))
         for attempt in range(1, MAX_ATTEMPTS + 1):
             connection: Connection | None = None
+            wait_s = max(deadline.remaining_s(), 0.001)
             try:
-                with self.pool.connection(timeout=max(deadline.remaining_s(), 0.001)) as connection:
+                with self.pool.connection(timeout=min(wait_s, pool_wait_s or wait_s)) as connection:
                     return query(connection)
             except PoolTimeout:
                 break
@@ -180,6 +196,23 @@ class Runner:
                 if not (retryable(error, connection) and self.again(connection, deadline, attempt)):
                     break
         raise OperationTimeout("The database did not answer within the deadline.")
+
+    def read_snapshot(self, query: Callable[[Connection], T], deadline: Deadline, *, pool_wait_s: float) -> T:
+        """``read`` in one ``REPEATABLE READ, READ ONLY`` transaction: every statement of ``query``
+        sees one MVCC snapshot, takes no row lock (no writer waits for it, nor it for them), and may
+        run until ``deadline`` instead of the pool's ``READ_TIMEOUT_S`` (a long, legitimate read:
+        a verification, a checkpoint). ``pool_wait_s``: as in ``read``."""
+
+        def in_snapshot(connection: Connection) -> T:
+            timeout_ms = max(1, int(deadline.remaining_s() * 1000))  # 0 would mean "no limit"
+            with connection.transaction():
+                connection.execute(
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
+                    f"SET LOCAL statement_timeout = {timeout_ms}"
+                )
+                return query(connection)
+
+        return self.read(in_snapshot, deadline, pool_wait_s=pool_wait_s)
 
     def again(self, connection: Connection | None, deadline: Deadline, attempt: int) -> bool:
         """Whether another attempt may start (after a short pause). A lost connection first has
@@ -203,6 +236,7 @@ class Runner:
         """Have every ``write`` of the block run in ``connection``'s open transaction."""
         self._local.connection = connection
         self._local.counts = []
+        self._local.last_sequence = 0
         try:
             yield
         finally:
@@ -214,6 +248,8 @@ class Runner:
         for outcomes, waited_s in self._local.counts:
             self.counters.count(outcomes, waited_s)
         self.counters.durations[COMMIT].observe(commit_s)
+        if self._local.last_sequence:
+            self.appended(self._local.last_sequence)
 
     def _write_inside(
         self,
@@ -233,6 +269,7 @@ class Runner:
             raise Abort(retryable(error, connection), label, timeout_specs) from None
         finally:
             self._local.counts.append((unit.outcomes, unit.lock_wait_s))
+            self._local.last_sequence = max(self._local.last_sequence, unit.last_sequence)
         return result
 
     # -- running out of time --------------------------------------------------------------
@@ -278,6 +315,10 @@ class _TimedPool(ConnectionPool[Connection]):
             return super().getconn(timeout)
         finally:  # a checkout that timed out waited too
             self._waits.observe(time.perf_counter() - started)
+
+
+def _nobody_listens(sequence: int) -> None:
+    """The default of ``Runner.appended``."""
 
 
 def _pause(deadline: Deadline, attempt: int) -> bool:

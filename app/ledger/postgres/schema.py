@@ -41,11 +41,15 @@ def migrations() -> list[Migration]:
     return found
 
 
-def migrate(url: str) -> list[str]:
-    """Bring the database at ``url`` up to date; the names of the migrations applied now."""
+def migrate(url: str, *, up_to: int | None = None) -> list[str]:
+    """Bring the database at ``url`` up to date (or up to version ``up_to``, to test a later
+    migration on a ledger populated under an earlier schema); the names of the migrations
+    applied now."""
     applied_now = []
     with psycopg.connect(url, autocommit=True) as connection:
         for migration in migrations():
+            if up_to is not None and migration.version > up_to:
+                break
             with connection.transaction():
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
                 connection.execute(

@@ -28,6 +28,14 @@ that operation's transaction) or a background sweep (``sweeper.Sweeper``, one pe
 process, every ``SWEEP_INTERVAL_S``), whichever comes first. Expiry instants are on
 the application's wall clock, as in the embedded store.
 
+Checkpoints and verification
+----------------------------
+Every ``checkpoint_records`` records, and at a clean ``close``, a checkpoint (the
+chain head and a digest of every balance) is taken on one MVCC snapshot, in a
+background thread that takes no row lock (``checkpoints.Checkpointer``).
+``verify`` streams the audit trail through a server-side cursor in one
+repeatable-read snapshot, from the first record or from a checkpoint (``monitor``).
+
 Durability
 ----------
 PostgreSQL's: an operation is answered only after its transaction committed.
@@ -59,6 +67,7 @@ from app.ledger.model import (
     AccountView,
     BatchItem,
     BatchResult,
+    CheckpointPage,
     Deadline,
     Hold,
     HoldResult,
@@ -69,7 +78,8 @@ from app.ledger.model import (
     Transaction,
 )
 from app.ledger.outcomes import Outcome, Result
-from app.ledger.postgres import schema, sql
+from app.ledger.postgres import checkpoints, schema, sql
+from app.ledger.postgres.checkpoints import Checkpointer
 from app.ledger.postgres.holds import Holds
 from app.ledger.postgres.keys import Keys
 from app.ledger.postgres.monitor import Monitor
@@ -98,6 +108,8 @@ T = TypeVar("T")
 SWEEP_BATCH = 500
 #: Token digests one worker remembers (about 100 bytes each).
 DIGEST_CACHE_SIZE = 100_000
+#: A checkpoint every this many audit records (``LEDGER_CHECKPOINT_RECORDS``'s default).
+DEFAULT_CHECKPOINT_RECORDS = 100_000
 
 
 class PostgresStore(rules.SingleOperations):
@@ -117,6 +129,7 @@ class PostgresStore(rules.SingleOperations):
         clock: Callable[[], float] = time.time,
         sweep_interval_s: float | None = SWEEP_INTERVAL_S,
         migrate: bool = True,
+        checkpoint_records: int = DEFAULT_CHECKPOINT_RECORDS,
     ) -> None:
         if migrate:
             schema.migrate(url)
@@ -131,6 +144,8 @@ class PostgresStore(rules.SingleOperations):
         self._keys = Keys(self._runner)
         self._monitor = Monitor(self._runner)
         self._holds = Holds(self._runner)
+        self._checkpointer = Checkpointer(self._runner, checkpoint_records)
+        self._runner.appended = self._checkpointer.appended
         #: username -> token digest (see ``token_digest``); dict operations are atomic under the GIL.
         self._digests: dict[str, bytes] = {}
         self._sweeper = Sweeper(self, sweep_interval_s) if sweep_interval_s else None
@@ -377,9 +392,10 @@ class PostgresStore(rules.SingleOperations):
         return self._runner.write(OperationType.EXPIRE.value, deadline, work, ())
 
     def close(self) -> None:
-        """Stop the sweeper and close every pooled connection."""
+        """Stop the sweeper, take the checkpoint of a clean shutdown, close every pooled connection."""
         if self._sweeper is not None:
             self._sweeper.stop()
+        self._checkpointer.close()
         self._runner.pool.close()
 
     def wait_until_connected(self, timeout_s: float) -> None:
@@ -418,9 +434,13 @@ class PostgresStore(rules.SingleOperations):
         next_cursor = encode_cursor("a", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
 
-    def verify(self) -> Verification:
-        """Check every invariant on one consistent snapshot (a repeatable-read transaction)."""
-        return self._monitor.verify()
+    def verify(self, *, from_sequence: int | None = None) -> Verification:
+        """Check every invariant on one consistent snapshot (a repeatable-read transaction),
+        streaming the audit trail; from a checkpoint, only the records after it."""
+        return self._monitor.verify(from_sequence)
+
+    def checkpoints(self, *, limit: int, cursor: str | None) -> CheckpointPage:
+        return checkpoints.page(self._runner, limit, cursor)
 
     # -- idempotency ------------------------------------------------------------------
 

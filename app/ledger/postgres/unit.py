@@ -145,6 +145,8 @@ class Unit:
         self.lock_wait_s = 0.0
         #: How long the round trip that carried the ``COMMIT`` took (once ``committed``).
         self.commit_s = 0.0
+        #: The sequence of the last record this transaction appended (0: none yet).
+        self.last_sequence = 0
         self._url = url
 
     # -- locking ----------------------------------------------------------------
@@ -255,6 +257,8 @@ class Unit:
             draft.sealed(record_id, sequence, created_at, previous_hash, digest)
             for (record_id, draft), (sequence, previous_hash, digest) in zip(numbered, sealed, strict=True)
         ]
+        if records:
+            self.last_sequence = records[-1].sequence
         self.records = []
         self._original = {name: account.key() for name, account in self.accounts.items()}
         self.new_holds = []
