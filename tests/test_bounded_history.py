@@ -483,3 +483,25 @@ def test_a_lost_index_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
         assert reopened.verify().ok
     finally:
         reopened.close()
+
+
+def test_snapshots_one_after_another_leave_every_segment_they_name(tmp_path: Path) -> None:
+    """Two snapshots with no write between them, then a crash (a copy of the directory as
+    it is): each snapshot starts a segment, and the start finds every one of them."""
+    import shutil
+
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    store = MockDB.open(live)
+    try:
+        _seed(store)
+        store.snapshot()
+        store.snapshot()
+        shutil.copytree(live, crashed, ignore=shutil.ignore_patterns("LOCK"))
+    finally:
+        store.close()
+    reopened = MockDB.open(crashed)
+    try:
+        assert reopened.stats().accounts == len(NAMES)
+        assert reopened.verify().ok
+    finally:
+        reopened.close()

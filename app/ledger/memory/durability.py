@@ -88,6 +88,8 @@ class SnapshotState:
     last_hash: str
     #: Every account's balance (the checkpoint's digest is made of them).
     balances: list[tuple[str, int]]
+    #: How long writers waited while the state was copied.
+    lock_held_s: float
 
     @property
     def accounts(self) -> int:
@@ -271,8 +273,12 @@ class Durability:
                 raise StorageUnavailable("The ledger is closed; its data directory belongs to it no more.")
             started = time.perf_counter()
             state = capture(self.journal)
-            lock_held_s = time.perf_counter() - started
+            lock_held_s = state.lock_held_s
             self.await_lsn(state.lsn)  # the segments the snapshot stands for are complete on disk
+            try:
+                self.journal.settle()  # and the segment it names exists
+            except JournalUnavailable as error:
+                raise StorageUnavailable(f"The journal failed ({error}); no snapshot was written.") from None
             point = Checkpoint(state.records, state.last_hash, balances_digest(state.balances), utc_now_iso())
             if self.archive is not None:
                 self.archive.sync()

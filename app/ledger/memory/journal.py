@@ -203,6 +203,19 @@ class Journal:
             self._queue.append(_Rotation(self._last_segment))
             return self._last_segment
 
+    def settle(self) -> None:
+        """Write out everything queued, a rotation queued last included (its segment then
+        exists on disk, as a snapshot that names it requires)."""
+        self.wait_durable(self.appended_lsn)
+        with self._condition:
+            while self._leader_active:
+                if not self._condition.wait(self._stall_timeout_s) and self._leader_active:
+                    self._fail(f"a journal sync took longer than {self._stall_timeout_s} s")
+            if self._failure is not None:
+                raise JournalUnavailable(self._failure)
+            if self._queue:
+                self._lead()
+
     def wait_durable(self, lsn: int) -> None:
         """Return once frame ``lsn`` is on disk; ``JournalUnavailable`` if it never will be."""
         with self._condition:
@@ -309,12 +322,8 @@ class Journal:
         Nothing can be appended afterwards: the directory's lock goes with the store.
         """
         with contextlib.suppress(JournalUnavailable):
-            self.wait_durable(self.appended_lsn)
+            self.settle()
         with self._condition:
-            while self._leader_active and self._condition.wait(self._stall_timeout_s):
-                pass
-            if self._queue and self._failure is None and not self._leader_active:
-                self._lead()  # a rotation queued last: its segment is there at the next start
             if self._failure is None:
                 self._failure = "the journal is closed"
             if self._fd >= 0:

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.ledger import rules
 from app.ledger.accounts import AccountState
-from app.ledger.audit import AccountSnapshot, Replay, Verification, balances_digest
+from app.ledger.audit import Replay, Verification, balances_digest
 from app.ledger.errors import (
     AccountExists,
     LedgerError,
@@ -225,26 +225,26 @@ class MockDB(HoldOperations, rules.SingleOperations):
     def _capture_snapshot(self, journal: Journal) -> SnapshotState:
         lock = self._rw.gen_wlock()
         self._acquire(lock, Deadline.after_ms(SNAPSHOT_LOCK_TIMEOUT_MS), "snapshot")
+        locked_at = time.perf_counter()
         try:
 
-            def at_the_same_instant() -> tuple[int, int, list[Any], list[Any], list[Any]]:
+            def at_the_same_instant() -> tuple[int, int, list[Any], dict[str, bytes], list[Any], list[Any]]:
+                # Only copies here (writers wait): the rows are made after the lock is released.
                 self._durability.check_writable()
                 number = journal.rotate()
                 accounts = [
-                    [name, account.balance, account.held, account.version, self._credentials[name].hex()]
+                    (name, account.balance, account.held, account.version)
                     for name, account in self._accounts.items()
                 ]
-                keys = [
-                    [username, key, fingerprint, created_at, outcome_row(outcome)]
-                    for username, key, fingerprint, created_at, outcome in self._keys.kept()
-                ]
                 holds = [state.row() for state in self._holds.pending()]
-                return number, journal.appended_lsn, accounts, holds, keys
+                kept = self._keys.kept()
+                return number, journal.appended_lsn, accounts, self._credentials.copy(), holds, kept
 
-            head, (number, lsn, accounts, holds, keys) = self._trail.head(at_the_same_instant)
+            head, (number, lsn, accounts, credentials, holds, kept) = self._trail.head(at_the_same_instant)
             ordinal = self._holds.ordinal
         finally:
             lock.release()
+        lock_held_s = time.perf_counter() - locked_at
         header = {
             "lsn": lsn,
             "segment": number,
@@ -253,13 +253,21 @@ class MockDB(HoldOperations, rules.SingleOperations):
             "hold_ordinal": ordinal,
         }
         sections: list[tuple[str, Sequence[Any]]] = [
-            ("accounts", accounts),
+            ("accounts", [[*account, credentials[account[0]].hex()] for account in accounts]),
             ("latest", [[name, sequence] for name, sequence in head.latest.items()]),
             ("holds", holds),
-            ("keys", keys),
+            (
+                "keys",
+                [
+                    [username, key, fingerprint, created_at, outcome_row(outcome)]
+                    for username, key, fingerprint, created_at, outcome in kept
+                ],
+            ),
         ]
-        balances = [(row[0], row[1]) for row in accounts]
-        return SnapshotState(lsn, number, header, sections, head.sequence, head.last_hash, balances)
+        balances = [(account[0], account[1]) for account in accounts]
+        return SnapshotState(
+            lsn, number, header, sections, head.sequence, head.last_hash, balances, lock_held_s
+        )
 
     @property
     def snapshot_thread(self) -> threading.Thread | None:
@@ -446,10 +454,8 @@ class MockDB(HoldOperations, rules.SingleOperations):
         lock = self._rw.gen_rlock()
         self._acquire(lock, Deadline.after_ms(VERIFY_LOCK_TIMEOUT_MS), "verify")
         try:
-            accounts = {
-                name: AccountSnapshot(account.balance, account.held)
-                for name, account in self._accounts.items()
-            }
+            # Plain (balance, held) tuples: this copy holds the read lock, one per account.
+            accounts = {name: (account.balance, account.held) for name, account in self._accounts.items()}
             holds = self._holds.snapshot()
             head = self._trail.tip()
         finally:

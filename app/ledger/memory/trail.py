@@ -235,7 +235,9 @@ class AuditTrail:
             split = self._first if self._archive is None else min(self._archive.indexed + 1, last + 1)
         if self._archive is not None:
             for low in range(first, split, STREAM_CHUNK):
-                replay.add_rows(self._archive.rows(low, min(low + STREAM_CHUNK - 1, split - 1)))
+                replay.add_encoded_rows(
+                    self._archive.encoded_rows(low, min(low + STREAM_CHUNK - 1, split - 1))
+                )
         replay.add_all(self.stream(max(first, split), last))
 
     def head(self, during: Callable[[], T]) -> tuple[TrailHead, T]:
