@@ -40,7 +40,7 @@ class Config:
     #: With ``data_dir``: snapshot once the journal's current segment grows past this (0: never).
     snapshot_bytes: int = 64 * 1024 * 1024
     #: A checkpoint (and, with ``data_dir``, a state snapshot) every this many audit records.
-    checkpoint_records: int = 100_000
+    checkpoint_records: int = 50_000
     #: With ``data_dir``: audit records kept in memory besides those on disk (recent ones).
     record_cache: int = 50_000
 
@@ -94,7 +94,7 @@ class Config:
                 2**33,
             ),
             checkpoint_records=_integer(
-                "LEDGER_CHECKPOINT_RECORDS", environ.get("LEDGER_CHECKPOINT_RECORDS", "100000"), 1, 10**9
+                "LEDGER_CHECKPOINT_RECORDS", environ.get("LEDGER_CHECKPOINT_RECORDS", "50000"), 1, 10**9
             ),
             record_cache=_integer(
                 "LEDGER_RECORD_CACHE", environ.get("LEDGER_RECORD_CACHE", "50000"), 0, 10**9

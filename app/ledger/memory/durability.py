@@ -42,7 +42,7 @@ DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
 #: Recent audit records a store with a data directory keeps in memory (``LEDGER_RECORD_CACHE``).
 DEFAULT_RECORD_CACHE = 50_000
 #: A checkpoint every this many audit records (``LEDGER_CHECKPOINT_RECORDS``).
-DEFAULT_CHECKPOINT_RECORDS = 100_000
+DEFAULT_CHECKPOINT_RECORDS = 50_000
 #: How long after a failed automatic snapshot the next one may start.
 SNAPSHOT_RETRY_S = 60.0
 #: The lsn of an account whose last change could not be journaled: never durable.

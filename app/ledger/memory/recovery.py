@@ -219,9 +219,12 @@ class _Loader:
     def _section(self, name: str, rows: list[persistence.Row]) -> None:
         state = self.state
         if name == "accounts":
-            for username, balance, held, version, digest in rows:
+            latest = self._latest
+            for username, balance, held, version, digest, last in rows:
                 state.accounts[username] = AccountState(username, balance, held, version)
                 state.credentials[username] = bytes.fromhex(digest)
+                if last:
+                    latest[username] = last
         elif name == "latest":
             for username, sequence in rows:
                 self._latest[username] = sequence

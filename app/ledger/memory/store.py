@@ -245,6 +245,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
         finally:
             lock.release()
         lock_held_s = time.perf_counter() - locked_at
+        latest = head.latest  # a copy: each account's latest record goes into its row
         header = {
             "lsn": lsn,
             "segment": number,
@@ -253,8 +254,14 @@ class MockDB(HoldOperations, rules.SingleOperations):
             "hold_ordinal": ordinal,
         }
         sections: list[tuple[str, Sequence[Any]]] = [
-            ("accounts", [[*account, credentials[account[0]].hex()] for account in accounts]),
-            ("latest", [[name, sequence] for name, sequence in head.latest.items()]),
+            (
+                "accounts",
+                [
+                    [*account, credentials[account[0]].hex(), latest.pop(account[0], 0)]
+                    for account in accounts
+                ],
+            ),
+            ("latest", [[name, sequence] for name, sequence in latest.items()]),  # names without an account
             ("holds", holds),
             (
                 "keys",

@@ -109,7 +109,7 @@ SWEEP_BATCH = 500
 #: Token digests one worker remembers (about 100 bytes each).
 DIGEST_CACHE_SIZE = 100_000
 #: A checkpoint every this many audit records (``LEDGER_CHECKPOINT_RECORDS``'s default).
-DEFAULT_CHECKPOINT_RECORDS = 100_000
+DEFAULT_CHECKPOINT_RECORDS = 50_000
 
 
 class PostgresStore(rules.SingleOperations):
