@@ -109,6 +109,8 @@ class Durability:
         #: The ledger's checkpoints (each snapshot adds one) and how often one is due.
         self.checkpoints = CheckpointBook()
         self.checkpoint_records = 0
+        #: The last journal frame the newest snapshot covers (under _snapshot_lock once open).
+        self.snapshot_lsn = 0
         self._written = threading.local()  # the lsn the current thread's write must wait for
         #: Why writes are refused before they start (``None``: they are not).
         self.refusal: str | None = None
@@ -289,6 +291,7 @@ class Durability:
                 persistence.snapshot_payloads(header, state.sections),
             )
             journal_files.remove_before(self.directory.path, state.segment)
+            self.snapshot_lsn = state.lsn
             if state.records:
                 self.checkpoints.add(point)
         seconds = time.perf_counter() - started

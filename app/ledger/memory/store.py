@@ -117,6 +117,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
                 last_lsn = recovered.last_lsn
                 recovered.release_frames()
             durability.archive = archive
+            durability.snapshot_lsn = recovered.snapshot_lsn
             durability.checkpoints.open(directory.path, read_only=read_only, upto=len(store._trail))
             if read_only:
                 durability.refusal = f"{data_dir} is open read-only (offline verification)"
@@ -404,15 +405,15 @@ class MockDB(HoldOperations, rules.SingleOperations):
         self._sweeper.stop()
 
     def close(self) -> None:
-        """Stop the background sweeper; snapshot (a clean shutdown's checkpoint) if anything
-        was added since the last one; sync and close the journal, release the data directory."""
+        """Stop the background sweeper; snapshot (a clean shutdown's checkpoint) if the journal
+        holds anything after the last snapshot; sync and close the journal, release the data
+        directory."""
         self._sweeper.stop()
         durability = self._durability
-        last = durability.checkpoints.last
         if (
             durability.journal is not None
             and durability.can_write()
-            and len(self._trail) > (0 if last is None else last.sequence)
+            and durability.journal.appended_lsn > durability.snapshot_lsn
         ):
             try:
                 self.snapshot()
@@ -420,7 +421,8 @@ class MockDB(HoldOperations, rules.SingleOperations):
                 _log.exception("the snapshot at shutdown failed; the next start replays more of the journal")
         durability.close()
         if durability.archive is not None:
-            if self.chain_check is not None:  # it reads the journal's records: let it finish first
+            if self.chain_check is not None:  # it reads the journal's records: let it end first
+                self._trail.stop_checking()
                 self.chain_check.join(timeout=CLOSE_CHAIN_CHECK_WAIT_S)
             durability.archive.close()
 

@@ -82,6 +82,7 @@ class AuditTrail:
         self._checked = 0
         self._problem: str | None = None
         self._check_lock = threading.Lock()
+        self._stopping = threading.Event()  # a closing store: a running check ends early
 
     def restore(self, restored: Restored, archive: RecordArchive | None) -> None:
         """Adopt a trail read from disk (before the store is shared)."""
@@ -259,6 +260,10 @@ class AuditTrail:
 
     # -- the chain's health ------------------------------------------------------
 
+    def stop_checking(self) -> None:
+        """The store is closing: a chain check that runs ends at its next stretch."""
+        self._stopping.set()
+
     def verified(self, report: Verification) -> None:
         """A full verification's verdict: broken until the next one passes."""
         with self._lock:
@@ -285,6 +290,8 @@ class AuditTrail:
             previous_hash = GENESIS_HASH if previous is None else previous[0].hash
             problems: list[str] = []
             for low in range(start + 1, end + 1, STREAM_CHUNK):
+                if self._stopping.is_set():
+                    return self.problem is None  # unfinished: the next check starts where this one did
                 fresh = self.read(low, min(low + STREAM_CHUNK - 1, end))
                 problems = check_chain(fresh, previous_hash, low)
                 if problems or not fresh:
