@@ -128,67 +128,25 @@ class RecordArchive:
 
     def read_range(self, first: int, last: int) -> list[Entry]:
         """Records ``first`` to ``last`` (indexed), with one read per segment they span."""
-        if last < first:
-            return []
-        locations = list(ENTRY.iter_unpack(self._entries(first, last - first + 1)))
-        found: list[Entry] = []
-        start = 0
-        while start < len(locations):
-            segment = locations[start][0]
-            end = start
-            while end + 1 < len(locations) and locations[end + 1][0] == segment:
-                end += 1
-            low = locations[start][2]
-            high = locations[end][2] + locations[end][1]
-            data = os.pread(self._segment(segment), high - low, low)
-            for _, length, offset in locations[start : end + 1]:
-                found.append(self._decode(data[offset - low : offset - low + length], segment, offset))
-            start = end + 1
-        return found
+        return [self._decode(data, segment, offset) for segment, offset, data in self._stored(first, last)]
 
     def encoded_rows(self, first: int, last: int) -> list[bytes]:
-        """The stored bytes of records ``first`` to ``last``'s rows (indexed), one read per
-        segment; each checked to start as the row of its record."""
-        if last < first:
-            return []
-        locations = list(ENTRY.iter_unpack(self._entries(first, last - first + 1)))
-        found: list[bytes] = []
-        start = 0
-        while start < len(locations):
-            segment = locations[start][0]
-            end = start
-            while end + 1 < len(locations) and locations[end + 1][0] == segment:
-                end += 1
-            low = locations[start][2]
-            size = locations[end][2] + locations[end][1] - low
-            data = os.pread(self._segment(segment), size, low)
-            found.extend(
-                [
-                    data[offset - low : offset - low + length]
-                    for _, length, offset in locations[start : end + 1]
-                ]
-            )
-            start = end + 1
-        for sequence in (first, last):
-            row = found[sequence - first]
-            if not row.startswith(b"[%d," % sequence):
-                path = self._directory / RECORDS_INDEX
-                raise JournalCorrupt(
-                    path, (sequence - 1) * ENTRY.size, f"no row of record {sequence} where the index points"
-                )
+        """The stored bytes of records ``first`` to ``last``'s rows (indexed), undecoded; the
+        first and the last checked to start as the rows of their records."""
+        found = [data for _, _, data in self._stored(first, last)]
+        for sequence in (first, last) if found else ():
+            if not found[sequence - first].startswith(b"[%d," % sequence):
+                path, offset = self._directory / RECORDS_INDEX, (sequence - 1) * ENTRY.size
+                raise JournalCorrupt(path, offset, f"no row of record {sequence} where the index points")
         return found
 
-    def rows(self, first: int, last: int) -> list[Row]:
-        """The journal rows of records ``first`` to ``last`` (indexed), as they are stored.
-
-        Rows written side by side in one entry (a batch's) are decoded in one go; what
-        sits at a place the index points at is checked only for being a row of that
-        record (a verification checks the rest).
-        """
+    def _stored(self, first: int, last: int) -> list[tuple[int, int, bytes]]:
+        """(segment, offset, bytes) of the rows of records ``first`` to ``last``, read with
+        one ``pread`` per segment they span."""
         if last < first:
             return []
         locations = list(ENTRY.iter_unpack(self._entries(first, last - first + 1)))
-        found: list[Row] = []
+        found: list[tuple[int, int, bytes]] = []
         start = 0
         while start < len(locations):
             segment = locations[start][0]
@@ -196,35 +154,11 @@ class RecordArchive:
             while end + 1 < len(locations) and locations[end + 1][0] == segment:
                 end += 1
             low = locations[start][2]
-            data = memoryview(
-                os.pread(self._segment(segment), locations[end][2] + locations[end][1] - low, low)
+            data = os.pread(self._segment(segment), locations[end][2] + locations[end][1] - low, low)
+            found.extend(
+                (segment, offset, data[offset - low : offset - low + length])
+                for _, length, offset in locations[start : end + 1]
             )
-            run = start
-            while run <= end:  # a run of rows that follow each other, comma-separated
-                stop = run
-                while stop < end and locations[stop + 1][2] == locations[stop][2] + locations[stop][1] + 1:
-                    stop += 1
-                begin = locations[run][2] - low
-                finish = locations[stop][2] + locations[stop][1] - low
-                try:
-                    decoded = orjson.loads(b"[" + data[begin:finish] + b"]")
-                except orjson.JSONDecodeError as error:
-                    raise JournalCorrupt(
-                        self._directory / segment_name(segment),
-                        low + begin,
-                        f"no audit records here: {error}",
-                    ) from None
-                count = stop - run + 1
-                if (
-                    len(decoded) != count
-                    or not all(isinstance(row, list) and len(row) >= 13 for row in (decoded[0], decoded[-1]))
-                    or (decoded[0][0], decoded[-1][0]) != (first + run, first + stop)
-                ):  # a misplaced run shows at its ends; the chain check catches the rest
-                    raise JournalCorrupt(
-                        self._directory / segment_name(segment), low + begin, "the index points at other rows"
-                    )
-                found.extend(decoded)
-                run = stop + 1
             start = end + 1
         return found
 
