@@ -46,6 +46,8 @@ class CheckpointBook:
         self._lock = threading.Lock()
         self._points: list[Checkpoint] = []
         self._path: Path | None = None
+        #: The last checkpoint's sequence (0: none), for a reader that must not take the lock.
+        self.last_sequence = 0
 
     def open(self, directory: Path, *, read_only: bool, upto: int) -> None:
         """Read ``directory``'s checkpoints, those up to record ``upto`` (a backup's copy may
@@ -67,6 +69,7 @@ class CheckpointBook:
         with self._lock:
             self._points = [point for point in points if point.sequence <= upto]
             self._path = None if read_only else path
+            self.last_sequence = self._points[-1].sequence if self._points else 0
 
     def _rewrite(self, path: Path, points: list[Checkpoint]) -> None:
         temporary = path.with_suffix(".tmp")
@@ -98,6 +101,7 @@ class CheckpointBook:
                 finally:
                     os.close(fd)
             self._points.append(point)
+            self.last_sequence = point.sequence
 
     @property
     def last(self) -> Checkpoint | None:

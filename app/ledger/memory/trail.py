@@ -123,9 +123,14 @@ class AuditTrail:
                 record = draft.seal(last_hash, sequence, record_id, created_at)
                 last_hash = record.hash
                 parties = draft.shown_to()
-                links = tuple([latest.get(name, 0) for name in parties])
-                for name in parties:
-                    latest[name] = sequence
+                if len(parties) == 2:  # a success between two accounts, the common case
+                    first, second = parties
+                    links: tuple[int, ...] = (latest.get(first, 0), latest.get(second, 0))
+                    latest[first] = latest[second] = sequence
+                else:
+                    links = tuple([latest.get(name, 0) for name in parties])
+                    for name in parties:
+                        latest[name] = sequence
                 sealed.append(record)
                 metas.append((parties, links))
             self._records.extend(sealed)
