@@ -127,10 +127,12 @@ class AuditTrail:
                     first, second = parties
                     links: tuple[int, ...] = (latest.get(first, 0), latest.get(second, 0))
                     latest[first] = latest[second] = sequence
+                elif len(parties) == 1:  # a deposit, a withdrawal, a failure
+                    (only,) = parties
+                    links = (latest.get(only, 0),)
+                    latest[only] = sequence
                 else:
-                    links = tuple([latest.get(name, 0) for name in parties])
-                    for name in parties:
-                        latest[name] = sequence
+                    links = ()
                 sealed.append(record)
                 metas.append((parties, links))
             self._records.extend(sealed)
