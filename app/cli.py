@@ -92,7 +92,7 @@ def verify_command(data_dir: Path | None) -> None:
 @ledger_cli.command("snapshot")
 @_DATA_DIR_OPTION
 def snapshot_command(data_dir: Path | None) -> None:
-    """Snapshot the ledger and delete the journal the snapshot replaces.
+    """Snapshot the ledger's state (with a checkpoint): the next start replays only the journal after it.
 
     Works on the app's store (LEDGER_DATA_DIR) or, with --data-dir, on that directory.
     """

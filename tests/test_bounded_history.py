@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from app.auth import token_digest
+from app.ledger import rules
 from app.ledger.errors import InvalidInput, LedgerError
 from app.ledger.memory import MockDB
 from app.ledger.memory import files as journal_files
@@ -158,8 +159,6 @@ def test_a_cursor_reads_the_same_page_after_its_records_left_the_cache(tmp_path:
 
 
 def test_a_cursor_that_is_not_one_of_the_accounts_records_is_refused(tmp_path: Path) -> None:
-    from app.ledger import rules
-
     store = MockDB.open(tmp_path, record_cache=4)
     try:
         _seed(store)
@@ -503,5 +502,150 @@ def test_snapshots_one_after_another_leave_every_segment_they_name(tmp_path: Pat
     try:
         assert reopened.stats().accounts == len(NAMES)
         assert reopened.verify().ok
+    finally:
+        reopened.close()
+
+
+def test_reading_a_long_history_keeps_a_bounded_number_of_segments_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ledger.memory import archive
+
+    monkeypatch.setattr(archive, "MAX_OPEN_SEGMENTS", 3)
+    store = MockDB.open(tmp_path, checkpoint_records=20, record_cache=4)  # a segment every 20 records
+    try:
+        _seed(store)
+        _work(store, random.Random(17), 150)
+        segments = len(list(tmp_path.glob("journal-*.log")))
+        assert segments > 6
+
+        def open_segments() -> int:
+            return sum(1 for fd in os.listdir("/proc/self/fd") if "journal-" in os.path.basename(_target(fd)))
+
+        assert store.verify().ok
+        for name in NAMES:
+            _pages(store, name, 5)
+        assert open_segments() <= 3 + 1  # the cap, and the segment the journal writes to
+    finally:
+        store.close()
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+def test_a_damaged_checkpoint_file_keeps_its_intact_checkpoints(tmp_path: Path) -> None:
+    from app.ledger.memory.checkpoints import CHECKPOINTS_FILE
+
+    store = MockDB.open(tmp_path, checkpoint_records=20)
+    _seed(store)
+    _work(store, random.Random(19), 60)
+    thread = store.snapshot_thread
+    if thread is not None:
+        thread.join(JOIN_TIMEOUT_S)
+    store.close()
+    path = tmp_path / CHECKPOINTS_FILE
+    frames, _ = journal_files.valid_frames(path, b"GOLEDGER-CKPT-01")
+    assert len(frames) >= 3
+    # A retried append after a failed sync: the last frame written twice, then garbage.
+    last = journal_files.frame(frames[-1].lsn, frames[-1].payload)
+    path.write_bytes(path.read_bytes() + last + b"\x07garbage")
+    reopened = MockDB.open(tmp_path, checkpoint_records=20)
+    try:
+        points = reopened.checkpoints(limit=500, cursor=None).checkpoints
+        assert len(points) == len(frames)
+        assert reopened.verify().ok
+        assert reopened.verify(from_sequence=points[0].sequence).ok
+    finally:
+        reopened.close()
+
+
+def _garble(directory: Path, sequence: int, replace: tuple[bytes, bytes]) -> None:
+    """Edit bytes of one record's row inside its frame, the frame's checksum recomputed."""
+    for segment in sorted(directory.glob("journal-*.log")):
+        data = segment.read_bytes()
+        at = data.find(f'[{sequence},"tx_'.encode())
+        if at < 0:
+            continue
+        offset = len(journal_files.SEGMENT_MAGIC)
+        while offset < len(data):
+            length = int.from_bytes(data[offset : offset + 4], "little")
+            end = offset + journal_files.FRAME_HEADER_BYTES + length
+            if offset < at < end:
+                start = offset + journal_files.FRAME_HEADER_BYTES
+                payload = data[start:end]
+                row_at = at - start
+                row_end = payload.index(b"]]", row_at) + 2
+                row = payload[row_at:row_end]
+                edited = row.replace(*replace)
+                assert edited != row
+                assert len(edited) == len(row)  # offsets in the index stay right
+                lsn = int.from_bytes(data[offset + 8 : offset + 16], "little")
+                new_payload = payload[:row_at] + edited + payload[row_end:]
+                segment.write_bytes(data[:offset] + journal_files.frame(lsn, new_payload) + data[end:])
+                return
+            offset = end
+    raise AssertionError(f"record {sequence} not found on disk")
+
+
+def test_a_row_that_cannot_be_read_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    store = MockDB.open(tmp_path, checkpoint_records=1000, record_cache=4)
+    _seed(store)
+    for _ in range(30):
+        store.transfer("alice", "bob", 1, deadline=_deadline())
+    store.close()
+    _garble(tmp_path, 20, (b'"transfer",', b'"tr\x01nsfer",'))  # a control character: not JSON
+    reopened = MockDB.open(tmp_path)
+    try:
+        report = reopened.verify()
+        assert not report.ok
+        assert any("after 19 cannot be read" in problem for problem in report.problems), report.problems
+    finally:
+        reopened.close()
+
+
+def test_a_row_not_in_canonical_form_fails_even_with_a_hash_made_over_its_bytes(tmp_path: Path) -> None:
+    """The hash covers the canonical encoding, not whatever bytes were stored: a last record
+    rewritten with a space in it and its hash recomputed over those bytes is found."""
+    import hashlib
+    import shutil
+
+    live, tmp_path = tmp_path / "live", tmp_path / "crashed"
+    store = MockDB.open(live, checkpoint_records=1000, record_cache=4)
+    try:
+        _seed(store)
+        for _ in range(30):
+            store.transfer("alice", "bob", 1, deadline=_deadline())
+        last = store.stats().audit_records
+        previous = store.audit_page(limit=1, cursor=rules.encode_cursor("a", last - 2)).transactions[0]
+        # As a crash leaves it: no snapshot, no checkpoint at the last record.
+        shutil.copytree(live, tmp_path, ignore=shutil.ignore_patterns("LOCK"))
+    finally:
+        store.close()
+    data = next(
+        data
+        for data in (path.read_bytes() for path in sorted(tmp_path.glob("journal-*.log")))
+        if b'[%d,"tx_' % last in data
+    )
+    at = data.find(b'[%d,"tx_' % last)
+    row_end = data.index(b"]]", at) + 2
+    row = data[at:row_end]
+    spaced = row.replace(b'[%d,"tx_0' % last, b'[%d, "tx_' % last, 1)  # a space in, a digit of the id out
+    assert len(spaced) == len(row)
+    prefix_end = spaced.index(b',"' + previous.hash.encode())
+    forged = hashlib.sha256(previous.hash.encode() + spaced[:prefix_end] + b"]").hexdigest().encode()
+    old_hash = spaced[prefix_end + 69 : prefix_end + 133]  # after ,"<previous hash>","
+    edited = spaced.replace(old_hash, forged, 1)
+    _garble(tmp_path, last, (row, edited))
+    reopened = MockDB.open(tmp_path)
+    try:
+        report = reopened.verify()
+        assert not report.ok
+        assert any(f"record {last}" in problem and "hash" in problem for problem in report.problems), (
+            report.problems
+        )
     finally:
         reopened.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -38,6 +39,18 @@ GENESIS_HASH = "0" * 64
 _CREDITS = (OperationType.OPEN, OperationType.DEPOSIT)
 _MOVES = (OperationType.TRANSFER, OperationType.CAPTURE)
 _CREDIT_VALUES = frozenset(kind.value for kind in _CREDITS)
+#: A journal row whose first nine fields are in canonical form (``add_encoded_rows``):
+#: sequence, id, type, from (name or null), to (name or null), amount, status, reason
+#: (code or null), created_at; then, after the match, the previous hash and the hash.
+#: Groups: 1 sequence, 2 type, 3 from, 4 ``null`` when from is, 5 to, 6 amount, 7 status,
+#: 8 previous hash, 9 hash.
+_NAME = rb'(?:"([A-Za-z0-9_.@-]{1,64})"|(null))'
+_CANONICAL_ROW = re.compile(
+    rb'\[([1-9][0-9]*),"[A-Za-z0-9_]{1,64}","([a-z]{1,16})",'
+    + _NAME
+    + rb',(?:"([A-Za-z0-9_.@-]{1,64})"|null),(0|[1-9][0-9]{0,18}),"([A-Z]{1,16})",'
+    + rb'(?:"[a-z_]{1,64}"|null),"[0-9TZ:.-]{1,40}"(?=,"([0-9a-f]{64})","([0-9a-f]{64})",)'
+)
 _MOVE_VALUES = frozenset(kind.value for kind in _MOVES)
 
 
@@ -213,57 +226,52 @@ class Replay:
         """``add_row`` for rows given as their compact JSON (how the embedded store's journal
         keeps them), mostly without decoding them.
 
-        A row's encoding starts with its record's canonical encoding: the first nine
-        fields, none of whose strings holds a comma (ids, names, types, codes,
-        timestamps). So the fields are found by splitting at commas and the canonical
-        bytes are the row's own prefix. A row whose hash does not match that reading
-        (edited, or not shaped so) is decoded and checked by ``add_row``, which decides.
+        A row's encoding starts with its record's canonical encoding (its first nine
+        fields). ``_CANONICAL_ROW`` matches a row only if that prefix is exactly what the
+        canonical encoding of the fields it holds would be (no spaces, no escapes, integers
+        without leading zeros, names of the shapes the service allows), and finds the
+        fields and the chain's two hashes after it; the prefix is then hashed as it is.
+        A row that does not match, or whose hash does not check out, is decoded and
+        checked by ``add_row``, which decides.
         """
-        report, moved, sha256 = self.report, self._moved, hashlib.sha256
+        report, moved, sha256, match = self.report, self._moved, hashlib.sha256, _CANONICAL_ROW.match
         sequence, last_bytes = self._sequence, self._hash.encode()
         checkpoints = self._checkpoints
         records = 0
         for raw in rows:
-            fields = raw.split(b",", 11)
-            if len(fields) == 12:
-                link, sealed = fields[9][1:-1], fields[10][1:-1]
-                # The canonical encoding: the row up to the end of its ninth field, closed.
-                end = len(raw) - len(fields[9]) - len(fields[10]) - len(fields[11]) - 3
-                intact = (
-                    fields[0] == b"[%d" % (sequence + 1)
-                    and link == last_bytes
-                    and sha256(last_bytes + raw[:end] + b"]").hexdigest().encode() == sealed
-                    and not (checkpoints and checkpoints[0].sequence <= sequence + 1)
-                )
-            else:
-                intact = False
-            if not intact:
+            found = match(raw)
+            if (
+                found is None
+                or found[1] != b"%d" % (sequence + 1)
+                or found[8] != last_bytes
+                or sha256(last_bytes + raw[: found.end()] + b"]").hexdigest().encode() != found[9]
+                or (checkpoints and checkpoints[0].sequence <= sequence + 1)
+            ):
                 report.records += records
                 records = 0
                 self._sequence, self._hash = sequence, last_bytes.decode()
                 self.add_row(orjson.loads(raw))
                 sequence, last_bytes = self._sequence, self._hash.encode()
                 continue
-            sequence, last_bytes = sequence + 1, sealed
+            sequence, last_bytes = sequence + 1, found[9]
             records += 1
-            if fields[6] != b'"SUCCESS"':
+            if found[7] != b"SUCCESS":
                 continue
-            kind = fields[2]
-            if kind == b'"transfer"' or kind == b'"capture"':
-                amount = int(fields[5])
-                source, target = fields[3][1:-1].decode(), fields[4][1:-1].decode()
-                moved[source] = moved.get(source, 0) - amount
-                moved[target] = moved.get(target, 0) + amount
-            elif kind == b'"deposit"' or kind == b'"open"':
-                amount = int(fields[5])
-                target = fields[4][1:-1].decode()
-                moved[target] = moved.get(target, 0) + amount
-                report.total_deposited += amount
-                if kind == b'"open"':
-                    self._opened.add(target)
-            elif kind == b'"withdrawal"':
-                amount = int(fields[5])
-                source = fields[3][1:-1].decode()
+            kind, amount, source_bytes, target_bytes = found[2], int(found[6]), found[3], found[5]
+            if kind == b"transfer" or kind == b"capture":
+                if source_bytes is not None and target_bytes is not None:
+                    source, target = source_bytes.decode(), target_bytes.decode()
+                    moved[source] = moved.get(source, 0) - amount
+                    moved[target] = moved.get(target, 0) + amount
+            elif kind == b"deposit" or kind == b"open":
+                if target_bytes is not None:
+                    target = target_bytes.decode()
+                    moved[target] = moved.get(target, 0) + amount
+                    report.total_deposited += amount
+                    if kind == b"open":
+                        self._opened.add(target)
+            elif kind == b"withdrawal" and source_bytes is not None:
+                source = source_bytes.decode()
                 moved[source] = moved.get(source, 0) - amount
                 report.total_withdrawn += amount
         report.records += records

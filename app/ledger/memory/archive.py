@@ -20,7 +20,8 @@ can never leave an index pointing at a record that is not there.
 
 Reads take no lock of the store's: written records never change, and the store only
 reads a record from disk once the index holds it (``RecordArchive.indexed``).
-``_lock`` guards only the table of open segment files.
+``_lock`` guards only the table of open segment files (at most ``MAX_OPEN_SEGMENTS``,
+none closed while a read uses it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ from app.ledger.memory.persistence import Row, record_from_row
 from app.ledger.model import Transaction
 
 ENTRY = struct.Struct("<IIQ")
+#: Journal segments kept open for reading at once (one per 50,000 records by default).
+MAX_OPEN_SEGMENTS = 64
 RECORDS_INDEX = "records.idx"
 HOLDS_INDEX = "holds.idx"
 
@@ -72,7 +76,8 @@ class RecordArchive:
         self._overlay = bytearray()
         self._hold_overlay: dict[int, bytes] = {}
         self._lock = threading.Lock()  # guards _segments
-        self._segments: dict[int, int] = {}
+        #: Open segment files, least recently read first: number -> [fd, reads in progress].
+        self._segments: OrderedDict[int, list[int]] = OrderedDict()
 
     # -- writing (the journal's leader, or a start before the store is shared) ----
 
@@ -114,11 +119,14 @@ class RecordArchive:
     def read(self, sequence: int) -> Entry:
         """Record ``sequence`` (it must be indexed)."""
         segment, length, offset = ENTRY.unpack(self._entries(sequence, 1))
-        return self._decode(os.pread(self._segment(segment), length, offset), segment, offset)
+        return self._decode(self._pread(segment, length, offset), segment, offset, sequence)
 
-    def _decode(self, data: bytes, segment: int, offset: int) -> Entry:
+    def _decode(self, data: bytes, segment: int, offset: int, sequence: int) -> Entry:
         try:
-            return entry_from_row(orjson.loads(data))
+            entry = entry_from_row(orjson.loads(data))
+            if entry[0].sequence != sequence:
+                raise ValueError(f"the row there is record {entry[0].sequence}'s, not {sequence}'s")
+            return entry
         except (ValueError, TypeError, IndexError, KeyError) as error:
             raise JournalCorrupt(
                 self._directory / segment_name(segment),
@@ -128,7 +136,10 @@ class RecordArchive:
 
     def read_range(self, first: int, last: int) -> list[Entry]:
         """Records ``first`` to ``last`` (indexed), with one read per segment they span."""
-        return [self._decode(data, segment, offset) for segment, offset, data in self._stored(first, last)]
+        return [
+            self._decode(data, segment, offset, sequence)
+            for sequence, (segment, offset, data) in enumerate(self._stored(first, last), start=first)
+        ]
 
     def encoded_rows(self, first: int, last: int) -> list[bytes]:
         """The stored bytes of records ``first`` to ``last``'s rows (indexed), undecoded; the
@@ -154,7 +165,7 @@ class RecordArchive:
             while end + 1 < len(locations) and locations[end + 1][0] == segment:
                 end += 1
             low = locations[start][2]
-            data = os.pread(self._segment(segment), locations[end][2] + locations[end][1] - low, low)
+            data = self._pread(segment, locations[end][2] + locations[end][1] - low, low)
             found.extend(
                 (segment, offset, data[offset - low : offset - low + length])
                 for _, length, offset in locations[start : end + 1]
@@ -175,7 +186,7 @@ class RecordArchive:
         segment, length, offset = ENTRY.unpack(data)
         if not length:
             return None
-        row: list[Any] = orjson.loads(os.pread(self._segment(segment), length, offset))
+        row: list[Any] = orjson.loads(self._pread(segment, length, offset))
         return row
 
     def _entries(self, first: int, count: int) -> bytes:
@@ -192,20 +203,38 @@ class RecordArchive:
             data += bytes(self._overlay[: (count - head) * ENTRY.size])
         return data
 
-    def _segment(self, number: int) -> int:
-        fd = self._segments.get(number)
-        if fd is not None:
-            return fd
+    def _pread(self, segment: int, length: int, offset: int) -> bytes:
+        """``length`` bytes at ``offset`` of a journal segment, through a bounded table of open
+        files: at most ``MAX_OPEN_SEGMENTS`` stay open (the least recently read closed first),
+        and a file is never closed while a read uses it."""
         with self._lock:
-            fd = self._segments.get(number)
-            if fd is None:
-                fd = os.open(self._directory / segment_name(number), os.O_RDONLY)
-                self._segments[number] = fd
-            return fd
+            entry = self._segments.get(segment)
+            if entry is None:
+                entry = self._segments[segment] = [
+                    os.open(self._directory / segment_name(segment), os.O_RDONLY),
+                    0,
+                ]
+            else:
+                self._segments.move_to_end(segment)
+            entry[1] += 1
+            if len(self._segments) > MAX_OPEN_SEGMENTS:
+                for number, (fd, readers) in list(self._segments.items()):
+                    if len(self._segments) <= MAX_OPEN_SEGMENTS:
+                        break
+                    if not readers:
+                        os.close(fd)
+                        del self._segments[number]
+        try:
+            return os.pread(entry[0], length, offset)
+        finally:
+            with self._lock:
+                entry[1] -= 1
 
     def close(self) -> None:
         with self._lock:
-            for fd in (*self._segments.values(), self._records_fd, self._holds_fd):
+            for fd, _ in self._segments.values():
+                os.close(fd)
+            for fd in (self._records_fd, self._holds_fd):
                 if fd >= 0:
                     os.close(fd)
             self._segments.clear()

@@ -1,8 +1,9 @@
 """An online backup of a data directory: a consistent copy taken while a server writes to it.
 
-Nothing in a data directory is rewritten in place except by a start: segments, the
-index files and ``checkpoints.log`` only grow, and a snapshot appears whole (renamed
-into place) before older ones are deleted. So a copy in this order is a ledger:
+While a server runs, its segments, ``records.idx`` and ``checkpoints.log`` only grow
+(``holds.idx`` entries are rewritten in place, each pointing at journal bytes written
+before it), and a snapshot appears whole (renamed into place) before older ones are
+deleted. So a copy in this order is a ledger:
 
 1. ``checkpoints.log`` (a start ignores checkpoints past the records it finds);
 2. the newest snapshot (its state covers the segments before its number);

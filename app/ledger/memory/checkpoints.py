@@ -6,8 +6,9 @@ directory (every ``LEDGER_CHECKPOINT_RECORDS`` records, when the journal outgrow
 every ``LEDGER_CHECKPOINT_RECORDS`` records from a copy of the balances. The file
 uses the journal's framing under its own magic; one frame per checkpoint,
 ``[sequence, chain_head, balances_digest, created_at]``, synced before it counts.
-A checkpoint cut short at the end of the file (a crash while appending) is dropped;
-the snapshot it belongs to carries it too and puts it back at the next start.
+Whatever is damaged in it (a checkpoint cut short by a crash, a failed append) is
+dropped with what follows it; the snapshot each checkpoint belongs to carries it too
+and puts the newest back at the next start.
 
 ``CheckpointBook._lock`` guards the list and the file; it is taken with no other lock
 of the store's held, or after ``Durability._snapshot_lock`` only.
@@ -15,14 +16,18 @@ of the store's held, or after ``Durability._snapshot_lock`` only.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 from pathlib import Path
 
 from app.ledger.errors import InvalidInput
 from app.ledger.memory import persistence
-from app.ledger.memory.files import FILE_MODE, JournalCorrupt, frame, scan_file, write_all
+from app.ledger.memory.files import FILE_MODE, frame, valid_frames, write_all
 from app.ledger.model import Checkpoint
+
+_log = logging.getLogger("goledger.journal")
 
 CHECKPOINTS_FILE = "checkpoints.log"
 CHECKPOINT_MAGIC = b"GOLEDGER-CKPT-01"
@@ -51,25 +56,36 @@ class CheckpointBook:
 
     def open(self, directory: Path, *, read_only: bool, upto: int) -> None:
         """Read ``directory``'s checkpoints, those up to record ``upto`` (a backup's copy may
-        name later ones); a torn last frame is cut off unless ``read_only``."""
+        name later ones). The file holds derived data: whatever is wrong in it (a torn or
+        damaged frame, a frame written twice by a retried append) keeps the intact
+        checkpoints before it, is logged, and the file is rewritten unless ``read_only``
+        (each snapshot carries its own checkpoint, which the start puts back)."""
         path = directory / CHECKPOINTS_FILE
         points: list[Checkpoint] = []
+        intact = True
         if path.exists():
-            scan = scan_file(path, CHECKPOINT_MAGIC, 1, tail_allowed=True)
-            for found in scan.frames:
+            frames, intact = valid_frames(path, CHECKPOINT_MAGIC)
+            for found in frames:
                 try:
-                    points.append(checkpoint_from_row(persistence.decode(found.payload)))
-                except (ValueError, TypeError) as error:
-                    raise JournalCorrupt(path, found.offset, f"checkpoint cannot be read: {error}") from None
-            if not read_only and (scan.torn_at is not None or any(p.sequence > upto for p in points)):
-                kept = [point for point in points if point.sequence <= upto]
-                self._rewrite(path, kept)
-        elif not read_only:
-            self._rewrite(path, [])
+                    point = checkpoint_from_row(persistence.decode(found.payload))
+                except (ValueError, TypeError):
+                    intact = False
+                    break
+                if found.lsn != len(points) + 1 or (points and point.sequence <= points[-1].sequence):
+                    intact = False
+                    break
+                points.append(point)
+            if not intact:
+                _log.warning(
+                    "%s: kept the %d intact checkpoints before damage; rewriting it", path, len(points)
+                )
+        kept = [point for point in points if point.sequence <= upto]
+        if not read_only and (not path.exists() or not intact or len(kept) < len(points)):
+            self._rewrite(path, kept)
         with self._lock:
-            self._points = [point for point in points if point.sequence <= upto]
+            self._points = kept
             self._path = None if read_only else path
-            self.last_sequence = self._points[-1].sequence if self._points else 0
+            self.last_sequence = kept[-1].sequence if kept else 0
 
     def _rewrite(self, path: Path, points: list[Checkpoint]) -> None:
         temporary = path.with_suffix(".tmp")
@@ -93,11 +109,15 @@ class CheckpointBook:
                 return
             if self._path is not None:
                 fd = os.open(self._path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
+                size = os.fstat(fd).st_size
                 try:
-                    write_all(
-                        os.write, fd, frame(len(self._points) + 1, persistence.encode(checkpoint_row(point)))
-                    )
+                    data = frame(len(self._points) + 1, persistence.encode(checkpoint_row(point)))
+                    write_all(os.write, fd, data)
                     os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):  # not kept: leave no half of it behind
+                        os.ftruncate(fd, size)
+                    raise
                 finally:
                     os.close(fd)
             self._points.append(point)

@@ -167,7 +167,9 @@ class LedgerCore:
             now_s = self._clock()
             pending = [
                 state
-                for state in (self._holds.get(hold_id) for hold_id in hold_ids)
+                # Only holds in memory: every pending one is; a resolved one is no concern of
+                # the sweeper's and is not read back from disk under the write lock.
+                for state in (self._holds.resident(hold_id) for hold_id in hold_ids)
                 if state is not None and state.status is HoldStatus.PENDING
             ]
             due = sorted(

@@ -165,6 +165,23 @@ def _valid_frame_after(data: bytes, offset: int, after_lsn: int) -> int | None:
     return None
 
 
+def valid_frames(path: Path, magic: bytes) -> tuple[list[Frame], bool]:
+    """The intact frames at the start of a file of derived data, whatever their numbers; and
+    whether the whole file was read that way (``False``: something after them, or no magic)."""
+    data = path.read_bytes()
+    if data[: len(magic)] != magic:
+        return [], False
+    frames: list[Frame] = []
+    offset = len(magic)
+    while offset < len(data):
+        found, _ = _frame_at(data, offset)
+        if found is None:
+            return frames, False
+        frames.append(found)
+        offset += _FRAME.size + len(found.payload)
+    return frames, True
+
+
 def scan_file(path: Path, magic: bytes, first_lsn: int, *, tail_allowed: bool) -> FileScan:
     """Read every frame of ``path``; numbering must run on from ``first_lsn``.
 

@@ -130,6 +130,10 @@ class HoldBook:
     def pending(self) -> list[HoldState]:
         return [state for state in self._holds.values() if state.status is HoldStatus.PENDING]
 
+    def resident(self, hold_id: str) -> HoldState | None:
+        """The hold if it is in memory (every pending one is), never read from disk."""
+        return self._holds.get(hold_id)
+
     def get(self, hold_id: str) -> HoldState | None:
         """The hold, from memory or (resolved) from disk; ``None``: no such hold."""
         state = self._holds.get(hold_id)
