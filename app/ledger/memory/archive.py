@@ -40,8 +40,9 @@ from app.ledger.memory.persistence import Row, record_from_row
 from app.ledger.model import Transaction
 
 ENTRY = struct.Struct("<IIQ")
-#: Journal segments kept open for reading at once (one per 50,000 records by default).
-MAX_OPEN_SEGMENTS = 64
+#: Journal segments kept open for reading at once (a segment holds about 50,000 records by
+#: default; the usual limit of open files is 1,024).
+MAX_OPEN_SEGMENTS = 256
 RECORDS_INDEX = "records.idx"
 HOLDS_INDEX = "holds.idx"
 
