@@ -26,10 +26,13 @@ none closed while a read uses it).
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,22 @@ HOLDS_INDEX = "holds.idx"
 #: A record read back: the record, the accounts whose history shows it, and for each of
 #: them the sequence of their record before it (0: none).
 Entry = tuple[Transaction, tuple[str, ...], tuple[int, ...]]
+
+
+def frame_entries(
+    segment: int,
+    payload_at: int,
+    records: Iterable[tuple[int, int]],
+    holds: Iterable[tuple[int, int, int]],
+) -> tuple[list[bytes], list[tuple[int, bytes]]]:
+    """The index entries of one journal frame whose payload starts at byte ``payload_at`` of
+    ``segment``: one per record row ``(offset, length)`` in the payload, in order, and one
+    per hold row ``(ordinal, offset, length)``."""
+    pack = ENTRY.pack
+    return (
+        [pack(segment, length, payload_at + offset) for offset, length in records],
+        [(ordinal, pack(segment, length, payload_at + offset)) for ordinal, offset, length in holds],
+    )
 
 
 def entry_from_row(row: Row) -> Entry:
@@ -119,8 +138,7 @@ class RecordArchive:
 
     def read(self, sequence: int) -> Entry:
         """Record ``sequence`` (it must be indexed)."""
-        segment, length, offset = ENTRY.unpack(self._entries(sequence, 1))
-        return self._decode(self._pread(segment, length, offset), segment, offset, sequence)
+        return self.read_range(sequence, sequence)[0]
 
     def _decode(self, data: bytes, segment: int, offset: int, sequence: int) -> Entry:
         try:
@@ -157,21 +175,15 @@ class RecordArchive:
         one ``pread`` per segment they span."""
         if last < first:
             return []
-        locations = list(ENTRY.iter_unpack(self._entries(first, last - first + 1)))
         found: list[tuple[int, int, bytes]] = []
-        start = 0
-        while start < len(locations):
-            segment = locations[start][0]
-            end = start
-            while end + 1 < len(locations) and locations[end + 1][0] == segment:
-                end += 1
-            low = locations[start][2]
-            data = self._pread(segment, locations[end][2] + locations[end][1] - low, low)
+        locations = ENTRY.iter_unpack(self._entries(first, last - first + 1))
+        for segment, run in itertools.groupby(locations, key=itemgetter(0)):
+            rows = list(run)
+            low = rows[0][2]
+            data = self._pread(segment, rows[-1][2] + rows[-1][1] - low, low)
             found.extend(
-                (segment, offset, data[offset - low : offset - low + length])
-                for _, length, offset in locations[start : end + 1]
+                (segment, offset, data[offset - low : offset - low + length]) for _, length, offset in rows
             )
-            start = end + 1
         return found
 
     def hold_row(self, ordinal: int) -> list[Any] | None:

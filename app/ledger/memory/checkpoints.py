@@ -20,17 +20,25 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
+from app.ledger.audit import balances_digest
 from app.ledger.errors import InvalidInput
 from app.ledger.memory import persistence
 from app.ledger.memory.files import FILE_MODE, frame, valid_frames, write_all
-from app.ledger.model import Checkpoint
+from app.ledger.model import Checkpoint, utc_now_iso
 
 _log = logging.getLogger("goledger.journal")
 
 CHECKPOINTS_FILE = "checkpoints.log"
 CHECKPOINT_MAGIC = b"GOLEDGER-CKPT-01"
+
+
+def checkpoint_of(sequence: int, chain_head: str, balances: Iterable[tuple[str, int]]) -> Checkpoint:
+    """The checkpoint of the record ``sequence`` (hash ``chain_head``) and every account's
+    balance right after it, made now."""
+    return Checkpoint(sequence, chain_head, balances_digest(balances), utc_now_iso())
 
 
 def checkpoint_row(point: Checkpoint) -> list[object]:

@@ -21,17 +21,16 @@ from typing import Any
 import orjson
 
 from app.ledger.accounts import AccountState, HoldState
-from app.ledger.audit import balances_digest
 from app.ledger.errors import LedgerError, StorageUnavailable
 from app.ledger.memory import files as journal_files
 from app.ledger.memory import persistence
 from app.ledger.memory.archive import RecordArchive
-from app.ledger.memory.checkpoints import CheckpointBook, checkpoint_row
+from app.ledger.memory.checkpoints import CheckpointBook, checkpoint_of, checkpoint_row
 from app.ledger.memory.files import JournalUnavailable
 from app.ledger.memory.holds import hold_ordinal
 from app.ledger.memory.journal import Journal
 from app.ledger.memory.keys import NOT_KEPT, IdempotencyTable
-from app.ledger.model import Checkpoint, Transaction, utc_now_iso
+from app.ledger.model import Transaction
 from app.ledger.outcomes import Result, outcome_row
 
 _log = logging.getLogger("goledger.store")
@@ -280,7 +279,7 @@ class Durability:
                 self.journal.settle()  # and the segment it names exists
             except JournalUnavailable as error:
                 raise StorageUnavailable(f"The journal failed ({error}); no snapshot was written.") from None
-            point = Checkpoint(state.records, state.last_hash, balances_digest(state.balances), utc_now_iso())
+            point = checkpoint_of(state.records, state.last_hash, state.balances)
             if self.archive is not None:
                 self.archive.sync()
             header = {**state.header, "checkpoint": checkpoint_row(point)}

@@ -116,9 +116,7 @@ class HoldBook:
 
     def put(self, state: HoldState) -> None:
         """Set a hold as the journal or a snapshot has it (replay: new or changed)."""
-        ordinal = hold_ordinal(state.id)
-        if ordinal is not None and ordinal > self._ordinal:
-            self._ordinal = ordinal
+        self.restore_ordinal(hold_ordinal(state.id) or 0)
         previous = self._holds.get(state.id)
         self._holds[state.id] = state
         was_pending = previous is not None and previous.status is HoldStatus.PENDING

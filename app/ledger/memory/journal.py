@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.ledger.counters import DurationHistogram
-from app.ledger.memory.archive import ENTRY, RecordArchive
+from app.ledger.memory.archive import RecordArchive, frame_entries
 from app.ledger.memory.files import (
     FILE_MODE,
     FRAME_HEADER_BYTES,
@@ -288,15 +288,13 @@ class Journal:
 
     def _index(self, chunk: list[_Framed]) -> None:
         """Add the places of the rows just written to the index files."""
-        pack, segment = ENTRY.pack, self._segment
         entries: list[bytes] = []
         holds: list[tuple[int, bytes]] = []
         start = self._segment_bytes + FRAME_HEADER_BYTES
         for framed in chunk:
-            for offset, length in framed.records:
-                entries.append(pack(segment, length, start + offset))
-            for ordinal, offset, length in framed.holds:
-                holds.append((ordinal, pack(segment, length, start + offset)))
+            frame_records, frame_holds = frame_entries(self._segment, start, framed.records, framed.holds)
+            entries += frame_records
+            holds += frame_holds
             start += len(framed.data)
         assert self._archive is not None
         self._archive.add(b"".join(entries), holds)

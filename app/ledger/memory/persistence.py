@@ -167,17 +167,7 @@ def entry_spans(payload: bytes, entry: dict[str, Any]) -> tuple[list[tuple[int, 
     means the entry was not written by ``entry_payload``: ``ValueError``.
     """
     records, holds = len(entry.get("r", ())), len(entry.get("h", ()))
-    places = entry.get("s")
-    if places is None:  # written before entries carried their places: find them by re-encoding
-        places, position = [], 6
-        for name in ("r", "h"):
-            if name == "h" and holds:
-                position += 7  # '],"h":['
-            for index, row in enumerate(entry.get(name, ())):
-                position += 1 if index else 0
-                length = len(orjson.dumps(row))
-                places += [position, length]
-                position += length
+    places = entry["s"]
     if len(places) != 2 * (records + holds):
         raise ValueError("the entry's row places do not match its rows")
     spans = list(zip(places[0::2], places[1::2], strict=True))

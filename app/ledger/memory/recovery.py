@@ -17,7 +17,7 @@ from typing import Any
 
 from app.ledger.accounts import AccountState, HoldState
 from app.ledger.memory import persistence
-from app.ledger.memory.archive import ENTRY, RECORDS_INDEX, RecordArchive, entry_from_row
+from app.ledger.memory.archive import RECORDS_INDEX, RecordArchive, entry_from_row, frame_entries
 from app.ledger.memory.checkpoints import checkpoint_from_row
 from app.ledger.memory.files import (
     FRAME_HEADER_BYTES,
@@ -206,15 +206,13 @@ class _Loader:
     def _index(self, found: Frame, number: int, entry: dict[str, Any]) -> None:
         """Add the places of an entry's record and hold rows to the index files."""
         record_spans, hold_spans = persistence.entry_spans(found.payload, entry)
-        start = found.offset + FRAME_HEADER_BYTES
-        self._archive.add(
-            b"".join([ENTRY.pack(number, length, start + offset) for offset, length in record_spans]),
-            [
-                (ordinal, ENTRY.pack(number, length, start + offset))
-                for row, (offset, length) in zip(entry.get("h", ()), hold_spans, strict=True)
-                if (ordinal := hold_ordinal(row[0])) is not None
-            ],
-        )
+        holds = [
+            (ordinal, offset, length)
+            for row, (offset, length) in zip(entry.get("h", ()), hold_spans, strict=True)
+            if (ordinal := hold_ordinal(row[0])) is not None
+        ]
+        entries, hold_entries = frame_entries(number, found.offset + FRAME_HEADER_BYTES, record_spans, holds)
+        self._archive.add(b"".join(entries), hold_entries)
 
     def _section(self, name: str, rows: list[persistence.Row]) -> None:
         state = self.state

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.ledger import rules
 from app.ledger.accounts import AccountState
-from app.ledger.audit import Replay, Verification, balances_digest
+from app.ledger.audit import Replay, Verification
 from app.ledger.errors import (
     AccountExists,
     LedgerError,
@@ -28,6 +28,7 @@ from app.ledger.errors import (
 from app.ledger.memory import files as journal_files
 from app.ledger.memory import recovery
 from app.ledger.memory.archive import RecordArchive
+from app.ledger.memory.checkpoints import checkpoint_of
 from app.ledger.memory.core import durable, failure_outcome
 from app.ledger.memory.durability import (
     CLAIM,
@@ -53,7 +54,6 @@ from app.ledger.model import (
     OperationType,
     Page,
     Transaction,
-    utc_now_iso,
 )
 from app.ledger.outcomes import Outcome, Result, outcome_row
 from app.ledger.records import RecordDraft
@@ -219,7 +219,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
             lock.release()
         if not head.sequence:
             return None
-        point = Checkpoint(head.sequence, head.last_hash, balances_digest(balances), utc_now_iso())
+        point = checkpoint_of(head.sequence, head.last_hash, balances)
         durability.checkpoints.add(point)
         return point
 

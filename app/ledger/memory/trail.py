@@ -211,18 +211,12 @@ class AuditTrail:
         records = self.read(after + 1, min(after + limit, end))
         return tuple(records), after + limit < end
 
-    def read(self, first: int, last: int, *, from_disk: bool = False) -> list[Transaction]:
-        """Records ``first`` to ``last``: the older ones from disk, the recent from memory.
-
-        ``from_disk``: every record the index holds is read from disk, even if a copy is
-        in memory (a verification checks what is kept, not what is cached).
-        """
+    def read(self, first: int, last: int) -> list[Transaction]:
+        """Records ``first`` to ``last``: the older ones from disk, the recent from memory."""
         if last < first:
             return []
         with self._lock:
             split = self._first
-            if from_disk and self._archive is not None:
-                split = max(split, min(self._archive.indexed + 1, self._sequence + 1))
             start = max(first, split)
             cached = self._records[start - self._first : last - self._first + 1] if start <= last else []
         older: list[Transaction] = []
@@ -230,10 +224,10 @@ class AuditTrail:
             older = [record for record, _, _ in self._archive.read_range(first, min(last, split - 1))]
         return older + cached
 
-    def stream(self, first: int, last: int, *, from_disk: bool = False) -> Iterator[Transaction]:
+    def stream(self, first: int, last: int) -> Iterator[Transaction]:
         """Records ``first`` to ``last`` in order, ``STREAM_CHUNK`` at a time."""
         for low in range(first, last + 1, STREAM_CHUNK):
-            yield from self.read(low, min(low + STREAM_CHUNK - 1, last), from_disk=from_disk)
+            yield from self.read(low, min(low + STREAM_CHUNK - 1, last))
 
     def verify_into(self, replay: Replay, last: int) -> None:
         """Feed records ``replay.sequence + 1`` to ``last`` to ``replay``: every record the
