@@ -188,40 +188,6 @@ class Replay:
         for record in records:
             self.add(record)
 
-    def add_rows(self, rows: Iterable[Sequence[Any]]) -> None:
-        """``add_row`` for each row, with the common case (an intact chain, no checkpoint
-        passed) on a fast path: a verification spends most of its time here."""
-        report, moved, dumps, sha256 = self.report, self._moved, orjson.dumps, hashlib.sha256
-        sequence, last_hash = self._sequence, self._hash
-        for row in rows:
-            if (
-                row[0] != sequence + 1
-                or row[9] != last_hash
-                or sha256(last_hash.encode() + dumps(row[:9])).hexdigest() != row[10]
-                or (self._checkpoints and self._checkpoints[0].sequence <= row[0])
-            ):
-                self._sequence, self._hash = sequence, last_hash
-                self.add_row(row)
-                sequence, last_hash = self._sequence, self._hash
-                continue
-            sequence, last_hash = row[0], row[10]
-            report.records += 1
-            if row[6] != "SUCCESS":
-                continue
-            kind, source, target, amount = row[2], row[3], row[4], row[5]
-            if kind == "transfer" or kind == "capture":
-                moved[source] = moved.get(source, 0) - amount
-                moved[target] = moved.get(target, 0) + amount
-            elif kind in _CREDIT_VALUES:
-                moved[target] = moved.get(target, 0) + amount
-                report.total_deposited += amount
-                if kind == "open":
-                    self._opened.add(target)
-            elif kind == "withdrawal":
-                moved[source] = moved.get(source, 0) - amount
-                report.total_withdrawn += amount
-        self._sequence, self._hash = sequence, last_hash
-
     def add_encoded_rows(self, rows: Iterable[bytes]) -> None:
         """``add_row`` for rows given as their compact JSON (how the embedded store's journal
         keeps them), mostly without decoding them.
