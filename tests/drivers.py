@@ -99,7 +99,7 @@ class StoreDriver(ABC):
 
     def rehash(self, sequence: int, amount: int) -> None:
         """Change a record's amount and give it the hash that matches (the next link still breaks)."""
-        forged = dataclasses.replace(self.record(sequence), amount=amount)
+        forged = self.record(sequence)._replace(amount=amount)
         self.tamper(sequence, amount=amount, hash=chain_hash(forged.previous_hash, forged))
 
     # -- time and the sweeper ---------------------------------------------------------------
@@ -180,7 +180,7 @@ class MemoryDriver(StoreDriver):
     def tamper(self, sequence: int, **changes: object) -> None:
         index = sequence - 1
         trail = self.store._trail._records  # MockDB._trail: its AuditTrail; ._records: the records in order
-        trail[index] = dataclasses.replace(trail[index], **changes)  # type: ignore[arg-type]
+        trail[index] = trail[index]._replace(**changes)
 
     def remove(self, sequence: int) -> None:
         del self.store._trail._records[sequence - 1]  # MockDB._trail: its AuditTrail; ._records: the records

@@ -60,7 +60,7 @@ def test_holds_resolved_early_leave_no_growing_garbage() -> None:
             pending.append(state)
     heaps = book._deadlines  # the per-account heaps, read from outside
     assert len(heaps["shop"]) <= 2 * len(pending) + 16
-    assert book._pending_counts == {"payer": len(pending), "shop": len(pending)}
+    assert book.pending_by_account == {"payer": len(pending), "shop": len(pending)}
     assert book.due(["shop"], NOW_S + 3600 + 10_000) == sorted(pending, key=lambda state: state.expires_at_s)
 
 

@@ -18,6 +18,8 @@ from app.ledger.store import LOCK_WAIT_BUCKETS_S, Counts, Durations
 DURATION_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 )  # fmt: skip
+#: Most lock waits fall in the first bucket: no bisect for those.
+_FIRST_LOCK_WAIT_BOUND_S = LOCK_WAIT_BUCKETS_S[0]
 #: A lock wait that ran past its deadline this recently makes health "degraded".
 LOCK_TROUBLE_WINDOW_S = 60.0
 
@@ -71,6 +73,21 @@ class OperationCounters:
             for key in outcomes:
                 self._operations[key] = self._operations.get(key, 0) + 1
             self._operation_count += len(outcomes)
+            self._lock_wait_buckets[bucket] += 1
+            self._lock_wait_sum_s += lock_wait_s
+
+    def count_one(self, kind: str, outcome: str, lock_wait_s: float) -> None:
+        """``count`` of a single operation (every money request's: no list to build)."""
+        bucket = (
+            0
+            if lock_wait_s <= _FIRST_LOCK_WAIT_BOUND_S
+            else bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
+        )
+        key = (kind, outcome)
+        with self._lock:
+            operations = self._operations
+            operations[key] = operations.get(key, 0) + 1
+            self._operation_count += 1
             self._lock_wait_buckets[bucket] += 1
             self._lock_wait_sum_s += lock_wait_s
 

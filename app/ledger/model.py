@@ -1,7 +1,11 @@
 """The ledger's value objects: accounts as seen by callers, audit records, deadlines.
 
 Everything here is immutable, so a value handed out of a store can never be used to
-reach back into the store's internal state.
+reach back into the store's internal state. The values every operation makes
+(records, account views, results, deadlines, batch items) are named tuples: built in
+a quarter of the time of a frozen dataclass, and a record of strings and integers is
+one the garbage collector stops tracking, which keeps its passes short however many
+records a ledger holds in memory.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 #: The largest amount one operation may move (contract: 1 <= amount <= 10^15).
 MAX_AMOUNT = 10**15
@@ -48,12 +53,54 @@ def new_id(prefix: str) -> str:
 
 
 def utc_now_iso() -> str:
-    """The current time as the API shows it: ISO 8601, microseconds, ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    """The current time as the API shows it: ISO 8601, microseconds, ``Z``.
+
+    The same text as ``datetime.now(UTC).isoformat(timespec="microseconds")`` without
+    its offset, at a third of the cost: every audit record is stamped on the hot path,
+    so the date and time of day are formatted once a second and only the microseconds
+    each time. The cached second and its text are one tuple, replaced whole, so
+    threads racing over a change of second never pair one second with another's text.
+    """
+    global _second
+    now_us = time.time_ns() // 1000
+    second = now_us // 1_000_000
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{now_us % 1_000_000:06d}Z"
 
 
-@dataclass(frozen=True, slots=True)
-class AccountView:
+#: The whole second ``utc_now_iso`` last formatted, and its ``YYYY-MM-DDTHH:MM:SS``.
+_second: tuple[int, str] = (-1, "")
+
+
+class RandomHex:
+    """Random hex digits for ids, drawn from ``os.urandom`` a few kilobytes at a time.
+
+    ``os.urandom`` is a system call; ids are made on every operation's hot path, so one
+    call serves ``batch`` ids. Not thread-safe: its owner calls ``take`` under its own
+    lock (the audit trail's).
+    """
+
+    __slots__ = ("_batch", "_buffer", "_digits", "_position")
+
+    def __init__(self, digits: int = 20, batch: int = 512) -> None:
+        self._digits = digits
+        self._batch = batch
+        self._buffer = ""
+        self._position = 0
+
+    def take(self) -> str:
+        """``digits`` fresh random hex digits (never handed out twice)."""
+        position = self._position
+        if position >= len(self._buffer):
+            self._buffer = os.urandom(self._digits * self._batch // 2).hex()
+            position = 0
+        self._position = position + self._digits
+        return self._buffer[position : position + self._digits]
+
+
+class AccountView(NamedTuple):
     """A copy of one account's state, taken under the store's lock."""
 
     username: str
@@ -66,8 +113,7 @@ class AccountView:
         return self.balance - self.held
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction:
+class Transaction(NamedTuple):
     """One audit record: a money operation that reached the ledger.
 
     ``sequence`` is the ledger-wide order (1, 2, 3, … with no gaps); ``source`` and
@@ -88,8 +134,7 @@ class Transaction:
     hash: str
 
 
-@dataclass(frozen=True, slots=True)
-class OperationResult:
+class OperationResult(NamedTuple):
     """The outcome of a successful money operation: its record and the caller's account."""
 
     transaction: Transaction
@@ -123,8 +168,7 @@ class Page:
     next_cursor: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Deadline:
+class Deadline(NamedTuple):
     """When an operation must have finished, on the monotonic clock."""
 
     expires_at: float
@@ -142,8 +186,7 @@ class Deadline:
 MAX_BATCH_ITEMS = 8189
 
 
-@dataclass(frozen=True, slots=True)
-class BatchItem:
+class BatchItem(NamedTuple):
     """One operation of a batch, on the caller's account (``target`` for transfers)."""
 
     kind: OperationType

@@ -44,6 +44,8 @@ R = TypeVar("R", bound=OperationResult | HoldResult)
 P = ParamSpec("P")
 C = TypeVar("C", bound="LedgerCore")
 
+#: Each operation type's name as counted (``.value`` is a descriptor call: this is a lookup).
+_KIND_NAMES = {kind: kind.value for kind in OperationType}
 #: How long the hold sweeper may wait for the balance lock on one pass.
 SWEEP_LOCK_TIMEOUT_MS = 1000
 
@@ -53,7 +55,14 @@ def durable(method: Callable[Concatenate[C, P], T]) -> Callable[Concatenate[C, P
 
     @functools.wraps(method)
     def wrapper(self: C, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        self._durability.start_write()
+        durability = self._durability
+        if durability.journal is None:  # in memory only: nothing to wait for, a checkpoint may be due
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                if durability.checkpoint_due(self._trail.sequence):
+                    self._snapshot_due()
+        durability.start_write()
         try:
             return method(self, *args, **kwargs)
         finally:
@@ -187,6 +196,8 @@ class LedgerCore:
 
     def _expire_due(self, names: Iterable[str | None]) -> int:
         """Expire what is due among these accounts' holds (the caller holds the write lock)."""
+        if not self._holds.pending_by_account:  # no hold pending, nothing to read the clock for
+            return 0
         return self._expire(self._holds.due(names, self._clock()))
 
     def _expire(self, states: Sequence[HoldState]) -> int:
@@ -212,7 +223,8 @@ class LedgerCore:
     def _acquire(self, lock: rwlock.Lockable, deadline: Deadline, kind: str) -> float:
         """Take ``lock`` within the deadline; the seconds waited, or ``OperationTimeout``."""
         started = time.perf_counter()
-        if lock.acquire(blocking=True, timeout=deadline.remaining_s()):
+        remaining_s = deadline.expires_at - time.monotonic()  # ``Deadline.remaining_s``, inlined
+        if lock.acquire(blocking=True, timeout=remaining_s if remaining_s > 0.0 else 0.0):
             return time.perf_counter() - started
         waited_s = time.perf_counter() - started
         if waited_s >= self._lock_trouble_after_s:
@@ -241,7 +253,7 @@ class LedgerCore:
         ``credential``: the name and token digest of the account this opens.
         """
         failed_for = (username,) if failed_for is None else failed_for
-        kind = draft.kind.value
+        kind = _KIND_NAMES[draft.kind]
         lock = self._rw.gen_wlock()
         try:
             waited_s = self._acquire(lock, deadline, kind)
@@ -303,7 +315,7 @@ class LedgerCore:
         return records
 
     def _count(self, kind: str, outcome: str, lock_wait_s: float) -> None:
-        self._counters.count([(kind, outcome)], lock_wait_s)
+        self._counters.count_one(kind, outcome, lock_wait_s)
 
     def _count_items(
         self, items: Sequence[BatchItem], failures: Sequence[LedgerError | None], lock_wait_s: float

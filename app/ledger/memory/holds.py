@@ -58,7 +58,9 @@ class HoldBook:
     def __init__(self) -> None:
         self._holds: dict[str, HoldState] = {}
         self._deadlines: dict[str, list[tuple[float, str]]] = {}
-        self._pending_counts: dict[str, int] = {}
+        #: How many pending holds each account has (only accounts with any): empty when no
+        #: hold is pending, which lets a money operation skip looking for due ones.
+        self.pending_by_account: dict[str, int] = {}
         self._changed: list[HoldState] = []
         self._ordinal = 0  # the last hold number given out
         #: Reads a hold's latest row from disk by ordinal (``None``: no data directory).
@@ -182,16 +184,16 @@ class HoldBook:
     def _index(self, state: HoldState) -> None:
         for name in (state.source, state.target):
             heapq.heappush(self._deadlines.setdefault(name, []), (state.expires_at_s, state.id))
-            self._pending_counts[name] = self._pending_counts.get(name, 0) + 1
+            self.pending_by_account[name] = self.pending_by_account.get(name, 0) + 1
 
     def _unindex(self, state: HoldState) -> None:
         for name in (state.source, state.target):
-            left = self._pending_counts.get(name, 0) - 1
+            left = self.pending_by_account.get(name, 0) - 1
             if left <= 0:
-                self._pending_counts.pop(name, None)
+                self.pending_by_account.pop(name, None)
                 self._deadlines.pop(name, None)  # every entry left is stale
                 continue
-            self._pending_counts[name] = left
+            self.pending_by_account[name] = left
             heap = self._deadlines[name]
             if len(heap) > 2 * left + 16:
                 heap[:] = [entry for entry in heap if self._is_pending(entry[1])]
