@@ -41,6 +41,10 @@ def digest(previous_hash: str, encoding: bytes) -> str:
     return hashlib.sha256(previous_hash.encode("ascii") + encoding).hexdigest()
 
 
+_dumps = orjson.dumps
+_sha256 = hashlib.sha256
+
+
 class RecordDraft:
     """An audit record still to be sealed.
 
@@ -107,13 +111,25 @@ class RecordDraft:
 
     def seal(self, previous_hash: str, sequence: int, record_id: str, created_at: str) -> Transaction:
         """The record, numbered ``sequence`` and chained to ``previous_hash``."""
+        return self.seal_encoded(previous_hash, sequence, record_id, created_at)[0]
+
+    def seal_encoded(
+        self, previous_hash: str, sequence: int, record_id: str, created_at: str
+    ) -> tuple[Transaction, bytes]:
+        """``seal``, with the canonical encoding the hash covers (which a journal row begins
+        with: ``app.ledger.memory.persistence.encoded_record_row``).
+
+        ``encode`` and ``digest`` written out: this runs for every record, on the hot path.
+        """
         kind, source, target, amount, reason = self.kind, self.source, self.target, self.amount, self.reason
         status = Status.SUCCESS if reason is None else Status.FAILED
-        encoding = encode(sequence, record_id, kind, source, target, amount, status, reason, created_at)
-        return Transaction(
+        encoding = _dumps([sequence, record_id, kind, source, target, amount, status, reason, created_at])
+        record_hash = _sha256(previous_hash.encode("ascii") + encoding).hexdigest()
+        record = Transaction(
             record_id, sequence, kind, source, target, amount, status, reason, created_at, previous_hash,
-            digest(previous_hash, encoding),
+            record_hash,
         )  # fmt: skip
+        return record, encoding
 
     def sealed(
         self, record_id: str, sequence: int, created_at: str, previous_hash: str, record_hash: str

@@ -307,7 +307,9 @@ class LedgerCore:
         states = [self._accounts[name] for name in dict.fromkeys(accounts) if name in self._accounts]
         records = self._trail.append(
             drafts,
-            lambda records, metas: durability.keep(records, metas, states, holds, credential, outcome),
+            lambda records, metas, encodings: durability.keep(
+                records, metas, encodings, states, holds, credential, outcome
+            ),
         )
         if holds:  # the write lock is held: the hold book may let resolved holds go
             self._holds.settled(holds, records[-1].sequence)

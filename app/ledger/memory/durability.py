@@ -146,6 +146,7 @@ class Durability:
         self,
         records: list[Transaction],
         metas: Sequence[tuple[tuple[str, ...], tuple[int, ...]]],
+        encodings: Sequence[bytes],
         accounts: Iterable[AccountState],
         holds: Sequence[HoldState],
         credential: tuple[str, bytes] | None,
@@ -153,7 +154,8 @@ class Durability:
     ) -> None:
         """Queue the journal entry of a change (the caller holds the audit trail's lock).
 
-        ``metas``: each record's parties and their links; ``accounts`` and ``holds``: the
+        ``metas``: each record's parties and their links; ``encodings``: each record's
+        canonical encoding, which its row begins with; ``accounts`` and ``holds``: the
         states the change left (the caller holds the write lock whenever there are any);
         ``credential``: the token digest of an account it opened; ``outcome``: what an
         idempotent request answers, kept under its key when the request runs under one.
@@ -162,8 +164,8 @@ class Durability:
             return
         touched = list(accounts)
         rows = [
-            encode_row(persistence.record_row(record, parties, links))
-            for record, (parties, links) in zip(records, metas, strict=True)
+            persistence.encoded_record_row(encoding, record, parties, links)
+            for encoding, record, (parties, links) in zip(encodings, records, metas, strict=True)
         ]
         hold_rows = [encode_row(hold.row()) for hold in holds]
         rest: dict[str, Any] = {}

@@ -75,6 +75,20 @@ def record_row(record: Transaction, parties: Sequence[str], links: Sequence[int]
     return [*_content(record), record.previous_hash, record.hash, list(parties), list(links)]
 
 
+def encoded_record_row(
+    encoding: bytes, record: Transaction, parties: Sequence[str], links: Sequence[int]
+) -> bytes:
+    """``orjson.dumps(record_row(...))`` from the record's canonical encoding: the row is that
+    encoding with the hashes, parties and links after it, so the bytes hashed are written
+    once and never re-encoded."""
+    return b'%s,"%s","%s",%s]' % (
+        encoding[:-1],
+        record.previous_hash.encode("ascii"),
+        record.hash.encode("ascii"),
+        orjson.dumps((parties, links))[1:-1],
+    )
+
+
 #: Enum lookups by value (``OperationType(value)`` costs a microsecond; a replay does millions).
 _TYPES = {kind.value: kind for kind in OperationType}
 _STATUSES = {status.value: status for status in Status}

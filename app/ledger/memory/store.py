@@ -383,12 +383,19 @@ class MockDB(HoldOperations, rules.SingleOperations):
                 raise
             failures, failed_index = rules.apply_batch(self._accounts.get, username, items, atomic=atomic)
             account = caller.view()
-            final = [
-                draft if failure is None else draft.failed(failure.code, (username,))
-                for draft, failure in zip(drafts, failures, strict=True)
-            ]
-            changed = dict.fromkeys(
-                name for draft in final if draft.reason is None for name in draft.shown_to()
+            final = (
+                [
+                    draft if failure is None else draft.failed(failure.code, (username,))
+                    for draft, failure in zip(drafts, failures, strict=True)
+                ]
+                if any(failures)
+                else drafts
+            )
+            # The accounts the batch changed: what its journal entry keeps (in memory only, nothing).
+            changed = (
+                dict.fromkeys(name for draft in final if draft.reason is None for name in draft.shown_to())
+                if self._durability.journal is not None
+                else {}
             )
             records = self._append(
                 final,

@@ -37,6 +37,8 @@ from app.ledger.records import RecordDraft
 
 T = TypeVar("T")
 
+#: A record's parties (the accounts whose history shows it) and, for each, its previous record.
+Meta = tuple[tuple[str, ...], tuple[int, ...]]
 #: Records read from memory or disk at a time by a stream.
 STREAM_CHUNK = 10_000
 
@@ -71,7 +73,7 @@ class AuditTrail:
         self._lock = threading.Lock()
         # The records _first.._sequence, oldest first, with their parties and links.
         self._records: list[Transaction] = []
-        self._parties: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
+        self._parties: list[Meta] = []
         self._first = 1
         self._sequence = 0
         self._latest: dict[str, int] = {}
@@ -108,23 +110,25 @@ class AuditTrail:
     def append(
         self,
         drafts: Sequence[RecordDraft],
-        keep: Callable[[list[Transaction], list[tuple[tuple[str, ...], tuple[int, ...]]]], None]
-        | None = None,
+        keep: Callable[[list[Transaction], list[Meta], list[bytes]], None] | None = None,
     ) -> list[Transaction]:
         """Seal ``drafts`` onto the chain, in order, with one timestamp; ``keep`` (queueing
-        their journal entry, given the records and their parties and links) runs before
-        the lock is released."""
+        their journal entry, given the records, their parties and links, and their
+        canonical encodings) runs before the lock is released."""
         created_at = utc_now_iso()
         # An id: "tx_", 12 hex digits of milliseconds, 20 random (``new_id``'s layout).
         id_prefix = f"tx_{time.time_ns() // 1_000_000:012x}"
         sealed: list[Transaction] = []
-        metas: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
+        metas: list[Meta] = []
+        encodings: list[bytes] = []
         with self._lock:
             latest, last_hash, sequence = self._latest, self._last_hash, self._sequence
             take_random = self._random.take
             for draft in drafts:
                 sequence += 1
-                record = draft.seal(last_hash, sequence, id_prefix + take_random(), created_at)
+                record, encoding = draft.seal_encoded(
+                    last_hash, sequence, id_prefix + take_random(), created_at
+                )
                 last_hash = record.hash
                 parties = draft.shown_to()
                 if len(parties) == 2:  # a success between two accounts, the common case
@@ -139,11 +143,12 @@ class AuditTrail:
                     links = ()
                 sealed.append(record)
                 metas.append((parties, links))
-            self._records.extend(sealed)
-            self._parties.extend(metas)
+                encodings.append(encoding)
+            self._records += sealed
+            self._parties += metas
             self._sequence, self._last_hash = sequence, last_hash
             if keep is not None:
-                keep(sealed, metas)
+                keep(sealed, metas, encodings)
             if self._archive is not None and self._cache_size is not None:
                 self._trim(self._cache_size, self._archive.indexed)
         return sealed
