@@ -194,14 +194,15 @@ class BatchItem(NamedTuple):
     target: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ItemOutcome:
+class ItemOutcome(NamedTuple):
     """What became of one batch item: its audit record, and the failure if it failed.
 
-    ``code``/``status``/``message`` describe the failure (``None`` on success).
+    ``code``/``status``/``message`` describe the failure (``None`` on success). A named
+    tuple like the records (a batch makes thousands); its ``index`` field hides
+    ``tuple.index``, which nothing calls on an outcome.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]
     transaction: Transaction
     status: int | None = None
     code: str | None = None

@@ -274,13 +274,17 @@ class LedgerCore:
                 failed = draft.failed(error.code, failed_for)
                 error.transaction = self._append([failed], outcome=failure_outcome(error))[0]
                 raise
-            [record] = self._append(
-                [draft],
-                accounts=draft.shown_to(),
-                holds=self._holds.drain_changed(),
-                credential=credential,
-                outcome=lambda records: finish(records[0], applied),
-            )
+            if self._durability.journal is None:  # in memory only: nothing to journal
+                self._holds.changed.clear()
+                record = self._trail.append_one(draft)
+            else:
+                [record] = self._append(
+                    [draft],
+                    accounts=draft.shown_to(),
+                    holds=self._holds.drain_changed(),
+                    credential=credential,
+                    outcome=lambda records: finish(records[0], applied),
+                )
         finally:
             lock.release()
             self._count(kind, outcome, waited_s)

@@ -123,7 +123,7 @@ class AuditTrail:
         encodings: list[bytes] = []
         with self._lock:
             latest, last_hash, sequence = self._latest, self._last_hash, self._sequence
-            take_random = self._random.take
+            take_random, link_latest = self._random.take, self._link_latest
             for draft in drafts:
                 sequence += 1
                 record, encoding = draft.seal_encoded(
@@ -131,19 +131,16 @@ class AuditTrail:
                 )
                 last_hash = record.hash
                 parties = draft.shown_to()
-                if len(parties) == 2:  # a success between two accounts, the common case
+                if len(parties) == 2:  # ``_link_latest`` written out: a batch seals thousands
                     first, second = parties
                     links: tuple[int, ...] = (latest.get(first, 0), latest.get(second, 0))
                     latest[first] = latest[second] = sequence
-                elif len(parties) == 1:  # a deposit, a withdrawal, a failure
-                    (only,) = parties
-                    links = (latest.get(only, 0),)
-                    latest[only] = sequence
                 else:
-                    links = ()
+                    links = link_latest(parties, sequence)
                 sealed.append(record)
                 metas.append((parties, links))
-                encodings.append(encoding)
+                if keep is not None:
+                    encodings.append(encoding)
             self._records += sealed
             self._parties += metas
             self._sequence, self._last_hash = sequence, last_hash
@@ -152,6 +149,37 @@ class AuditTrail:
             if self._archive is not None and self._cache_size is not None:
                 self._trim(self._cache_size, self._archive.indexed)
         return sealed
+
+    def append_one(self, draft: RecordDraft) -> Transaction:
+        """``append`` of one draft with nothing to keep (a ledger in memory only): the same
+        record, without the lists a batch needs."""
+        created_at = utc_now_iso()
+        record_id = f"tx_{time.time_ns() // 1_000_000:012x}"
+        with self._lock:
+            sequence = self._sequence + 1
+            record, _ = draft.seal_encoded(
+                self._last_hash, sequence, record_id + self._random.take(), created_at
+            )
+            parties = draft.shown_to()
+            self._records.append(record)
+            self._parties.append((parties, self._link_latest(parties, sequence)))
+            self._sequence, self._last_hash = sequence, record.hash
+        return record
+
+    def _link_latest(self, parties: tuple[str, ...], sequence: int) -> tuple[int, ...]:
+        """Each party's latest record before ``sequence``, which becomes their latest."""
+        latest = self._latest
+        if len(parties) == 2:  # a success between two accounts, the common case
+            first, second = parties
+            pair = (latest.get(first, 0), latest.get(second, 0))
+            latest[first] = latest[second] = sequence
+            return pair
+        if len(parties) == 1:  # a deposit, a withdrawal, a failure
+            (only,) = parties
+            previous = latest.get(only, 0)
+            latest[only] = sequence
+            return (previous,)
+        return ()
 
     def _trim(self, size: int, indexed: int) -> None:
         """Drop the oldest cached records beyond ``size`` that the index holds (under the lock).
