@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from collections.abc import Mapping
 
 from app.ledger.store import LOCK_WAIT_BUCKETS_S, Counts, Durations
 
@@ -73,6 +74,17 @@ class OperationCounters:
             for key in outcomes:
                 self._operations[key] = self._operations.get(key, 0) + 1
             self._operation_count += len(outcomes)
+            self._lock_wait_buckets[bucket] += 1
+            self._lock_wait_sum_s += lock_wait_s
+
+    def count_tally(self, tally: Mapping[tuple[str, str], int], lock_wait_s: float) -> None:
+        """``count`` of a batch's items, tallied by (kind, outcome) first (one lock acquisition)."""
+        bucket = bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
+        with self._lock:
+            operations = self._operations
+            for key, number in tally.items():
+                operations[key] = operations.get(key, 0) + number
+                self._operation_count += number
             self._lock_wait_buckets[bucket] += 1
             self._lock_wait_sum_s += lock_wait_s
 

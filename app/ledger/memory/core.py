@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -327,11 +328,15 @@ class LedgerCore:
         self, items: Sequence[BatchItem], failures: Sequence[LedgerError | None], lock_wait_s: float
     ) -> None:
         """Count a batch: one operation per item, one lock wait for the whole batch."""
-        outcomes = [
-            (item.kind.value, "success" if failure is None else failure.code)
-            for item, failure in zip(items, failures, strict=False)
-        ]
-        self._counters.count(outcomes, lock_wait_s)
+        kinds = [_KIND_NAMES[kind] for kind, _, _ in items]
+        if any(failures):
+            outcomes = Counter(
+                (kind, "success" if failure is None else failure.code)
+                for kind, failure in zip(kinds, failures, strict=False)
+            )
+        else:  # a batch whose every item succeeded (or a refusal before any applied): one tally
+            outcomes = Counter((kind, "success") for kind in kinds[: len(failures)])
+        self._counters.count_tally(outcomes, lock_wait_s)
 
 
 def hold_result(record: Transaction, applied: tuple[AccountView, Hold]) -> HoldResult:
