@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import click
-from flask import Flask
+from flask import Flask, Request
+from flask.ctx import RequestContext
+from flask.sessions import NullSession, SessionInterface
+from werkzeug.wrappers import Response as BaseResponse
 
 from app.config import Config, ConfigError, without_password
 from app.ledger.store import LedgerStore
@@ -28,9 +31,38 @@ _log = logging.getLogger("goledger")
 DEMO_ACCOUNTS = (("aaron", "1", 10_000), ("bryan", "2", 10_000))
 
 
+class _NoSessions(SessionInterface):
+    """No cookie sessions: the API is stateless (a token on every request).
+
+    Flask's default interface builds a signing serializer and, without a secret key,
+    a fresh ``NullSession`` on every request; this one hands out one shared
+    ``NullSession``, which refuses every write just the same.
+    """
+
+    _shared = NullSession()
+
+    def open_session(self, app: Flask, request: Request) -> NullSession:
+        return self._shared
+
+    def save_session(self, app: Flask, session: Any, response: BaseResponse) -> None:
+        return None
+
+
+class LedgerFlask(Flask):
+    """Flask with what GoLedger does per request and nothing more: no cookie sessions,
+    and the request context of ``request_context_class`` (``create_app`` sets the one
+    that records the matched route for the metrics and the request line)."""
+
+    session_interface = _NoSessions()
+    request_context_class: type[RequestContext] = RequestContext
+
+    def request_context(self, environ: dict[str, Any]) -> RequestContext:
+        return self.request_context_class(self, environ)
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application from the environment; ``test_config`` overrides ``Config`` fields."""
-    from app import cli, errors, extensions, headers
+    from app import cli, errors, extensions
     from app.api import (
         admin,
         balance,
@@ -48,12 +80,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from app.auth import token_digest
     from app.jsonio import OrjsonProvider
     from app.logs import configure_logging
-    from app.observability import Observability
+    from app.observability import Observability, RoutedRequestContext
 
     config = Config.from_env(os.environ, test_config)
     configure_logging(config.log_level)
     # No static folder: every route is one of the contract's (and in the OpenAPI document).
-    app = Flask(__name__, static_folder=None)
+    app = LedgerFlask(__name__, static_folder=None)
+    app.request_context_class = RoutedRequestContext
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     # OPTIONS is answered like any other unsupported method: a JSON 405 with Allow.
@@ -65,7 +98,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     extensions.attach(app, config, ledger, admin_digest, Observability(app, ledger))
 
     errors.init_app(app)
-    headers.init_app(app)
     for module in (
         balance,
         deposit,

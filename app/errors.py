@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from app.jsonio import json_response
 from app.ledger.errors import LedgerError
 
 _log = logging.getLogger("goledger.errors")
@@ -34,11 +35,9 @@ _HTTP_MESSAGES = {
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = jsonify({"code": status, "error": code, "message": message})
-    response.status_code = status
-    if headers:
-        response.headers.update(headers)
-    return response
+    return json_response(
+        {"code": status, "error": code, "message": message}, status, headers.items() if headers else ()
+    )
 
 
 def _ledger_error(error: LedgerError) -> Response:

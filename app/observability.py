@@ -1,5 +1,14 @@
 """Per-request observability: request ids, the request log line, Prometheus metrics.
 
+All of it happens in one WSGI middleware around Flask (``ObservedApp``, installed as
+``app.wsgi_app``), not in Flask's request hooks: it reads the request id from the
+environ and sets ``REQUEST_ID`` before Flask sees the request (so every line logged
+while serving it carries the id), adds ``X-Request-Id`` and the headers every answer
+carries (``app.headers``) to the header list as the response starts, and, once Flask
+has answered, counts the request, observes its latency and writes the request line.
+The route label is the rule Flask matched, which the request context records in the
+environ as it matches (``RoutedRequestContext``).
+
 One worker process: each app has its own ``CollectorRegistry`` (never the
 process-global one), so apps built by tests do not share counters. Several worker
 processes: prometheus-client's multiprocess mode, so that one scrape shows every
@@ -13,14 +22,14 @@ store, not for a metric library call.
 
 from __future__ import annotations
 
-import logging
 import re
+import secrets
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask
+from flask.ctx import RequestContext
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,14 +42,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from app.headers import security_headers
 from app.ledger.store import Durations, LedgerStore
-from app.logs import REQUEST_ID
+from app.logs import REQUEST_ID, log_request
 from app.multiprocess import Publisher, ThisProcess, multiprocess_directory
 
-_request_log = logging.getLogger("goledger.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_STARTED = "goledger.started"
-_REQUEST_ID_RESET = "goledger.request_id_reset"
+#: The environ key under which the request context records the matched rule's template.
+_ROUTE = "goledger.route"
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: Methods that keep their name as a label value; any other is ``other``, so that a
 #: client inventing methods cannot add series without end.
@@ -152,9 +161,7 @@ class Observability:
             self.registry.register(ThisProcess())
         # A racing first request may build a label set twice: harmless, the same children.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        app.before_request(self._before)
-        app.after_request(self._after)
-        app.teardown_request(self._teardown)
+        app.wsgi_app = ObservedApp(app.wsgi_app, self)  # type: ignore[method-assign]
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format (this worker's store counts published first)."""
@@ -162,48 +169,13 @@ class Observability:
             self._publisher.publish()
         return generate_latest(self.registry)
 
-    def _before(self) -> None:
-        # Per-request state lives in the WSGI environ: one dict, no context-local proxies.
-        environ = request.environ
-        environ[_STARTED] = time.perf_counter()
-        supplied = environ.get("HTTP_X_REQUEST_ID")
-        valid = supplied is not None and _REQUEST_ID.fullmatch(supplied) is not None
-        environ[_REQUEST_ID_RESET] = REQUEST_ID.set(supplied if valid else uuid.uuid4().hex)
-
-    def _after(self, response: Response) -> Response:
-        current = request._get_current_object()  # type: ignore[attr-defined]
-        environ = current.environ
-        duration_s = time.perf_counter() - environ.get(_STARTED, time.perf_counter())
-        request_id = REQUEST_ID.get() or uuid.uuid4().hex
-        method = current.method
-        if method not in _METHODS:
-            method = "other"
-        # Unmatched paths share one label, so that scanners cannot explode the series.
-        rule = current.url_rule
-        route = rule.rule if rule is not None else "unmatched"
-        status = response.status_code
+    def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
+        """Count one answered request and its latency."""
         series = self._series.get((method, route, status))
         if series is None:
             series = self._series_for(method, route, status)
         series[0].inc()
         series[1].observe(duration_s)
-        response.headers["X-Request-Id"] = request_id
-        if _request_log.isEnabledFor(logging.INFO):
-            # Never headers or the query string: they carry tokens and names.
-            fields = {
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(duration_s * 1000, 3),
-            }
-            _request_log.info("request", extra={"fields": fields})
-        return response
-
-    def _teardown(self, _error: BaseException | None) -> None:
-        """The request is over: log lines from here on belong to no request."""
-        token = request.environ.pop(_REQUEST_ID_RESET, None)
-        if token is not None:
-            REQUEST_ID.reset(token)
 
     def _series_for(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """The request counter and latency children of one label set, made once.
@@ -216,3 +188,65 @@ class Observability:
         series = (self._requests.labels(*labels), self._latency.labels(*labels))
         self._series[(method, route, status)] = series
         return series
+
+
+_StartResponse = Callable[..., Any]
+_WsgiApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+
+
+class ObservedApp:
+    """The WSGI middleware around Flask: request id, headers, metrics, the request line."""
+
+    def __init__(self, wsgi_app: _WsgiApp, observability: Observability) -> None:
+        self._wsgi_app = wsgi_app
+        self._observability = observability
+
+    def __call__(self, environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        started_s = time.perf_counter()
+        supplied = environ.get("HTTP_X_REQUEST_ID")
+        if supplied is not None and _REQUEST_ID.fullmatch(supplied) is not None:
+            request_id = supplied
+        else:
+            request_id = secrets.token_hex(16)
+        added = (("X-Request-Id", request_id), *security_headers(environ.get("PATH_INFO", "")))
+        statuses: list[str] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            statuses.append(status)
+            headers.extend(added)
+            return start_response(status, headers, exc_info)
+
+        token = REQUEST_ID.set(request_id)
+        try:
+            body = self._wsgi_app(environ, start)
+            duration_s = time.perf_counter() - started_s
+            method = environ.get("REQUEST_METHOD", "GET").upper()
+            if method not in _METHODS:
+                method = "other"
+            # Unmatched paths share one label, so that scanners cannot explode the series.
+            route = environ.get(_ROUTE, "unmatched")
+            status = int(statuses[-1][:3]) if statuses else 500
+            self._observability.observe(method, route, status, duration_s)
+            # Never headers or the query string: they carry tokens and names.
+            duration_ms = round(duration_s * 1000, 3)
+            log_request({"method": method, "route": route, "status": status, "duration_ms": duration_ms})
+            return body
+        finally:
+            # The request is over: log lines from here on belong to no request.
+            REQUEST_ID.reset(token)
+
+
+class RoutedRequestContext(RequestContext):
+    """Flask's request context, recording the matched rule's template in the environ.
+
+    ``match_request`` is Flask's documented place to hook into matching; the route
+    label (``ObservedApp``) is read from the environ after Flask has answered, when the
+    request object is gone. A path no rule matches (404) or a method the rule does not
+    allow (405) records nothing: ``unmatched``.
+    """
+
+    def match_request(self) -> None:
+        super().match_request()
+        rule = self.request.url_rule
+        if rule is not None:
+            self.request.environ[_ROUTE] = rule.rule

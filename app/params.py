@@ -101,6 +101,9 @@ def read_body(request: Request) -> bytes:
     refused rather than acted on. A chunked body is read from the server's stream
     directly, so that one over the limit is a 413 and never silently cut short.
     """
+    environ = request.environ
+    if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" not in environ:
+        return b""  # the common case, a query-string request: neither a length nor chunked
     limit = request.max_content_length
     declared = request.content_length
     if declared == 0:
@@ -110,12 +113,11 @@ def read_body(request: Request) -> bytes:
         if len(data) != declared:
             raise InvalidInput("invalid_json", "The body is shorter than its Content-Length.")
         return data
-    environ = request.environ
     if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return b""  # neither a length nor chunked: HTTP/1.1 says there is no body
     if not environ.get("wsgi.input_terminated"):
         return b""  # a stream the server does not terminate cannot be read safely
-    stream = request.environ["wsgi.input"]
+    stream = environ["wsgi.input"]
     data = stream.read() if limit is None else stream.read(limit + 1)
     if limit is not None and len(data) > limit:
         raise RequestEntityTooLarge()

@@ -207,8 +207,8 @@ class Server:
                 "GUNICORN_BIND": f"127.0.0.1:{self.port}",
                 "GUNICORN_THREADS": str(self.threads),
                 "LEDGER_ADMIN_TOKEN": self.admin_token,
-                # One JSON line per request would dominate the profile: the figures are
-                # for the service with request logging off (README: "turns the lines off").
+                # WARNING (the default here) turns the request lines off; the HTTP
+                # benchmark runs its candidate at the shipped INFO (lines written to the log file).
                 "LEDGER_LOG_LEVEL": self._log_level,
                 "LEDGER_DEMO": "0",
                 "PYTHONUNBUFFERED": "1",
@@ -336,11 +336,16 @@ class PoolUser:
 def create_pool(server: Server, size: int, *, balance: int = POOL_BALANCE) -> list[PoolUser]:
     """Open ``size`` accounts through ``POST /admin/accounts`` (one kept-alive connection)."""
     prefix = f"bench-{secrets.token_hex(3)}-"
+    users = [PoolUser(f"{prefix}{index:05d}", secrets.token_hex(16)) for index in range(size)]
+    open_accounts(server, users, balance=balance)
+    return users
+
+
+def open_accounts(server: Server, users: Sequence[PoolUser], *, balance: int = POOL_BALANCE) -> None:
+    """Open the accounts of ``users`` (their names and tokens) on ``server``, one kept-alive connection."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    users = []
     try:
-        for index in range(size):
-            user = PoolUser(f"{prefix}{index:05d}", secrets.token_hex(16))
+        for user in users:
             status, body = request_json(
                 server.base_url,
                 "POST",
@@ -351,10 +356,8 @@ def create_pool(server: Server, size: int, *, balance: int = POOL_BALANCE) -> li
             )
             if status != 201:
                 raise RuntimeError(f"could not open {user.username}: {status} {body}")
-            users.append(user)
     finally:
         connection.close()
-    return users
 
 
 def write_pool_file(users: Sequence[PoolUser], directory: Path) -> Path:
@@ -492,6 +495,75 @@ def run_wrk(
         socket_errors=data["connect"] + data["read"] + data["write"],
         non_2xx=data["status"],
         timeouts=data["timeout"],
+    )
+
+
+# -- open loop (benchmarks/open_loop.py) ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLoopResult:
+    """One open-loop run: latencies from each request's intended send time."""
+
+    offered_rps: float
+    rps: float
+    requests: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    send_lag_p99_ms: float
+    errors: int
+
+
+def run_open_loop(
+    base_url: str,
+    pool_file: Path,
+    *,
+    mode: str,
+    rate: float,
+    duration_s: float,
+    connections: int = 32,
+    cpu: str = CLIENT_CPU,
+) -> OpenLoopResult:
+    """One bounded run of ``benchmarks/open_loop.py`` on the client CPU, offering ``rate`` req/s."""
+    command = [
+        "taskset",
+        "-c",
+        cpu,
+        sys.executable,
+        "-m",
+        "benchmarks.open_loop",
+        base_url,
+        str(pool_file),
+        "--mode",
+        mode,
+        "--rate",
+        f"{rate:.1f}",
+        "--seconds",
+        f"{duration_s:g}",
+        "--connections",
+        str(connections),
+    ]
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=duration_s + 60, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("OPEN_LOOP_JSON "):
+            data = json.loads(line.removeprefix("OPEN_LOOP_JSON "))
+            break
+    else:
+        raise RuntimeError(f"open_loop gave no result (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return OpenLoopResult(
+        offered_rps=data["offered_rps"],
+        rps=data["achieved_rps"],
+        requests=data["requests"],
+        p50_ms=data["p50_ms"],
+        p90_ms=data["p90_ms"],
+        p99_ms=data["p99_ms"],
+        max_ms=data["max_ms"],
+        send_lag_p99_ms=data["send_lag_p99_ms"],
+        errors=data["errors"] + data["non_2xx"] + data["unfinished"],
     )
 
 

@@ -4,17 +4,23 @@ Two tools (``--tool auto``, the default, runs both when py-spy is installed, els
 cProfile alone):
 
 * ``py-spy`` (``pip install py-spy``; not a project dependency): samples the real
-  gunicorn worker (``wsgi:app``, the default thread count, ``LEDGER_LOG_LEVEL=WARNING``, CPU 0)
+  gunicorn worker (``wsgi:app`` as shipped: the default thread count, ``LEDGER_LOG_LEVEL=INFO``
+  with its request lines written to the server's log file; CPU 0)
   while wrk (CPU 1) drives transfers, then balance reads. Only samples of the thread
   holding the GIL count (``--gil``): on one core that is where the CPU goes.
-* ``cprofile`` (standard library): the Flask test client in this process, no
+* ``cprofile`` (standard library): WSGI calls of the app in this process, no
   gunicorn and no sockets; cProfile's own overhead inflates small functions.
+
+``--tool timing`` profiles nothing: it times the same WSGI calls without a profiler,
+in alternated rounds, for the service with the request log on (written to
+``/dev/null``, as the shipped default ``LEDGER_LOG_LEVEL=INFO`` writes it), with it
+off, and for the bare Flask app (``benchmarks/bare_app.py``): microseconds per request.
 
 For each endpoint it prints the functions with the most self time, their
 inclusive time, and the share of each area (gunicorn, werkzeug, flask, the app's
 API layer, the ledger, json, hashing, locks, ...), as fractions of all samples.
 
-Run: ``.venv/bin/python benchmarks/profile_hot_path.py [--tool py-spy|cprofile] [--seconds S]``.
+Run: ``.venv/bin/python benchmarks/profile_hot_path.py [--tool py-spy|cprofile|timing] [--seconds S]``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import cProfile
 import io
 import os
 import pstats
+import random
 import shutil
 import subprocess
 import sys
@@ -33,6 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``app`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -158,7 +166,8 @@ def profile_py_spy(seconds: float) -> dict[str, Profile]:
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy, or use --tool cprofile")
     wrk = require_tool("wrk")
     profiles = {}
-    with tempfile.TemporaryDirectory(prefix="goledger-profile-") as directory, Server("wsgi:app") as server:
+    shipped = Server("wsgi:app", log_level="INFO")
+    with tempfile.TemporaryDirectory(prefix="goledger-profile-") as directory, shipped as server:
         pool = write_pool_file(create_pool(server, 1000), Path(directory))
         worker = server.worker_pid()
         for mode in MODES:
@@ -221,46 +230,75 @@ def _environ(method: str, path: str, query: str, token: str) -> dict[str, object
     }
 
 
-def profile_cprofile(requests: int) -> dict[str, Profile]:
-    import logging
-    import random
-
+def _service_app(log_level: str = "WARNING") -> tuple[Any, list[str]]:
+    """The service built in this process with 100 accounts (token = username), and their names."""
     from app import create_app
     from app.auth import token_digest
     from app.ledger.model import Deadline
 
-    flask_app = create_app({"admin_token": "profile-admin", "demo": False, "log_level": "WARNING"})
-    logging.getLogger("goledger").setLevel(logging.WARNING)
+    flask_app = create_app({"admin_token": "profile-admin", "demo": False, "log_level": log_level})
     ledger = flask_app.extensions["ledger"]
     names = [f"user{index:03d}" for index in range(100)]
     for name in names:
         ledger.create_account(name, token_digest(name), 10**15, deadline=Deadline.after_ms(5000))
-    rng = random.Random(1)
-    statuses: Counter[str] = Counter()
+    return flask_app, names
 
-    def start_response(status: str, headers: object, exc_info: object = None) -> Callable[[bytes], object]:
-        statuses[status] += 1
-        return lambda _: None
 
+def _environs(mode: str, names: Sequence[str], requests: int, seed: int = 1) -> list[dict[str, object]]:
+    """``requests`` WSGI environs of ``mode`` between random distinct users."""
+    rng = random.Random(seed)
+    environs = []
+    for _ in range(requests):
+        source, target = rng.sample(list(names), 2)
+        if mode == "balance":
+            environs.append(_environ("GET", "/account/coins", f"username={source}", source))
+        else:
+            query = f"username={source}&to={target}&amount=1"
+            environs.append(_environ("POST", "/account/coins/transfer", query, source))
+    return environs
+
+
+class _Answers:
+    """A WSGI ``start_response`` that counts the statuses it is given."""
+
+    def __init__(self) -> None:
+        self.statuses: Counter[str] = Counter()
+
+    def __call__(self, status: str, headers: object, exc_info: object = None) -> Callable[[bytes], object]:
+        self.statuses[status] += 1
+        return _discard
+
+    def check(self) -> None:
+        if set(self.statuses) != {"200 OK"}:
+            raise RuntimeError(f"unexpected answers: {dict(self.statuses)}")
+
+
+def _discard(_: bytes) -> None:
+    return None
+
+
+def _serve(wsgi_app: Callable[..., Any], environs: Sequence[dict[str, object]], answers: _Answers) -> None:
+    for environ in environs:
+        body = wsgi_app(environ, answers)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
+def profile_cprofile(requests: int) -> dict[str, Profile]:
+    flask_app, names = _service_app()
+    answers = _Answers()
     profiles = {}
     for mode in MODES:
         progress(f"profile: cProfile over {requests:,} {mode} requests, WSGI calls in this process")
-        environs = []
-        for _ in range(requests):
-            source, target = rng.sample(names, 2)
-            if mode == "balance":
-                environs.append(_environ("GET", "/account/coins", f"username={source}", source))
-            else:
-                query = f"username={source}&to={target}&amount=1"
-                environs.append(_environ("POST", "/account/coins/transfer", query, source))
+        environs = _environs(mode, names, requests)
         profiler = cProfile.Profile()
         profiler.enable()
-        for environ in environs:
-            for _chunk in flask_app(environ, start_response):
-                pass
+        _serve(flask_app, environs, answers)
         profiler.disable()
-        if set(statuses) != {"200 OK"}:
-            raise RuntimeError(f"unexpected answers while profiling: {dict(statuses)}")
+        answers.check()
         stats = pstats.Stats(profiler)
         self_time: Counter[str] = Counter()
         inclusive: Counter[str] = Counter()
@@ -283,6 +321,66 @@ def profile_cprofile(requests: int) -> dict[str, Profile]:
             f"cProfile's own cost inflates small functions), {total:.2f} s of profiled time",
         )
     return profiles
+
+
+# -- timing ---------------------------------------------------------------------
+
+_TIMED_SIDES = ("service, request log on", "service, request log off", "bare Flask")
+
+
+def time_in_process(requests: int, rounds: int) -> str:
+    """Microseconds per WSGI call, alternated rounds of each side, median (min-max) and ratios."""
+    import logging
+
+    from benchmarks.bare_app import app as bare_app
+    from benchmarks.common import Spread, fmt_ratio, fmt_spread, paired_ratios
+
+    flask_app, names = _service_app(log_level="INFO")
+    from app.logs import JsonFormatter
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115 (open for the whole run)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter) and isinstance(handler, logging.StreamHandler):
+            handler.setStream(devnull)  # the line is formatted and written, to nowhere
+    request_log = logging.getLogger("goledger.request")
+    answers = _Answers()
+    rows = []
+    for mode in MODES:
+        timings: dict[str, list[float]] = {side: [] for side in _TIMED_SIDES}
+        for round_number in range(rounds + 1):  # the first round warms up, not reported
+            for side in _TIMED_SIDES:
+                environs = _environs(mode, names, requests, seed=round_number)
+                wsgi_app = bare_app if side == "bare Flask" else flask_app
+                request_log.setLevel(logging.WARNING if side.endswith("off") else logging.NOTSET)
+                began = time.perf_counter()
+                _serve(wsgi_app, environs, answers)
+                took_us = (time.perf_counter() - began) * 1e6 / requests
+                if round_number:
+                    timings[side].append(took_us)
+        answers.check()
+        bare = timings["bare Flask"]
+        for side in _TIMED_SIDES:
+            ratio = Spread.of(paired_ratios(timings[side], bare))
+            rows.append(
+                [
+                    TITLES[mode],
+                    side,
+                    fmt_spread(Spread.of(timings[side]), lambda value: f"{value:.1f}"),
+                    fmt_spread(ratio, fmt_ratio),
+                ]
+            )
+    request_log.setLevel(logging.NOTSET)
+    devnull.close()
+    table = markdown_table(["endpoint", "app", "µs per request", "µs / bare Flask's (median of pairs)"], rows)
+    return "\n\n".join(
+        [
+            "### In-process cost per request",
+            f"WSGI calls of each app in this process (no gunicorn, no sockets), {rounds} alternated "
+            f"rounds of {requests:,} requests per side after one warm-up round; the request log "
+            "written to /dev/null when on.",
+            table,
+        ]
+    )
 
 
 # -- report ---------------------------------------------------------------------
@@ -320,10 +418,16 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tool", choices=("auto", "py-spy", "cprofile"), default="auto")
+    parser.add_argument("--tool", choices=("auto", "py-spy", "cprofile", "timing"), default="auto")
     parser.add_argument("--seconds", type=float, default=10, help="py-spy sampling time per endpoint")
     parser.add_argument("--requests", type=int, default=5000, help="cProfile requests per endpoint")
+    parser.add_argument("--rounds", type=int, default=7, help="timing: alternated rounds per endpoint")
     args = parser.parse_args(argv)
+    if args.tool == "timing":
+        pin_to_cpu(SERVER_CPU)
+        section = time_in_process(args.requests, args.rounds)
+        print(section)
+        return section
     tools = [args.tool]
     if args.tool == "auto":  # both views when py-spy is there: the real worker, then the app alone
         found = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")

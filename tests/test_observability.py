@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -192,6 +193,8 @@ def test_journal_syncs_are_timed_one_observation_each(tmp_path: Path) -> None:
 def test_the_plain_registry_needs_prometheus_client_and_the_environment_to_agree(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    # Imported here, not only by an earlier test's app: the test must not depend on the order.
+    importlib.import_module("prometheus_client")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # set after the import: too late
     with pytest.raises(RuntimeError, match="before prometheus_client is imported"):
         create_app(app_config("memory"))
@@ -375,3 +378,88 @@ def test_several_workers_refuse_a_master_that_imported_prometheus_client() -> No
     with pytest.raises(ConfigError, match="preloaded"):
         prepare_metrics_dir(2, environ)
     assert environ == {}
+
+
+# -- the request line without the logging module's record (app.logs.log_request) ---------------
+
+
+@contextmanager
+def only_the_app_handler() -> Iterator[None]:
+    """The root logger with the handler ``create_app`` installed alone (pytest's own removed)."""
+    root = logging.getLogger()
+    kept = list(root.handlers)
+    root.handlers = [
+        handler
+        for handler in kept
+        if type(handler) is logging.StreamHandler and isinstance(handler.formatter, JsonFormatter)
+    ]
+    try:
+        yield
+    finally:
+        root.handlers = kept
+
+
+def transfer_line(client: FlaskClient) -> dict[str, object]:
+    with app_log_lines() as lines:
+        client.post(
+            "/account/coins/transfer?username=aaron&to=bryan&amount=5",
+            headers={"Authorization": "1", "X-Request-Id": "req-same"},
+        )
+    [entry] = json_lines(lines.getvalue())
+    return entry
+
+
+def test_the_request_line_is_the_same_with_or_without_the_logging_modules_record(
+    client: FlaskClient,
+) -> None:
+    other = logging.NullHandler()  # any other handler: the line goes through the logging module
+    logging.getLogger().addHandler(other)
+    try:
+        through_logging = transfer_line(client)
+    finally:
+        logging.getLogger().removeHandler(other)
+    with only_the_app_handler():
+        written_directly = transfer_line(client)
+    assert list(written_directly) == list(through_logging)  # the same fields in the same order
+    for entry in (written_directly, through_logging):
+        assert isinstance(entry.pop("duration_ms"), float)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(entry.pop("timestamp")))
+    assert written_directly == through_logging
+    assert written_directly["request_id"] == "req-same"
+
+
+def refuse_everything(logger: logging.Logger) -> Callable[[], None]:
+    refuse = logging.Filter("nothing.matches")
+    logger.addFilter(refuse)
+    return lambda: logger.removeFilter(refuse)
+
+
+def raise_the_level(logger: logging.Logger) -> Callable[[], None]:
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    return lambda: logger.setLevel(previous)
+
+
+@pytest.mark.parametrize("silence", [refuse_everything, raise_the_level])
+def test_the_request_line_written_directly_honours_the_loggers_filters_and_level(
+    client: FlaskClient, silence: Callable[[logging.Logger], Callable[[], None]]
+) -> None:
+    undo = silence(logging.getLogger("goledger.request"))
+    try:
+        with only_the_app_handler(), app_log_lines() as lines:
+            client.get("/system/health")
+    finally:
+        undo()
+    assert lines.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/no/such/route", 404), ("DELETE", "/account/coins", 405), ("GET", "/system/health", 200)],
+)
+def test_every_answer_carries_its_request_id(
+    client: FlaskClient, method: str, path: str, status: int
+) -> None:
+    response = client.open(path, method=method, headers={"X-Request-Id": "req-every"})
+    assert response.status_code == status
+    assert response.headers.getlist("X-Request-Id") == ["req-every"]

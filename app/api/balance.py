@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
-from app.api.common import authenticated_caller, etag, request_deadline
+from app.api.common import authenticated_caller, current_request, etag, request_deadline
 from app.extensions import store
+from app.jsonio import json_response
 
 bp = Blueprint("balance", __name__)
 
 
 @bp.get("/account/coins")
 def get_balance() -> Response:
-    _, username = authenticated_caller()
-    account = store().account(username, deadline=request_deadline())
-    response = jsonify(
+    current = current_request()
+    _, username = authenticated_caller(current)
+    account = store().account(username, deadline=request_deadline(current.environ))
+    return json_response(
         {
             "username": account.username,
             "balance": account.balance,
             "version": account.version,
             "held": account.held,
             "available": account.available,
-        }
+        },
+        headers=etag(account),
     )
-    response.headers.update(etag(account))
-    return response

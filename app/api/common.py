@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Request, Response, jsonify, request
 
 from app.auth import authenticate
 from app.errors import error_response
 from app.extensions import config, store
+from app.jsonio import json_response
 from app.ledger.errors import LedgerError
 from app.ledger.model import AccountView, BatchResult, Deadline, Hold, HoldResult, ItemOutcome, Transaction
 from app.ledger.outcomes import Result
@@ -20,15 +21,26 @@ from app.ledger.store import LedgerStore
 from app.params import Params, parse_idempotency_key, parse_if_match, parse_timeout_ms
 
 
-def request_deadline() -> Deadline:
-    """The deadline of this request's operation: ``X-Timeout-Ms`` or the configured default."""
-    return Deadline.after_ms(parse_timeout_ms(request.headers.get("X-Timeout-Ms"), config().op_timeout_ms))
+def current_request() -> Request:
+    """This request's object itself: read once, then used without the context-local proxy."""
+    found: Request = request._get_current_object()  # type: ignore[attr-defined]
+    return found
 
 
-def authenticated_caller() -> tuple[Params, str]:
-    """The request's parameters and its authenticated username."""
-    params = Params.from_request(request)
-    return params, authenticate(store(), params, request.headers.get("Authorization"))
+def request_deadline(environ: dict[str, Any] | None = None) -> Deadline:
+    """The deadline of this request's operation: ``X-Timeout-Ms`` or the configured default.
+
+    ``environ``: this request's WSGI environ, when the caller has it at hand.
+    """
+    headers = current_request().environ if environ is None else environ
+    return Deadline.after_ms(parse_timeout_ms(headers.get("HTTP_X_TIMEOUT_MS"), config().op_timeout_ms))
+
+
+def authenticated_caller(current: Request | None = None) -> tuple[Params, str]:
+    """The request's parameters and its authenticated username (``current``: this request)."""
+    current = current_request() if current is None else current
+    params = Params.from_request(current)
+    return params, authenticate(store(), params, current.environ.get("HTTP_AUTHORIZATION"))
 
 
 def transaction_json(transaction: Transaction) -> dict[str, Any]:
@@ -50,8 +62,9 @@ def audit_record_json(record: Transaction) -> dict[str, Any]:
     return {**transaction_json(record), "previous_hash": record.previous_hash, "hash": record.hash}
 
 
-def etag(account: AccountView) -> dict[str, str]:
-    return {"ETag": f'"{account.version}"'}
+def etag(account: AccountView) -> tuple[tuple[str, str]]:
+    """The ``ETag`` header of an answer about ``account``: its version."""
+    return (("ETag", f'"{account.version}"'),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +99,10 @@ def run_money_operation(
     """
     params, username = identify()
     money_request = prepare(params, username)
-    deadline = request_deadline()
-    expected_version = parse_if_match(request.headers.get("If-Match"))
-    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    environ = current_request().environ
+    deadline = request_deadline(environ)
+    expected_version = parse_if_match(environ.get("HTTP_IF_MATCH"))
+    key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY"))
     ledger = store()
     if key is None:
         return _result_response(
@@ -143,16 +157,15 @@ def _result_response(result: Result, success_status: int) -> Response:
     if isinstance(result, HoldResult):
         return _hold_response(result, success_status)
     account = result.account
-    response = jsonify(
+    return json_response(
         {
             "transaction": transaction_json(result.transaction),
             "username": account.username,
             "balance": account.balance,
             "version": account.version,
-        }
+        },
+        headers=etag(account),
     )
-    response.headers.update(etag(account))
-    return response
 
 
 def _item_json(item: ItemOutcome) -> dict[str, Any]:
@@ -182,7 +195,7 @@ def _batch_response(result: BatchResult) -> Response:
         response.status_code = failing.status or 500
         return response
     succeeded = sum(1 for item in result.items if item.succeeded)
-    response = jsonify(
+    return json_response(
         {
             "results": results,
             "succeeded": succeeded,
@@ -190,15 +203,14 @@ def _batch_response(result: BatchResult) -> Response:
             "username": account.username,
             "balance": account.balance,
             "version": account.version,
-        }
+        },
+        headers=etag(account),
     )
-    response.headers.update(etag(account))
-    return response
 
 
 def _hold_response(result: HoldResult, status: int) -> Response:
     account = result.account
-    response = jsonify(
+    return json_response(
         {
             "hold": hold_json(result.hold),
             "transaction": transaction_json(result.transaction),
@@ -207,8 +219,7 @@ def _hold_response(result: HoldResult, status: int) -> Response:
             "held": account.held,
             "available": account.available,
             "version": account.version,
-        }
+        },
+        status,
+        etag(account),
     )
-    response.status_code = status
-    response.headers.update(etag(account))
-    return response
