@@ -180,7 +180,7 @@ class MemoryDriver(StoreDriver):
     def tamper(self, sequence: int, **changes: object) -> None:
         index = sequence - 1
         trail = self.store._trail._records  # MockDB._trail: its AuditTrail; ._records: the records in order
-        trail[index] = trail[index]._replace(**changes)
+        trail[index] = tuple(Transaction._make(trail[index])._replace(**changes))  # kept as plain tuples
 
     def remove(self, sequence: int) -> None:
         del self.store._trail._records[sequence - 1]  # MockDB._trail: its AuditTrail; ._records: the records

@@ -76,7 +76,7 @@ def replay(trail: dict[int, Transaction]) -> dict[str, int]:
     balances: Counter[str] = Counter()
     for sequence in sorted(trail):
         record = trail[sequence]
-        if record.status is not Status.SUCCESS:
+        if record.status != Status.SUCCESS:
             continue
         if record.source is not None:
             balances[record.source] -= record.amount

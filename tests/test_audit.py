@@ -161,11 +161,11 @@ def test_the_canonical_encoding_is_the_documented_compact_json_array(app: Flask,
         fields = [
             record.sequence,
             record.id,
-            record.type.value,
+            record.type,
             record.source,
             record.target,
             record.amount,
-            record.status.value,
+            record.status,
             record.reason,
             record.created_at,
         ]

@@ -416,7 +416,7 @@ def test_atomic_batch_refused_then_the_rest_applies(store: LedgerStore) -> None:
         (4, 424, "batch_failed"),
     ]
     assert result.items[3].message == "a has 110 coins, 111 requested"
-    assert [item.transaction.status.value for item in result.items] == ["FAILED"] * 5
+    assert [item.transaction.status for item in result.items] == ["FAILED"] * 5
     assert state(store, ["a", "b", "c"]) == {"a": (100, 0), "b": (0, 0), "c": (MAX_BALANCE - 10, 0)}
 
     # Had the refused batch's credit to c landed, this batch would overflow c: it applies in full.

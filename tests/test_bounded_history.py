@@ -311,7 +311,7 @@ def test_a_record_edited_on_disk_is_found_by_a_full_verify_and_from_the_checkpoi
     transfers = [
         record.sequence
         for record in _audit(reader, 500)
-        if record.type is OperationType.TRANSFER and points[0] < record.sequence < points[1]
+        if record.type == OperationType.TRANSFER and points[0] < record.sequence < points[1]
     ]
     reader.close()
     assert len(points) >= 3

@@ -286,7 +286,7 @@ def test_a_full_disk_stops_writes_but_not_reads(tmp_path: Path) -> None:
     with pytest.raises(StorageUnavailable):
         store.account("carol", deadline=_deadline())
     # History shows only what is on disk.
-    assert store.history("carol", limit=10, cursor=None).transactions[0].type is OperationType.OPEN
+    assert store.history("carol", limit=10, cursor=None).transactions[0].type == OperationType.OPEN
 
     # Every later write is refused before anything is applied (and not audited: it cannot be kept).
     records_before = store.stats().audit_records

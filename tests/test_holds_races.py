@@ -157,7 +157,7 @@ def test_capture_void_and_expiry_race_with_exactly_one_winner(
             if name == winner:
                 assert isinstance(result, HoldResult), result
                 assert result.hold == final
-                assert result.transaction.status is Status.SUCCESS
+                assert result.transaction.status == Status.SUCCESS
             else:
                 assert isinstance(result, HoldNotPending), (name, result)
                 assert result.message == not_pending(final.status)
@@ -174,7 +174,7 @@ def test_capture_void_and_expiry_race_with_exactly_one_winner(
 
         # Exactly one resolution record, then one failure per losing resolver.
         records = trail(store)[records_before:]
-        resolutions = [record for record in records if record.status is Status.SUCCESS]
+        resolutions = [record for record in records if record.status == Status.SUCCESS]
         assert [(r.type, r.source, r.target) for r in resolutions] == [(RECORD_OF[winner], "aaron", "bryan")]
         assert resolutions[0].amount == (captured if winner == "capture" else amount)
         assert len(records) == (3 if winner == "expiry" else 2)
@@ -455,7 +455,7 @@ def test_a_pool_of_holds_captures_voids_and_expiries_conserves_money(
         assert {name: view.held for name, view in views.items()} == pending
         assert sum(expected.values()) == opening * len(names)
         statuses = Counter(hold.status for hold in holds.values())
-        kinds = Counter(record.type for record in trail(store) if record.status is Status.SUCCESS)
+        kinds = Counter(record.type for record in trail(store) if record.status == Status.SUCCESS)
         assert kinds[OperationType.HOLD] == len(placed)
         assert kinds[OperationType.CAPTURE] == statuses[HoldStatus.CAPTURED]
         assert kinds[OperationType.VOID] == statuses[HoldStatus.VOIDED]

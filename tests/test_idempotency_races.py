@@ -258,9 +258,9 @@ def test_one_key_with_different_parameters_at_once_runs_only_the_first(
     amount = body["transaction"]["amount"]
     (record,) = money_records(app)
     assert record.id == body["transaction"]["id"]
-    assert record.status is Status.SUCCESS
+    assert record.status == Status.SUCCESS
     assert balance(client, "aaron", AARON) == 10_000 - amount
-    expected_bryan = 10_000 + amount if record.type is OperationType.TRANSFER else 10_000
+    expected_bryan = 10_000 + amount if record.type == OperationType.TRANSFER else 10_000
     assert balance(client, "bryan", BRYAN) == expected_bryan
     assert_verifies(client)
 

@@ -187,7 +187,7 @@ def test_audit_appends_from_two_writers_keep_the_chain_linear(ledger: MockDB) ->
     # A deposit pauses with its record on the list and the chain's head not yet moved on,
     # holding the write lock; a deposit that times out on that lock appends its FAILED
     # record without it (the only append that does).
-    driver.widen("audit_records", window, "extend")
+    driver.widen("audit_records", window, "append")
     meet(window, lambda: deposit(ledger), lambda: timed_out_deposit(ledger))
     records = ledger.audit_page(limit=10, cursor=None).transactions
     assert [record.sequence for record in records] == [1, 2, 3]

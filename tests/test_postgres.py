@@ -216,7 +216,7 @@ def test_concurrent_retries_from_two_workers_apply_once(
     assert isinstance(result, OperationResult)
     assert second.account("bryan", deadline=patient()) == AccountView("bryan", 100, 1)
     transfers = [
-        r for r in first.audit_page(limit=100, cursor=None).transactions if r.type is OperationType.TRANSFER
+        r for r in first.audit_page(limit=100, cursor=None).transactions if r.type == OperationType.TRANSFER
     ]
     assert [record.id for record in transfers] == [result.transaction.id]
     assert first.verify().ok
@@ -287,7 +287,7 @@ def test_opposite_transfers_from_two_workers_never_deadlock(
     balances = {name: first.account(name, deadline=patient()).balance for name in ("alice", "bob", "carol")}
     assert balances == {"alice": 10_000, "bob": 10_000, "carol": 10_000}
     records = first.audit_page(limit=500, cursor=None).transactions
-    moved = [record for record in records if record.type is OperationType.TRANSFER]
+    moved = [record for record in records if record.type == OperationType.TRANSFER]
     assert [record.status for record in moved] == [Status.SUCCESS] * 300
     assert first.verify().ok
 
@@ -316,7 +316,7 @@ def test_the_sweeper_expires_an_idle_hold_without_any_touch(url: str) -> None:
         clock.advance(5)
         assert swept.wait(JOIN_TIMEOUT_S), "the sweeper did not expire the due hold"
         expiries = [
-            r for r in store.audit_page(limit=100, cursor=None).transactions if r.type is OperationType.EXPIRE
+            r for r in store.audit_page(limit=100, cursor=None).transactions if r.type == OperationType.EXPIRE
         ]
         assert [(r.source, r.target, r.amount) for r in expiries] == [("aaron", "bryan", 100)]
         assert store.get_hold("bryan", due.id, deadline=patient()).status is HoldStatus.EXPIRED

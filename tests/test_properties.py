@@ -839,7 +839,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         assert reason is None, f"re-opening {name} succeeded"
         assert view == AccountView(name, balance, 0, 0)
-        assert self.last_record().status is Status.SUCCESS
+        assert self.last_record().status == Status.SUCCESS
         self.tokens[name] = token_digest(f"{name}-{balance}")
 
     @rule(caller=callers, amount=amounts, offset=version_offsets)
@@ -1091,7 +1091,7 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             assert self.store.get_hold(caller, hold_id, deadline=deadline()) == expected.view()
         # Only expiries, if anything, reached the trail.
-        assert all(record.type is OperationType.EXPIRE for record in self.model.records[records_before:])
+        assert all(record.type == OperationType.EXPIRE for record in self.model.records[records_before:])
 
     @rule(
         data=st.data(),

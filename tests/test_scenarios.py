@@ -247,7 +247,7 @@ class Payment:
     def settlement(self) -> Settlement:
         if len(self.legs) == 1:
             return Settlement.DECLINED
-        return Settlement.SETTLED if self.legs[-1].type is OperationType.CAPTURE else Settlement.VOIDED
+        return Settlement.SETTLED if self.legs[-1].type == OperationType.CAPTURE else Settlement.VOIDED
 
 
 def hold_leg(
@@ -510,7 +510,7 @@ def test_ring_with_scarce_money_conserves_it(
 
 def shown_to(record: Transaction) -> set[str]:
     """Whose history shows ``record``: every party of a success, only the caller of a failure."""
-    if record.status is Status.SUCCESS:
+    if record.status == Status.SUCCESS:
         return {name for name in (record.source, record.target) if name is not None}
     caller = record.source or record.target  # the sender, or the account of a failed deposit
     assert caller is not None

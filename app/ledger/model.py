@@ -117,16 +117,20 @@ class Transaction(NamedTuple):
     """One audit record: a money operation that reached the ledger.
 
     ``sequence`` is the ledger-wide order (1, 2, 3, … with no gaps); ``source`` and
-    ``target`` are the contract's ``from`` and ``to``.
+    ``target`` are the contract's ``from`` and ``to``. ``type`` and ``status`` are an
+    ``OperationType``'s and a ``Status``'s value, as plain strings (equal to the enum
+    members): a record made only of strings, integers and ``None`` is one the garbage
+    collector stops tracking, so its full passes do not walk every record a ledger
+    keeps in memory (an enum member inside would keep the record tracked).
     """
 
     id: str
     sequence: int
-    type: OperationType
+    type: str
     source: str | None
     target: str | None
     amount: int
-    status: Status
+    status: str
     reason: str | None
     created_at: str
     #: The hash chain (see ``app.ledger.audit``): the record before this one, and this one.

@@ -19,11 +19,11 @@ from app.ledger.model import OperationType, Status, Transaction
 def encode(
     sequence: int,
     record_id: str,
-    kind: OperationType,
+    kind: str,
     source: str | None,
     target: str | None,
     amount: int,
-    status: Status,
+    status: str,
     reason: str | None,
     created_at: str,
 ) -> bytes:
@@ -43,6 +43,9 @@ def digest(previous_hash: str, encoding: bytes) -> str:
 
 _dumps = orjson.dumps
 _sha256 = hashlib.sha256
+#: A record's ``type`` and ``status`` as plain strings (``Transaction``'s docstring says why).
+_KIND_VALUES = {kind: kind.value for kind in OperationType}
+_SUCCESS, _FAILED = Status.SUCCESS.value, Status.FAILED.value
 
 
 class RecordDraft:
@@ -121,8 +124,9 @@ class RecordDraft:
 
         ``encode`` and ``digest`` written out: this runs for every record, on the hot path.
         """
-        kind, source, target, amount, reason = self.kind, self.source, self.target, self.amount, self.reason
-        status = Status.SUCCESS if reason is None else Status.FAILED
+        source, target, amount, reason = self.source, self.target, self.amount, self.reason
+        kind = _KIND_VALUES[self.kind]
+        status = _SUCCESS if reason is None else _FAILED
         encoding = _dumps([sequence, record_id, kind, source, target, amount, status, reason, created_at])
         record_hash = _sha256(previous_hash.encode("ascii") + encoding).hexdigest()
         record = Transaction(
@@ -136,8 +140,8 @@ class RecordDraft:
     ) -> Transaction:
         """The record as sealed elsewhere (the database computed its number and hash)."""
         return Transaction(
-            record_id, sequence, self.kind, self.source, self.target, self.amount, self.status,
-            self.reason, created_at, previous_hash, record_hash,
+            record_id, sequence, _KIND_VALUES[self.kind], self.source, self.target, self.amount,
+            self.status.value, self.reason, created_at, previous_hash, record_hash,
         )  # fmt: skip
 
 

@@ -61,11 +61,11 @@ def _content(record: Transaction) -> Row:
     return [
         record.sequence,
         record.id,
-        record.type.value,
+        record.type,
         record.source,
         record.target,
         record.amount,
-        record.status.value,
+        record.status,
         record.reason,
         record.created_at,
     ]
@@ -89,9 +89,10 @@ def encoded_record_row(
     )
 
 
-#: Enum lookups by value (``OperationType(value)`` costs a microsecond; a replay does millions).
-_TYPES = {kind.value: kind for kind in OperationType}
-_STATUSES = {status.value: status for status in Status}
+#: A record's type and status as stored, checked and shared: every record read back holds
+#: the same string objects, not a copy each (a replay reads millions).
+_TYPES = {kind.value: kind.value for kind in OperationType}
+_STATUSES = {status.value: status.value for status in Status}
 
 
 def record_from_row(row: Row) -> tuple[Transaction, list[str]]:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.ledger.audit import GENESIS_HASH, Replay, Verification, check_chain
 from app.ledger.errors import InvalidInput
@@ -37,6 +37,8 @@ from app.ledger.records import RecordDraft
 
 T = TypeVar("T")
 
+#: A record kept as a plain tuple, as the ``Transaction`` it is.
+as_record = Transaction._make
 #: A record's parties (the accounts whose history shows it) and, for each, its previous record.
 Meta = tuple[tuple[str, ...], tuple[int, ...]]
 #: Records read from memory or disk at a time by a stream.
@@ -72,7 +74,10 @@ class AuditTrail:
         (``None``: keep every record, as a ledger without a data directory must)."""
         self._lock = threading.Lock()
         # The records _first.._sequence, oldest first, with their parties and links.
-        self._records: list[Transaction] = []
+        # Each record as a plain tuple of its fields: a named tuple is never untracked by the
+        # garbage collector, a plain one of strings and integers is, so that its full passes
+        # do not walk every record a ledger in memory holds (``as_record`` makes it one again).
+        self._records: list[tuple[Any, ...]] = []
         self._parties: list[Meta] = []
         self._first = 1
         self._sequence = 0
@@ -91,7 +96,7 @@ class AuditTrail:
     def restore(self, restored: Restored, archive: RecordArchive | None) -> None:
         """Adopt a trail read from disk (before the store is shared)."""
         recent = restored.recent or []
-        self._records = [record for record, _, _ in recent]
+        self._records = [tuple(record) for record, _, _ in recent]
         self._parties = [(parties, links) for _, parties, links in recent]
         self._sequence, self._last_hash = restored.sequence, restored.last_hash
         self._first = restored.sequence - len(recent) + 1
@@ -141,7 +146,7 @@ class AuditTrail:
                 metas.append((parties, links))
                 if keep is not None:
                     encodings.append(encoding)
-            self._records += sealed
+            self._records.extend(map(tuple, sealed))
             self._parties += metas
             self._sequence, self._last_hash = sequence, last_hash
             if keep is not None:
@@ -161,7 +166,7 @@ class AuditTrail:
                 self._last_hash, sequence, record_id + self._random.take(), created_at
             )
             parties = draft.shown_to()
-            self._records.append(record)
+            self._records.append(tuple(record))
             self._parties.append((parties, self._link_latest(parties, sequence)))
             self._sequence, self._last_hash = sequence, record.hash
         return record
@@ -203,7 +208,7 @@ class AuditTrail:
         with self._lock:
             index = sequence - self._first
             if 0 <= index < len(self._records):
-                return self._records[index], *self._parties[index]
+                return as_record(self._records[index]), *self._parties[index]
             on_disk = 1 <= sequence < self._first
         if not on_disk or self._archive is None:
             return None
@@ -255,7 +260,11 @@ class AuditTrail:
         with self._lock:
             split = self._first
             start = max(first, split)
-            cached = self._records[start - self._first : last - self._first + 1] if start <= last else []
+            cached = (
+                list(map(as_record, self._records[start - self._first : last - self._first + 1]))
+                if start <= last
+                else []
+            )
         older: list[Transaction] = []
         if first < split and self._archive is not None:
             older = [record for record, _, _ in self._archive.read_range(first, min(last, split - 1))]

@@ -45,7 +45,7 @@ def record(row: TupleRow) -> Transaction:
     """An audit record from a row of ``RECORD``'s columns."""
     record_id, sequence, kind, source, target, amount, status, reason, created_at, previous, digest = row
     return Transaction(
-        record_id, sequence, OperationType(kind), source, target, amount, Status(status), reason,
+        record_id, sequence, OperationType(kind).value, source, target, amount, Status(status).value, reason,
         created_at, previous, digest,
     )  # fmt: skip
 
