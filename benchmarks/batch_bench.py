@@ -1,7 +1,9 @@
 """Transfers/s through ``POST /account/coins/batch`` against single-transfer requests.
 
-One service (``wsgi:app``, the project's ``gunicorn.conf.py``, ``LEDGER_LOG_LEVEL=WARNING``)
-on CPU 0 with a pool of accounts; wrk (one thread on CPU 1) sends non-atomic batches
+One service (``wsgi:app``, the project's ``gunicorn.conf.py``, as shipped: the request
+log on, its lines written to the server's log file; ``--journal``: with a fresh
+``LEDGER_DATA_DIR``, so every request waits for its journal sync) on CPU 0 with a pool
+of accounts; wrk (one thread on CPU 1) sends non-atomic batches
 of N 1-coin transfers from a random pool user to random other pool users
 (``{"atomic": false, "operations": [{"type": "transfer", "to": ..., "amount": 1}, ...]}``),
 for N = 1, 10, 100, 1000 and 8189 (the contract's maximum), alternated with runs of
@@ -11,7 +13,7 @@ size is checked first with one request: 200, ``succeeded == N``, ``failed == 0``
 Batches queue behind each other on the store's one write lock, so batch requests
 carry ``X-Timeout-Ms: 60000`` (the contract's maximum) and wrk waits up to 60 s.
 
-Run: ``.venv/bin/python benchmarks/batch_bench.py [--quick]``.
+Run: ``.venv/bin/python benchmarks/batch_bench.py [--quick] [--journal] [--sizes 8189]``.
 """
 
 from __future__ import annotations
@@ -105,55 +107,71 @@ def check_batch(server: Server, users: Sequence[PoolUser], size: int) -> str | N
     return None
 
 
-def benchmark(settings: Settings, sizes: Sequence[int] = SIZES) -> str:
+def benchmark(settings: Settings, sizes: Sequence[int] = SIZES, *, journal: bool = False) -> str:
     results: list[SizeResult] = []
     problems: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="goledger-batch-") as directory, Server("wsgi:app") as server:
-        progress(f"batch: opening {settings.pool_size} accounts")
-        users = create_pool(server, settings.pool_size)
-        pool = write_pool_file(users, Path(directory))
-        missing = check_batch(server, users, 1)
-        if missing is not None:
-            return render(settings, [], [f"`POST /account/coins/batch` does not work yet ({missing})."])
-        run_wrk(server.base_url, pool, mode="transfer", connections=settings.connections, duration_s=2)
-        for size in sizes:
-            problem = check_batch(server, users, size)
-            if problem is not None:
-                problems.append(f"Not measured: batch of {size}: {problem}")
-                continue
-            batch_runs: list[WrkResult] = []
-            single_runs: list[WrkResult] = []
-            for round_number in range(settings.rounds):
-                progress(f"batch: {size} items, round {round_number + 1}/{settings.rounds}")
-                batch_runs.append(
-                    run_wrk(
-                        server.base_url,
-                        pool,
-                        mode="batch",
-                        batch_size=size,
-                        connections=settings.connections,
-                        duration_s=settings.seconds,
-                        timeout_s=BATCH_TIMEOUT_S,
-                    )
-                )
-                wait_idle(server, users[0])
-                single_runs.append(
-                    run_wrk(
-                        server.base_url,
-                        pool,
-                        mode="transfer",
-                        connections=settings.connections,
-                        duration_s=settings.seconds,
-                    )
-                )
-                wait_idle(server, users[0])
-            results.append(SizeResult(size, batch_runs, single_runs))
-        progress("batch: verifying the ledger")
-        problems.append(verify_ledger(server))
-    return render(settings, results, problems)
+    with tempfile.TemporaryDirectory(prefix="goledger-batch-") as directory:
+        data_dir = {"LEDGER_DATA_DIR": str(Path(directory) / "data")} if journal else {}
+        with Server("wsgi:app", log_level="INFO", extra_env=data_dir) as server:
+            _measure(settings, sizes, server, Path(directory), results, problems)
+    return render(settings, results, problems, journal=journal)
 
 
-def render(settings: Settings, results: Sequence[SizeResult], problems: Sequence[str]) -> str:
+def _measure(
+    settings: Settings,
+    sizes: Sequence[int],
+    server: Server,
+    directory: Path,
+    results: list[SizeResult],
+    problems: list[str],
+) -> None:
+    progress(f"batch: opening {settings.pool_size} accounts")
+    users = create_pool(server, settings.pool_size)
+    pool = write_pool_file(users, directory)
+    missing = check_batch(server, users, 1)
+    if missing is not None:
+        problems.append(f"`POST /account/coins/batch` does not work yet ({missing}).")
+        return
+    run_wrk(server.base_url, pool, mode="transfer", connections=settings.connections, duration_s=2)
+    for size in sizes:
+        problem = check_batch(server, users, size)
+        if problem is not None:
+            problems.append(f"Not measured: batch of {size}: {problem}")
+            continue
+        batch_runs: list[WrkResult] = []
+        single_runs: list[WrkResult] = []
+        for round_number in range(settings.rounds):
+            progress(f"batch: {size} items, round {round_number + 1}/{settings.rounds}")
+            batch_runs.append(
+                run_wrk(
+                    server.base_url,
+                    pool,
+                    mode="batch",
+                    batch_size=size,
+                    connections=settings.connections,
+                    duration_s=settings.seconds,
+                    timeout_s=BATCH_TIMEOUT_S,
+                )
+            )
+            wait_idle(server, users[0])
+            single_runs.append(
+                run_wrk(
+                    server.base_url,
+                    pool,
+                    mode="transfer",
+                    connections=settings.connections,
+                    duration_s=settings.seconds,
+                )
+            )
+            wait_idle(server, users[0])
+        results.append(SizeResult(size, batch_runs, single_runs))
+    progress("batch: verifying the ledger")
+    problems.append(verify_ledger(server))
+
+
+def render(
+    settings: Settings, results: Sequence[SizeResult], problems: Sequence[str], *, journal: bool = False
+) -> str:
     rows = []
     for result in results:
         errors = sum(run.errors for run in result.batch + result.single)
@@ -177,7 +195,9 @@ def render(settings: Settings, results: Sequence[SizeResult], problems: Sequence
         f"of {settings.pool_size}; wrk, one thread on CPU 1, {settings.connections} connections; "
         f"{settings.rounds} alternated runs of {settings.seconds:g} s of batches and of single "
         f"`POST /account/coins/transfer` requests on the same server (gthread, {DEFAULT_THREADS} threads, "
-        "`LEDGER_LOG_LEVEL=WARNING`). Each size was first checked with one request: 200, "
+        "the request log on as shipped"
+        + (", `LEDGER_DATA_DIR` set: every request waits for its journal sync" if journal else "")
+        + "). Each size was first checked with one request: 200, "
         "`succeeded == N`, `failed == 0`.",
     ]
     if rows:
@@ -212,12 +232,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--rounds", type=int, default=None, help="alternated rounds per size (default 3)")
     parser.add_argument("--seconds", type=float, default=None, help="length of one wrk run")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="items per request")
+    parser.add_argument("--journal", action="store_true", help="the service with a LEDGER_DATA_DIR")
     args = parser.parse_args(argv)
     settings = Settings.defaults(args.quick)
     overrides = {name: value for name, value in (("rounds", args.rounds), ("seconds", args.seconds)) if value}
     settings = dataclasses.replace(settings, **overrides)
     pin_to_cpu(CLIENT_CPU)  # this orchestrator stays off the server's CPU
-    section = benchmark(settings, args.sizes)
+    section = benchmark(settings, args.sizes, journal=args.journal)
     print(section)
     return section
 

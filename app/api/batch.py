@@ -78,7 +78,8 @@ def _batch(params: Params, username: str) -> MoneyRequest:
             username, items, atomic=atomic, deadline=deadline, expected_version=expected_version
         )
 
-    parameters = (atomic, *((item.kind.value, item.target, item.amount) for item in items))
+    # (type, to, amount) an item: its kind serialises as its value.
+    parameters = (atomic, *[(kind, target, amount) for kind, amount, target in items])
     return MoneyRequest("batch", parameters, run)
 
 

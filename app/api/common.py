@@ -169,7 +169,7 @@ def _result_response(result: Result, success_status: int) -> Response:
 
 
 def _item_json(item: ItemOutcome) -> dict[str, Any]:
-    if item.succeeded:
+    if item.code is None:  # ``item.succeeded``, without a property call for each of thousands
         return {"index": item.index, "status": "SUCCESS", "transaction": transaction_json(item.transaction)}
     return {
         "index": item.index,
