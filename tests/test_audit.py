@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app.api.common import store
+from app.ledger import model
 from app.ledger.audit import GENESIS_HASH, canonical_encoding, chain_hash, check_chain
 from app.ledger.model import OperationType, Status, Transaction
 from app.ledger.store import LedgerStore
@@ -215,3 +218,22 @@ def test_the_chain_hash_matches_a_sha256_known_answer_vector() -> None:
     assert chain_hash(GENESIS_HASH, opening) == KNOWN_HASHES[0]
     assert chain_hash(KNOWN_HASHES[0], refused) == KNOWN_HASHES[1]
     assert not check_chain([opening, refused], GENESIS_HASH, 1)
+
+
+def test_record_timestamps_read_as_datetime_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timestamps are formatted once a second: the text must still be datetime's, to the
+    microsecond, across a change of second (and back, should the clock step back)."""
+    instants_ns = [1_764_720_000_999_999_000, 1_764_720_001_000_000_000, 1_764_720_000_000_001_000]
+    for instant_ns in instants_ns:
+        monkeypatch.setattr(model.time, "time_ns", lambda instant_ns=instant_ns: instant_ns)
+        expected = datetime.fromtimestamp(instant_ns // 1000 / 1_000_000, UTC).isoformat(
+            timespec="microseconds"
+        )
+        assert model.utc_now_iso() == expected[:-6] + "Z"
+
+
+def test_record_ids_random_parts_are_fresh_hex_of_their_length() -> None:
+    source = model.RandomHex(digits=20, batch=8)
+    taken = [source.take() for _ in range(100)]  # several refills of the buffer
+    assert len(set(taken)) == len(taken)
+    assert all(len(part) == 20 and int(part, 16) >= 0 for part in taken)

@@ -10,9 +10,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.ledger.memory import files as journal_files
+from app.ledger.memory import persistence
 from app.ledger.memory.files import (
     SEGMENT_MAGIC,
     DataDirectory,
@@ -23,6 +27,8 @@ from app.ledger.memory.files import (
     segment_name,
 )
 from app.ledger.memory.journal import Journal
+from app.ledger.model import OperationType, new_id, utc_now_iso
+from app.ledger.records import RecordDraft
 from tests.threads import JOIN_TIMEOUT_S
 
 
@@ -358,3 +364,35 @@ def test_a_later_frame_is_found_across_a_block_of_65536_numbers(tmp_path: Path) 
     path.write_bytes(bytes(data))
     with pytest.raises(JournalCorrupt, match="a valid frame follows"):
         journal_files.scan_file(path, SEGMENT_MAGIC, first, tail_allowed=True)
+
+
+_NAMES = st.from_regex(r"[A-Za-z0-9_.@-]{1,64}", fullmatch=True)
+
+
+@given(
+    kind=st.sampled_from(list(OperationType)),
+    source=st.none() | _NAMES,
+    target=st.none() | _NAMES,
+    amount=st.integers(min_value=0, max_value=2**63 - 1),
+    reason=st.none() | st.from_regex(r"[a-z_]{1,64}", fullmatch=True),
+    sequence=st.integers(min_value=1, max_value=10**18),
+    links=st.lists(st.integers(min_value=0, max_value=10**18), max_size=2),
+)
+def test_a_journal_row_is_its_records_hashed_bytes_then_its_chain_and_parties(
+    kind: OperationType,
+    source: str | None,
+    target: str | None,
+    amount: int,
+    reason: str | None,
+    sequence: int,
+    links: list[int],
+) -> None:
+    """A row is built from the encoding the hash covered, never encoded a second time: it
+    must be exactly the row's JSON, and read back as the same record."""
+    parties = tuple(name for name in (source, target) if name is not None)[: len(links)]
+    draft = RecordDraft(kind, source, target, amount, reason)
+    record, encoding = draft.seal_encoded("ab" * 32, sequence, new_id("tx_"), utc_now_iso())
+    row = persistence.encoded_record_row(encoding, record, parties, links[: len(parties)])
+    assert row == orjson.dumps(persistence.record_row(record, parties, links[: len(parties)]))
+    assert row.startswith(encoding[:-1])
+    assert persistence.record_from_row(orjson.loads(row)) == (record, list(parties))
