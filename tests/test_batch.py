@@ -1045,3 +1045,26 @@ def test_a_null_atomic_means_the_default(client: FlaskClient, ledger: LedgerStor
     )
     assert response.status_code == 200
     assert response.json["succeeded"] == 1
+
+
+def test_metrics_count_every_item_of_a_batch_by_its_outcome(ledger: LedgerStore) -> None:
+    """``goledger_operations`` counts a batch item by item: kind and outcome each."""
+    before = ledger.counts().operations
+    items = [
+        BatchItem(OperationType.TRANSFER, 5, "bryan"),
+        BatchItem(OperationType.DEPOSIT, 7),
+        BatchItem(OperationType.WITHDRAWAL, MAX_AMOUNT),  # more than aaron has
+        BatchItem(OperationType.TRANSFER, 1, "carol"),
+    ]
+    ledger.batch("aaron", items, atomic=False, deadline=Deadline.after_ms(5000))
+    refused = ledger.batch("aaron", items, atomic=True, deadline=Deadline.after_ms(5000))
+    assert refused.failed_index == 2  # atomic: refused whole, the other items "batch_failed"
+    after = ledger.counts().operations
+    added = {key: after.get(key, 0) - before.get(key, 0) for key in after}
+    assert {key: number for key, number in added.items() if number} == {
+        ("transfer", "success"): 2,
+        ("deposit", "success"): 1,
+        ("withdrawal", "insufficient_funds"): 2,
+        ("transfer", "batch_failed"): 2,
+        ("deposit", "batch_failed"): 1,
+    }
