@@ -14,6 +14,7 @@ Rules every script follows (the machine has 2 shared cores and is noisy):
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import platform
@@ -659,3 +660,27 @@ def _locust_aggregated_row(csv_text: str) -> dict[str, str]:
 def progress(message: str) -> None:
     """A progress line on stderr (the tables go to stdout)."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def wsgi_environ(method: str, path: str, query: str, token: str) -> dict[str, object]:
+    """A WSGI environ like the one gunicorn builds (no test-client machinery in the profile)."""
+    return {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_AUTHORIZATION": token,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,  # gunicorn sets it; a body-less request has no Content-Length
+    }

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import os
 import sys
@@ -30,6 +29,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import wsgi_environ
 
 _ACCOUNTS = 1000
 
@@ -79,24 +83,9 @@ def measure(requests: int) -> dict[str, Any]:
 
 
 def _transfer(app: Any, source: str, target: str) -> None:
-    query = f"username={source}&to={target}&amount=1"
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/account/coins/transfer",
-        "QUERY_STRING": query,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1",
-        "HTTP_AUTHORIZATION": f"t-{source}",
-        "CONTENT_LENGTH": "0",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
+    environ = wsgi_environ(
+        "POST", "/account/coins/transfer", f"username={source}&to={target}&amount=1", f"t-{source}"
+    )
     statuses: list[str] = []
     body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
     b"".join(body)

@@ -11,8 +11,11 @@ code, beside the timed benchmarks, not instead of them.
 
 Operations: ``transfer``, ``deposit`` and ``balance`` (``MockDB`` in memory, a fresh
 ``Deadline`` each, as the app calls them), ``batch-item`` (one item of a non-atomic
-batch of 8189 transfers), and ``minimal`` (``store_bench.MinimalChainedLedger``: the
-reader-writer lock, a funds check, one SHA-256-chained record: the floor).
+batch of 8189 transfers), ``minimal`` (``store_bench.MinimalChainedLedger``: the
+reader-writer lock, a funds check, one SHA-256-chained record: the floor), and three
+parts of a transfer alone: ``lock`` (the store's write lock generated, taken with
+the deadline and released), ``seal`` (one record sealed: encoding, SHA-256, the
+record) and ``rules`` (``rules.apply_item`` on two accounts).
 
 ``--tree PATH`` counts another checkout of the project (a ``git worktree`` of an
 older revision) with the same driver::
@@ -34,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OPERATIONS = ("transfer", "deposit", "balance", "batch-item", "minimal")
+OPERATIONS = ("transfer", "deposit", "balance", "batch-item", "minimal", "lock", "seal", "rules")
 _BATCH_ITEMS = 8189
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
@@ -46,7 +49,9 @@ sys.path.insert(0, tree)
 sys.path.insert(0, {benchmarks!r})
 from app.auth import token_digest
 from app.ledger.memory import MockDB
+from app.ledger import rules
 from app.ledger.model import BatchItem, Deadline, OperationType
+from app.ledger.records import RecordDraft
 names = [f"user{{index:03d}}" for index in range(1000)]
 rng = random.Random(1)
 pairs = [rng.sample(names, 2) for _ in range(4096)]
@@ -74,6 +79,15 @@ else:
             store.deposit(source, 1, deadline=deadline)
         elif operation == "balance":
             store.account(source, deadline=deadline)
+        elif operation == "lock":  # the parts below reach into MockDB: a benchmark's licence
+            lock = store._rw.gen_wlock()
+            store._acquire(lock, deadline, "transfer")
+            lock.release()
+        elif operation == "seal":
+            draft = RecordDraft(OperationType.TRANSFER, source, target, 1)
+            draft.seal_encoded("0" * 64, index + 1, "tx_0", "t")
+        elif operation == "rules":
+            rules.apply_item(store._accounts.get, source, BatchItem(OperationType.TRANSFER, 1, target))
         else:
             store.batch(names[0], items, atomic=False, deadline=Deadline.after_ms(60000))
 for index in range(200 if operation != "batch-item" else 1):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import os
 import pstats
 import random
@@ -59,6 +58,7 @@ from benchmarks.common import (
     progress,
     require_tool,
     write_pool_file,
+    wsgi_environ,
 )
 
 MODES = ("transfer", "balance")
@@ -206,30 +206,6 @@ def profile_py_spy(seconds: float) -> dict[str, Profile]:
 # -- cProfile -------------------------------------------------------------------
 
 
-def _environ(method: str, path: str, query: str, token: str) -> dict[str, object]:
-    """A WSGI environ like the one gunicorn builds (no test-client machinery in the profile)."""
-    return {
-        "REQUEST_METHOD": method,
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": "127.0.0.1:8000",
-        "HTTP_AUTHORIZATION": token,
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "wsgi.input_terminated": True,  # gunicorn sets it; a body-less request has no Content-Length
-    }
-
-
 def _service_app(log_level: str = "WARNING") -> tuple[Any, list[str]]:
     """The service built in this process with 100 accounts (token = username), and their names."""
     from app import create_app
@@ -251,10 +227,10 @@ def _environs(mode: str, names: Sequence[str], requests: int, seed: int = 1) -> 
     for _ in range(requests):
         source, target = rng.sample(list(names), 2)
         if mode == "balance":
-            environs.append(_environ("GET", "/account/coins", f"username={source}", source))
+            environs.append(wsgi_environ("GET", "/account/coins", f"username={source}", source))
         else:
             query = f"username={source}&to={target}&amount=1"
-            environs.append(_environ("POST", "/account/coins/transfer", query, source))
+            environs.append(wsgi_environ("POST", "/account/coins/transfer", query, source))
     return environs
 
 
