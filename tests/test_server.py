@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import runpy
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from app.ledger.memory import MockDB
 from tests.servers import ROOT, free_port, gunicorn_command, gunicorn_server, server_env
 
 pytestmark = pytest.mark.slow
@@ -114,3 +117,18 @@ def test_the_memory_store_refuses_several_worker_processes(extra: tuple[str, ...
     )
     assert result.returncode != 0
     assert "memory store keeps the ledger inside one process" in result.stderr
+
+
+def test_a_worker_freezes_what_it_built_before_serving() -> None:
+    """``post_worker_init``: the app and its store leave the collector's generations, so
+    that its full passes no longer walk the store's list of every audit record."""
+    hooks = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    ledger = MockDB()  # built before the hook, as the worker's store is
+    records = ledger._trail._records  # AuditTrail._records: the list of every record kept
+    assert any(tracked is records for tracked in gc.get_objects())
+    try:
+        hooks["post_worker_init"](None)
+        assert gc.get_freeze_count() > 0
+        assert not any(tracked is records for tracked in gc.get_objects())
+    finally:
+        gc.unfreeze()
