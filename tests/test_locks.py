@@ -141,6 +141,19 @@ def test_concurrent_counts_of_one_operation_lose_none(store: LedgerStore, driver
     assert store.counts().operations[("deposit", "success")] == 2
 
 
+def test_concurrent_counts_of_two_batches_lose_none(store: LedgerStore, driver: StoreDriver) -> None:
+    open_account(store, "aaron", 0)
+    items = [BatchItem(OperationType.DEPOSIT, 1), BatchItem(OperationType.DEPOSIT, 2)]
+
+    def batch() -> object:
+        return store.batch("aaron", items, atomic=False, deadline=Deadline.after_ms(10_000))
+
+    window = Window(driver.watch("counters"))
+    driver.widen("counters", window, "get")  # a batch's count pauses between reading and writing back
+    meet(window, batch, batch)
+    assert store.counts().operations[("deposit", "success")] == 4
+
+
 def test_a_metrics_scrape_never_sees_half_a_count(store: LedgerStore, driver: StoreDriver) -> None:
     open_account(store, "aaron", 0)
     window = Window(driver.watch("counters"))
