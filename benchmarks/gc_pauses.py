@@ -8,6 +8,9 @@ pauses grow. This sends ``--requests`` transfers through the WSGI app in-process
 generation-2 collection with ``gc.callbacks``: their number, total and longest pause,
 and how many objects the collector still tracks at the end.
 
+``--freeze`` calls ``gc.freeze()`` once the app and its accounts are built, as a
+gunicorn worker does (``post_worker_init`` in ``gunicorn.conf.py``).
+
 ``--tree PATH`` imports the app from another checkout of the project (e.g. a
 ``git worktree`` of an older revision), so that two revisions are measured the same
 way, one after the other:
@@ -38,7 +41,7 @@ from benchmarks.common import wsgi_environ
 _ACCOUNTS = 1000
 
 
-def measure(requests: int) -> dict[str, Any]:
+def measure(requests: int, *, freeze: bool = False) -> dict[str, Any]:
     from app import create_app
     from app.auth import token_digest
     from app.extensions import store
@@ -61,6 +64,8 @@ def measure(requests: int) -> dict[str, Any]:
             pauses.append(time.perf_counter() - started.pop())
 
     gc.collect()
+    if freeze:  # what a gunicorn worker does once it has built the app (post_worker_init)
+        gc.freeze()
     gc.callbacks.append(watch)
     began = time.perf_counter()
     try:
@@ -98,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=100_000, help="transfers to send (default 100000)")
+    parser.add_argument(
+        "--freeze", action="store_true", help="gc.freeze() once the app is built, as a gunicorn worker does"
+    )
     parser.add_argument("--tree", type=Path, default=None, help="a checkout to import the app from")
     args = parser.parse_args(argv)
     tree = (args.tree or Path(__file__).resolve().parent.parent).resolve()
@@ -107,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the whole run)
     import app
 
-    result = {"app": str(Path(app.__file__).parent), **measure(args.requests)}
+    result = {"app": str(Path(app.__file__).parent), "freeze": args.freeze}
+    result.update(measure(args.requests, freeze=args.freeze))
     print(json.dumps(result), file=sys.__stdout__)
     return result
 

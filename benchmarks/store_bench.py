@@ -135,6 +135,8 @@ class MinimalChainedLedger:
             raise TimeoutError("the write lock")
         try:
             balances = self._balances
+            if target not in balances:
+                raise KeyError(target)
             if balances[source] < amount:
                 raise ValueError("insufficient funds")
             balances[source] -= amount

@@ -193,17 +193,34 @@ def test_a_scrape_never_sees_half_an_observation() -> None:
 
 
 @pytest.mark.memory_only
-def test_audit_appends_from_two_writers_keep_the_chain_linear(ledger: MockDB) -> None:
+@pytest.mark.parametrize(
+    ("holder", "list_method"),
+    [
+        ("deposit", "append"),  # one record: AuditTrail.append_one
+        ("batch", "extend"),  # several: AuditTrail.append
+    ],
+)
+def test_audit_appends_from_two_writers_keep_the_chain_linear(
+    ledger: MockDB, holder: str, list_method: str
+) -> None:
     open_account(ledger, "aaron", 0)
     driver = memory_driver(ledger)
     window = Window(driver.watch("trail"))
-    # A deposit pauses with its record on the list and the chain's head not yet moved on,
-    # holding the write lock; a deposit that times out on that lock appends its FAILED
-    # record without it (the only append that does).
-    driver.widen("audit_records", window, "append")
-    meet(window, lambda: deposit(ledger), lambda: timed_out_deposit(ledger))
+    # A deposit (or a batch) pauses with its records on the list and the chain's head not
+    # yet moved on, holding the write lock; a deposit that times out on that lock appends
+    # its FAILED record without it (the only append that does).
+    driver.widen("audit_records", window, list_method)
+    items = [BatchItem(OperationType.DEPOSIT, 1), BatchItem(OperationType.DEPOSIT, 2)]
+
+    def hold() -> object:
+        if holder == "deposit":
+            return deposit(ledger)
+        return ledger.batch("aaron", items, atomic=False, deadline=Deadline.after_ms(10_000))
+
+    meet(window, hold, lambda: timed_out_deposit(ledger))
     records = ledger.audit_page(limit=10, cursor=None).transactions
-    assert [record.sequence for record in records] == [1, 2, 3]
+    assert [record.sequence for record in records] == list(range(1, len(records) + 1))
+    assert len(records) == (3 if holder == "deposit" else 4)
     assert all(later.previous_hash == earlier.hash for earlier, later in itertools.pairwise(records))
     assert ledger.verify().ok
 
@@ -299,6 +316,12 @@ EXCLUDED: dict[str, tuple[str, Callable[[MemoryDriver], object]]] = {
     "counters-count": ("counters", lambda driver: driver.parts().counters.count(
         [("deposit", "success")], 0.0
     )),
+    "counters-count_one": ("counters", lambda driver: driver.parts().counters.count_one(
+        "deposit", "success", 0.0
+    )),
+    "counters-count_tally": ("counters", lambda driver: driver.parts().counters.count_tally(
+        {("deposit", "success"): 2}, 0.0
+    )),
     "counters-aborted": ("counters", lambda driver: driver.parts().counters.aborted("deadlock")),
     "counters-aborts": ("counters", lambda driver: driver.parts().counters.aborts()),
     "counters-lock_trouble": ("counters", lambda driver: driver.parts().counters.lock_trouble()),
@@ -307,6 +330,7 @@ EXCLUDED: dict[str, tuple[str, Callable[[MemoryDriver], object]]] = {
     "counters-snapshot": ("counters", lambda driver: driver.parts().counters.snapshot()),
     "trail-tip": ("trail", lambda driver: driver.parts().trail.tip()),
     "trail-append": ("trail", lambda driver: driver.parts().trail.append(_draft())),
+    "trail-append_one": ("trail", lambda driver: driver.parts().trail.append_one(_draft()[0])),
     "trail-history": ("trail", lambda driver: driver.parts().trail.history("aaron", None, 10, None)),
     "trail-page": ("trail", lambda driver: driver.parts().trail.page(0, 10, None)),
     "trail-head": ("trail", lambda driver: driver.parts().trail.head(lambda: None)),

@@ -418,7 +418,9 @@ def test_the_request_line_is_the_same_with_or_without_the_logging_modules_record
         through_logging = transfer_line(client)
     finally:
         logging.getLogger().removeHandler(other)
-    with only_the_app_handler():
+    with only_the_app_handler(), pytest.MonkeyPatch.context() as patch:
+        # The direct path indeed: a line through the logging module would raise here.
+        patch.setattr(logging.getLogger("goledger.request"), "handle", _no_logging_record)
         written_directly = transfer_line(client)
     assert list(written_directly) == list(through_logging)  # the same fields in the same order
     for entry in (written_directly, through_logging):
@@ -426,6 +428,10 @@ def test_the_request_line_is_the_same_with_or_without_the_logging_modules_record
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(entry.pop("timestamp")))
     assert written_directly == through_logging
     assert written_directly["request_id"] == "req-same"
+
+
+def _no_logging_record(record: logging.LogRecord) -> None:
+    raise AssertionError("the request line went through the logging module")
 
 
 def refuse_everything(logger: logging.Logger) -> Callable[[], None]:

@@ -48,7 +48,7 @@ def transaction_json(transaction: Transaction) -> dict[str, Any]:
     return {
         "id": transaction.id,
         "sequence": transaction.sequence,
-        "type": transaction.type,  # a StrEnum: serialised as its value
+        "type": transaction.type,
         "from": transaction.source,
         "to": transaction.target,
         "amount": transaction.amount,

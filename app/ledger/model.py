@@ -93,8 +93,8 @@ class RandomHex:
     def take(self) -> str:
         """``digits`` fresh random hex digits (never handed out twice)."""
         position = self._position
-        if position >= len(self._buffer):
-            self._buffer = os.urandom(self._digits * self._batch // 2).hex()
+        if position + self._digits > len(self._buffer):
+            self._buffer = os.urandom((self._digits * self._batch + 1) // 2).hex()
             position = 0
         self._position = position + self._digits
         return self._buffer[position : position + self._digits]
