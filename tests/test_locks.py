@@ -693,3 +693,45 @@ def test_a_read_that_finds_a_due_hold_expires_it_under_the_write_lock() -> None:
         assert store.account("aaron", deadline=patient()).available == 100
     finally:
         store.close()
+
+
+@pytest.mark.memory_only
+def test_two_reads_of_a_closed_journal_segment_open_it_once(tmp_path: Path) -> None:
+    """``RecordArchive``'s table of open segment files: a read that finds a segment closed
+    opens it under the table's lock, so a second read of it waits and shares that file
+    (without the lock both would open it and one file would never be closed)."""
+    data = tmp_path / "data"
+    store = MockDB.open(data)
+    try:
+        open_account(store, "aaron", 0)
+        deposit(store)
+    finally:
+        store.close()
+    store = MockDB.open(data)  # a fresh start: no segment open for reading yet
+    try:
+        archive = store._durability.archive  # MockDB._durability.archive: its RecordArchive
+        assert archive is not None
+        lock = WatchedLock()
+        archive._lock = lock  # RecordArchive._lock: guards its table of open segment files
+        window = Window(lock)
+        # A read pauses inside the table's critical section, having found no open file.
+        archive._segments = pausing(archive._segments, window, "get")  # RecordArchive._segments
+        first, second = meet(window, lambda: archive.read(1), lambda: archive.read(1))
+        assert not window.met, "two reads were inside the table's critical section at once"
+        assert first == second == store._trail.entry(1)  # MockDB._trail: its AuditTrail
+        [(fd, readers)] = archive._segments.values()
+        assert readers == 0
+        segment = os.readlink(f"/proc/self/fd/{fd}")
+        opened = [
+            name for name in os.listdir("/proc/self/fd") if _points_at(f"/proc/self/fd/{name}", segment)
+        ]
+        assert opened == [str(fd)], "a segment file was opened twice"
+    finally:
+        store.close()
+
+
+def _points_at(link: str, target: str) -> bool:
+    try:
+        return os.readlink(link) == target
+    except OSError:  # the listing's own descriptor, closed by now
+        return False
