@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 from app.ledger.store import LOCK_WAIT_BUCKETS_S, Counts, Durations
@@ -69,17 +70,11 @@ class OperationCounters:
 
     def count(self, outcomes: list[tuple[str, str]], lock_wait_s: float) -> None:
         """Count operations (kind, outcome) served by one lock acquisition (one, or a batch's items)."""
-        bucket = bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
-        with self._lock:
-            for key in outcomes:
-                self._operations[key] = self._operations.get(key, 0) + 1
-            self._operation_count += len(outcomes)
-            self._lock_wait_buckets[bucket] += 1
-            self._lock_wait_sum_s += lock_wait_s
+        self.count_tally(Counter(outcomes), lock_wait_s)
 
     def count_tally(self, tally: Mapping[tuple[str, str], int], lock_wait_s: float) -> None:
-        """``count`` of a batch's items, tallied by (kind, outcome) first (one lock acquisition)."""
-        bucket = bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
+        """``count`` of operations already tallied by (kind, outcome) (a batch's items)."""
+        bucket = _lock_wait_bucket(lock_wait_s)
         with self._lock:
             operations = self._operations
             for key, number in tally.items():
@@ -90,11 +85,7 @@ class OperationCounters:
 
     def count_one(self, kind: str, outcome: str, lock_wait_s: float) -> None:
         """``count`` of a single operation (every money request's: no list to build)."""
-        bucket = (
-            0
-            if lock_wait_s <= _FIRST_LOCK_WAIT_BOUND_S
-            else bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
-        )
+        bucket = _lock_wait_bucket(lock_wait_s)
         key = (kind, outcome)
         with self._lock:
             operations = self._operations
@@ -147,6 +138,13 @@ class OperationCounters:
             lock_wait=Durations(LOCK_WAIT_BUCKETS_S, _cumulative(buckets), wait_sum_s),
             durations={name: histogram.snapshot() for name, histogram in self.durations.items()},
         )
+
+
+def _lock_wait_bucket(lock_wait_s: float) -> int:
+    """The lock-wait bucket of a wait: most fall in the first, found without a bisect."""
+    if lock_wait_s <= _FIRST_LOCK_WAIT_BOUND_S:
+        return 0
+    return bisect.bisect_left(LOCK_WAIT_BUCKETS_S, lock_wait_s)
 
 
 def _cumulative(buckets: list[int]) -> tuple[int, ...]:

@@ -41,8 +41,6 @@ def digest(previous_hash: str, encoding: bytes) -> str:
     return hashlib.sha256(previous_hash.encode("ascii") + encoding).hexdigest()
 
 
-_dumps = orjson.dumps
-_sha256 = hashlib.sha256
 #: A record's ``type`` and ``status`` as plain strings (``Transaction``'s docstring says why).
 _KIND_VALUES = {kind: kind.value for kind in OperationType}
 _SUCCESS, _FAILED = Status.SUCCESS.value, Status.FAILED.value
@@ -121,14 +119,12 @@ class RecordDraft:
     ) -> tuple[Transaction, bytes]:
         """``seal``, with the canonical encoding the hash covers (which a journal row begins
         with: ``app.ledger.memory.persistence.encoded_record_row``).
-
-        ``encode`` and ``digest`` written out: this runs for every record, on the hot path.
         """
         source, target, amount, reason = self.source, self.target, self.amount, self.reason
         kind = _KIND_VALUES[self.kind]
         status = _SUCCESS if reason is None else _FAILED
-        encoding = _dumps([sequence, record_id, kind, source, target, amount, status, reason, created_at])
-        record_hash = _sha256(previous_hash.encode("ascii") + encoding).hexdigest()
+        encoding = encode(sequence, record_id, kind, source, target, amount, status, reason, created_at)
+        record_hash = digest(previous_hash, encoding)
         record = Transaction(
             record_id, sequence, kind, source, target, amount, status, reason, created_at, previous_hash,
             record_hash,

@@ -224,8 +224,7 @@ class LedgerCore:
     def _acquire(self, lock: rwlock.Lockable, deadline: Deadline, kind: str) -> float:
         """Take ``lock`` within the deadline; the seconds waited, or ``OperationTimeout``."""
         started = time.perf_counter()
-        remaining_s = deadline.expires_at - time.monotonic()  # ``Deadline.remaining_s``, inlined
-        if lock.acquire(blocking=True, timeout=remaining_s if remaining_s > 0.0 else 0.0):
+        if lock.acquire(blocking=True, timeout=deadline.remaining_s()):
             return time.perf_counter() - started
         waited_s = time.perf_counter() - started
         if waited_s >= self._lock_trouble_after_s:
@@ -276,7 +275,7 @@ class LedgerCore:
                 error.transaction = self._append([failed], outcome=failure_outcome(error))[0]
                 raise
             if self._durability.journal is None:  # in memory only: nothing to journal
-                self._holds.changed.clear()
+                self._holds.drain_changed()  # nothing keeps them
                 record = self._trail.append_one(draft)
             else:
                 [record] = self._append(
@@ -328,14 +327,10 @@ class LedgerCore:
         self, items: Sequence[BatchItem], failures: Sequence[LedgerError | None], lock_wait_s: float
     ) -> None:
         """Count a batch: one operation per item, one lock wait for the whole batch."""
-        kinds = [_KIND_NAMES[kind] for kind, _, _ in items]
-        if any(failures):
-            outcomes = Counter(
-                (kind, "success" if failure is None else failure.code)
-                for kind, failure in zip(kinds, failures, strict=False)
-            )
-        else:  # a batch whose every item succeeded (or a refusal before any applied): one tally
-            outcomes = Counter((kind, "success") for kind in kinds[: len(failures)])
+        outcomes = Counter(
+            (_KIND_NAMES[item.kind], "success" if failure is None else failure.code)
+            for item, failure in zip(items, failures, strict=False)
+        )
         self._counters.count_tally(outcomes, lock_wait_s)
 
 

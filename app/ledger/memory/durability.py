@@ -132,7 +132,7 @@ class Durability:
 
     def check_writable(self) -> None:
         """Refuse a write before it applies anything when the journal cannot keep it."""
-        if self.refusal is None and (self.journal is None or self.journal.failure is None):
+        if self.can_write():
             return
         refusal = self.refusal_reason()
         if refusal is not None:

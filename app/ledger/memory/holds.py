@@ -61,9 +61,7 @@ class HoldBook:
         #: How many pending holds each account has (only accounts with any): empty when no
         #: hold is pending, which lets a money operation skip looking for due ones.
         self.pending_by_account: dict[str, int] = {}
-        #: Holds added or resolved since the last ``drain_changed`` (what the next journal
-        #: entry carries; a ledger in memory only clears it after each change).
-        self.changed: list[HoldState] = []
+        self._changed: list[HoldState] = []
         self._ordinal = 0  # the last hold number given out
         #: Reads a hold's latest row from disk by ordinal (``None``: no data directory).
         self.archived: Callable[[int], list[Any] | None] | None = None
@@ -111,11 +109,11 @@ class HoldBook:
     def add(self, state: HoldState) -> None:
         self._holds[state.id] = state
         self._index(state)
-        self.changed.append(state)
+        self._changed.append(state)
 
     def drain_changed(self) -> list[HoldState]:
         """The holds added or resolved since the last call (what a journal entry carries)."""
-        changed, self.changed = self.changed, []
+        changed, self._changed = self._changed, []
         return changed
 
     def put(self, state: HoldState) -> None:
@@ -147,7 +145,7 @@ class HoldBook:
 
     def resolved(self, state: HoldState) -> None:
         """Note that a rule resolved this hold: it is pending no more."""
-        self.changed.append(state)
+        self._changed.append(state)
         self._unindex(state)
 
     def has_due(self, names: Iterable[str | None], now_s: float) -> bool:

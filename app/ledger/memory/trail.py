@@ -24,7 +24,6 @@ from disk take no lock (what the index holds never changes).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,7 +31,7 @@ from typing import Any, TypeVar
 from app.ledger.audit import GENESIS_HASH, Replay, Verification, check_chain
 from app.ledger.errors import InvalidInput
 from app.ledger.memory.archive import Entry, RecordArchive
-from app.ledger.model import RandomHex, Transaction, utc_now_iso
+from app.ledger.model import RandomHex, Transaction, id_stamp, utc_now_iso
 from app.ledger.records import RecordDraft
 
 T = TypeVar("T")
@@ -121,13 +120,12 @@ class AuditTrail:
         their journal entry, given the records, their parties and links, and their
         canonical encodings) runs before the lock is released."""
         created_at = utc_now_iso()
-        # An id: "tx_", 12 hex digits of milliseconds, 20 random (``new_id``'s layout).
-        id_prefix = f"tx_{time.time_ns() // 1_000_000:012x}"
+        id_prefix = id_stamp("tx_")
         sealed: list[Transaction] = []
         metas: list[Meta] = []
         encodings: list[bytes] = []
         with self._lock:
-            latest, last_hash, sequence = self._latest, self._last_hash, self._sequence
+            last_hash, sequence = self._last_hash, self._sequence
             take_random, link_latest = self._random.take, self._link_latest
             for draft in drafts:
                 sequence += 1
@@ -136,14 +134,8 @@ class AuditTrail:
                 )
                 last_hash = record.hash
                 parties = draft.shown_to()
-                if len(parties) == 2:  # ``_link_latest`` written out: a batch seals thousands
-                    first, second = parties
-                    links: tuple[int, ...] = (latest.get(first, 0), latest.get(second, 0))
-                    latest[first] = latest[second] = sequence
-                else:
-                    links = link_latest(parties, sequence)
                 sealed.append(record)
-                metas.append((parties, links))
+                metas.append((parties, link_latest(parties, sequence)))
                 if keep is not None:
                     encodings.append(encoding)
             self._records.extend(map(tuple, sealed))
@@ -159,7 +151,7 @@ class AuditTrail:
         """``append`` of one draft with nothing to keep (a ledger in memory only): the same
         record, without the lists a batch needs."""
         created_at = utc_now_iso()
-        record_id = f"tx_{time.time_ns() // 1_000_000:012x}"
+        record_id = id_stamp("tx_")
         with self._lock:
             sequence = self._sequence + 1
             record, _ = draft.seal_encoded(
