@@ -79,7 +79,7 @@ def _batch(params: Params, username: str) -> MoneyRequest:
         )
 
     # (type, to, amount) an item: its kind serialises as its value.
-    parameters = (atomic, *[(kind, target, amount) for kind, amount, target in items])
+    parameters = (atomic, *[(kind, target, amount) for kind, amount, target, _ in items])
     return MoneyRequest("batch", parameters, run)
 
 

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from app.ledger.model import Checkpoint, Hold, HoldStatus, OperationType, Transaction
-from app.ledger.records import digest, encode
+from app.ledger.records import digest, encode, record_tag
 
 GENESIS_HASH = "0" * 64
 
@@ -66,7 +66,20 @@ def canonical_encoding(record: Transaction) -> bytes:
         record.status,
         record.reason,
         record.created_at,
+        record_tag(record),
     )
+
+
+def _hashed(row: Sequence[Any]) -> bytes:
+    """What the hash of a record given as a journal row covers (``canonical_encoding``):
+    its first nine fields, and its tag when the row carries one after its links."""
+    if len(row) > _TAGGED_ROW:
+        return orjson.dumps([*row[:9], row[_TAGGED_ROW], row[_TAGGED_ROW + 1]], option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(row[:9])
+
+
+#: Where a journal row's tag starts (``app.ledger.memory.persistence.TAGGED_ROW``).
+_TAGGED_ROW = 13
 
 
 def chain_hash(previous_hash: str, record: Transaction) -> str:
@@ -176,13 +189,15 @@ class Replay:
         return self._sequence
 
     def add(self, record: Transaction) -> None:
-        self.add_row(
-            [
-                record.sequence, record.id, str(record.type), record.source, record.target,
-                record.amount, str(record.status), record.reason, record.created_at,
-                record.previous_hash, record.hash,
-            ]
-        )  # fmt: skip
+        row = [
+            record.sequence, record.id, str(record.type), record.source, record.target,
+            record.amount, str(record.status), record.reason, record.created_at,
+            record.previous_hash, record.hash,
+        ]  # fmt: skip
+        if record.reference is not None or record.metadata is not None:
+            metadata = None if record.metadata is None else orjson.Fragment(record.metadata)
+            row += [(), (), record.reference, metadata]
+        self.add_row(row)
 
     def add_all(self, records: Iterable[Transaction]) -> None:
         for record in records:
@@ -256,7 +271,7 @@ class Replay:
                 problems.append(f"record {self._sequence + 1} carries sequence {sequence}")
             if row[9] != self._hash:
                 problems.append(f"record {sequence} does not link to the hash of the record before it")
-            if digest(self._hash, orjson.dumps(row[:9])) != record_hash:
+            if digest(self._hash, _hashed(row)) != record_hash:
                 problems.append(f"record {sequence} ({row[1]}) does not match its hash")
             self._chain_problems += len(problems) - before
         self._sequence, self._hash = sequence, record_hash

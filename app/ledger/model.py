@@ -142,6 +142,24 @@ class Transaction(NamedTuple):
     #: The hash chain (see ``app.ledger.audit``): the record before this one, and this one.
     previous_hash: str
     hash: str
+    #: The caller's external id for the operation (``None``: none given).
+    reference: str | None = None
+    #: The caller's metadata as canonical JSON text (keys sorted, no spaces), ``None`` when
+    #: none was given: text rather than a dict, so a record stays immutable and untracked
+    #: by the garbage collector, and the API writes it out without re-encoding.
+    metadata: str | None = None
+
+
+class Tag(NamedTuple):
+    """What the caller attached to an operation: a reference and metadata.
+
+    ``metadata`` is canonical JSON text (``app.ledger.records.metadata_text``) of a
+    non-empty object. An operation with neither carries no tag at all (``None``), and
+    its record is encoded and hashed exactly as records were before tags existed.
+    """
+
+    reference: str | None
+    metadata: str | None
 
 
 class OperationResult(NamedTuple):
@@ -202,6 +220,7 @@ class BatchItem(NamedTuple):
     kind: OperationType
     amount: int
     target: str | None = None
+    tag: Tag | None = None
 
 
 class ItemOutcome(NamedTuple):

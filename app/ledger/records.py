@@ -10,10 +10,11 @@ record field is one field here, one in ``Transaction`` and one in ``encode``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import orjson
 
-from app.ledger.model import OperationType, Status, Transaction
+from app.ledger.model import OperationType, Status, Tag, Transaction
 
 
 def encode(
@@ -26,14 +27,42 @@ def encode(
     status: str,
     reason: str | None,
     created_at: str,
+    tag: Tag | None = None,
 ) -> bytes:
     """The bytes a record's hash covers: every field but the hashes, in a fixed order.
 
     orjson writes exactly what ``json.dumps(separators=(",", ":"))`` would for these
     ASCII strings, integers and nulls, in a tenth of the time; it writes the two enums
-    as their values.
+    as their values. A record with a tag has two more fields, its reference and its
+    metadata (the object itself, in its canonical text); one without has the nine
+    fields alone, so every record written before tags existed keeps its hash.
     """
-    return orjson.dumps([sequence, record_id, kind, source, target, amount, status, reason, created_at])
+    if tag is None:
+        return orjson.dumps([sequence, record_id, kind, source, target, amount, status, reason, created_at])
+    reference, metadata = tag
+    return orjson.dumps(
+        [sequence, record_id, kind, source, target, amount, status, reason, created_at, reference,
+         None if metadata is None else orjson.Fragment(metadata)]
+    )  # fmt: skip
+
+
+def metadata_text(metadata: Mapping[str, object]) -> str | None:
+    """The canonical text of a metadata object (keys sorted, no spaces; ``None`` when empty)."""
+    if not metadata:
+        return None
+    return orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def make_tag(reference: str | None, metadata: str | None) -> Tag | None:
+    """The tag of an operation given ``reference`` and canonical ``metadata`` (``None``: neither)."""
+    if reference is None and metadata is None:
+        return None
+    return Tag(reference, metadata)
+
+
+def record_tag(record: Transaction) -> Tag | None:
+    """The tag a record was sealed with."""
+    return make_tag(record.reference, record.metadata)
 
 
 def digest(previous_hash: str, encoding: bytes) -> str:
@@ -53,7 +82,7 @@ class RecordDraft:
     ``parties`` are the accounts whose history shows it.
     """
 
-    __slots__ = ("amount", "kind", "parties", "reason", "source", "target")
+    __slots__ = ("amount", "kind", "parties", "reason", "source", "tag", "target")
 
     def __init__(
         self,
@@ -63,6 +92,7 @@ class RecordDraft:
         amount: int,
         reason: str | None = None,
         parties: tuple[str, ...] | None = None,
+        tag: Tag | None = None,
     ) -> None:
         self.kind = kind
         self.source = source
@@ -71,11 +101,13 @@ class RecordDraft:
         self.reason = reason
         #: ``None`` until decided: a success shows in both parties' histories.
         self.parties = parties
+        #: The caller's reference and metadata (``None``: neither).
+        self.tag = tag
 
     def __repr__(self) -> str:
         return (
             f"RecordDraft({self.kind.value}, {self.source!r} -> {self.target!r}, {self.amount}, "
-            f"reason={self.reason!r}, parties={self.parties!r})"
+            f"reason={self.reason!r}, parties={self.parties!r}, tag={self.tag!r})"
         )
 
     @property
@@ -93,12 +125,12 @@ class RecordDraft:
 
     def failed(self, reason: str, parties: tuple[str, ...]) -> RecordDraft:
         """The FAILED record of the same operation, shown to ``parties`` only."""
-        return RecordDraft(self.kind, self.source, self.target, self.amount, reason, parties)
+        return RecordDraft(self.kind, self.source, self.target, self.amount, reason, parties, self.tag)
 
     def encoding(self, sequence: int, record_id: str, created_at: str) -> bytes:
         return encode(
             sequence, record_id, self.kind, self.source, self.target, self.amount, self.status,
-            self.reason, created_at,
+            self.reason, created_at, self.tag,
         )  # fmt: skip
 
     def tail(self, record_id: str, created_at: str) -> bytes:
@@ -120,27 +152,36 @@ class RecordDraft:
         """``seal``, with the canonical encoding the hash covers (which a journal row begins
         with: ``app.ledger.memory.persistence.encoded_record_row``).
         """
-        source, target, amount, reason = self.source, self.target, self.amount, self.reason
+        source, target, amount, reason, tag = self.source, self.target, self.amount, self.reason, self.tag
         kind = _KIND_VALUES[self.kind]
         status = _SUCCESS if reason is None else _FAILED
-        encoding = encode(sequence, record_id, kind, source, target, amount, status, reason, created_at)
+        encoding = encode(sequence, record_id, kind, source, target, amount, status, reason, created_at, tag)
         record_hash = digest(previous_hash, encoding)
-        record = Transaction(
-            record_id, sequence, kind, source, target, amount, status, reason, created_at, previous_hash,
-            record_hash,
-        )  # fmt: skip
+        if tag is None:
+            record = Transaction(
+                record_id, sequence, kind, source, target, amount, status, reason, created_at,
+                previous_hash, record_hash,
+            )  # fmt: skip
+        else:
+            record = Transaction(
+                record_id, sequence, kind, source, target, amount, status, reason, created_at,
+                previous_hash, record_hash, *tag,
+            )  # fmt: skip
         return record, encoding
 
     def sealed(
         self, record_id: str, sequence: int, created_at: str, previous_hash: str, record_hash: str
     ) -> Transaction:
         """The record as sealed elsewhere (the database computed its number and hash)."""
+        reference, metadata = self.tag or (None, None)
         return Transaction(
             record_id, sequence, _KIND_VALUES[self.kind], self.source, self.target, self.amount,
-            self.status.value, self.reason, created_at, previous_hash, record_hash,
+            self.status.value, self.reason, created_at, previous_hash, record_hash, reference, metadata,
         )  # fmt: skip
 
 
-def success(kind: OperationType, source: str | None, target: str | None, amount: int) -> RecordDraft:
+def success(
+    kind: OperationType, source: str | None, target: str | None, amount: int, tag: Tag | None = None
+) -> RecordDraft:
     """The SUCCESS record of an operation, shown to both of its parties."""
-    return RecordDraft(kind, source, target, amount)
+    return RecordDraft(kind, source, target, amount, tag=tag)

@@ -38,11 +38,13 @@ from app.ledger.model import (
     HoldStatus,
     OperationResult,
     OperationType,
+    Tag,
 )
 
 HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
 AUDIT_CURSOR = re.compile(r"a:([1-9][0-9]{0,18})")
 CHECKPOINT_CURSOR = re.compile(r"k:([1-9][0-9]{0,18})")
+TRANSACTIONS_CURSOR = re.compile(r"t:([1-9][0-9]{0,18})")
 
 
 def check_version(account: AccountState, expected_version: int | None) -> None:
@@ -301,16 +303,28 @@ class SingleOperations:
         raise NotImplementedError
 
     def deposit(
-        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
+        self,
+        username: str,
+        amount: int,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> OperationResult:
-        return self._run_one(username, BatchItem(OperationType.DEPOSIT, amount), deadline, expected_version)
+        item = BatchItem(OperationType.DEPOSIT, amount, None, tag)
+        return self._run_one(username, item, deadline, expected_version)
 
     def withdraw(
-        self, username: str, amount: int, *, deadline: Deadline, expected_version: int | None = None
+        self,
+        username: str,
+        amount: int,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> OperationResult:
-        return self._run_one(
-            username, BatchItem(OperationType.WITHDRAWAL, amount), deadline, expected_version
-        )
+        item = BatchItem(OperationType.WITHDRAWAL, amount, None, tag)
+        return self._run_one(username, item, deadline, expected_version)
 
     def transfer(
         self,
@@ -320,6 +334,7 @@ class SingleOperations:
         *,
         deadline: Deadline,
         expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> OperationResult:
-        item = BatchItem(OperationType.TRANSFER, amount, target)
+        item = BatchItem(OperationType.TRANSFER, amount, target, tag)
         return self._run_one(username, item, deadline, expected_version)

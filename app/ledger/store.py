@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.ledger.audit import Verification
+from app.ledger.filters import NO_FILTER, RecordFilter
 from app.ledger.model import (
     AccountView,
     BatchItem,
@@ -21,6 +22,7 @@ from app.ledger.model import (
     HoldResult,
     OperationResult,
     Page,
+    Tag,
 )
 from app.ledger.outcomes import Outcome, Result
 
@@ -115,6 +117,7 @@ class LedgerStore(Protocol):
         *,
         deadline: Deadline,
         expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> OperationResult: ...
 
     def withdraw(
@@ -124,6 +127,7 @@ class LedgerStore(Protocol):
         *,
         deadline: Deadline,
         expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> OperationResult: ...
 
     def transfer(
@@ -134,8 +138,10 @@ class LedgerStore(Protocol):
         *,
         deadline: Deadline,
         expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> OperationResult:
-        """Move ``amount`` from ``username`` to ``target`` atomically."""
+        """Move ``amount`` from ``username`` to ``target`` atomically (``tag``: the caller's
+        reference and metadata, carried by the record)."""
         ...
 
     def batch(
@@ -192,8 +198,15 @@ class LedgerStore(Protocol):
         """Release background resources (threads, connections)."""
         ...
 
-    def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
-        """The account's audit records, newest first, ``limit`` at a time."""
+    def history(
+        self, username: str, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER
+    ) -> Page:
+        """The account's audit records that pass ``where``, newest first, ``limit`` at a time."""
+        ...
+
+    def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
+        """Every account's records that pass ``where``, oldest first, ``limit`` at a time
+        (``/admin/transactions``; cursors ``rules.encode_cursor("t", sequence)``)."""
         ...
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:

@@ -6,7 +6,8 @@ audit lock in audit order (keys are short: there is one entry per operation):
 ``r``
     the audit records it appends: ``[sequence, id, type, from, to, amount, status,
     reason, created_at, previous_hash, hash, [parties whose history shows it], [for
-    each party, the sequence of its record before this one, or 0]]``
+    each party, the sequence of its record before this one, or 0]]``, and for a record
+    with a tag two more fields, ``reference, metadata`` (the metadata object itself)
 ``a``
     each touched account's state afterwards: ``{name: [balance, held, version]}``
 ``c``
@@ -72,7 +73,11 @@ def _content(record: Transaction) -> Row:
 
 
 def record_row(record: Transaction, parties: Sequence[str], links: Sequence[int]) -> Row:
-    return [*_content(record), record.previous_hash, record.hash, list(parties), list(links)]
+    row = [*_content(record), record.previous_hash, record.hash, list(parties), list(links)]
+    if record.reference is not None or record.metadata is not None:
+        metadata = None if record.metadata is None else orjson.Fragment(record.metadata)
+        row += [record.reference, metadata]
+    return row
 
 
 def encoded_record_row(
@@ -80,7 +85,10 @@ def encoded_record_row(
 ) -> bytes:
     """``orjson.dumps(record_row(...))`` from the record's canonical encoding: the row is that
     encoding with the hashes, parties and links after it, so the bytes hashed are written
-    once and never re-encoded."""
+    once and never re-encoded (a record with a tag, whose encoding ends with it, is
+    encoded whole)."""
+    if record.reference is not None or record.metadata is not None:
+        return orjson.dumps(record_row(record, parties, links))
     return b'%s,"%s","%s",%s]' % (
         encoding[:-1],
         record.previous_hash.encode("ascii"),
@@ -103,10 +111,24 @@ def record_from_row(row: Row) -> tuple[Transaction, list[str]]:
 def _record(row: Row, previous_hash: str, record_hash: str) -> Transaction:
     # ``_make`` takes the fields in order, without the keyword-accepting ``__new__``:
     # a replay builds millions of records.
+    if len(row) > TAGGED_ROW:
+        return Transaction._make(
+            (row[1], row[0], _TYPES[row[2]], row[3], row[4], row[5], _STATUSES[row[6]], row[7], row[8],
+             previous_hash, record_hash, row[TAGGED_ROW], canonical_metadata(row[TAGGED_ROW + 1])),
+        )  # fmt: skip
     return Transaction._make(
         (row[1], row[0], _TYPES[row[2]], row[3], row[4], row[5], _STATUSES[row[6]], row[7], row[8],
-         previous_hash, record_hash),
+         previous_hash, record_hash, None, None),
     )  # fmt: skip
+
+
+#: Where a journal row's tag (reference, metadata) starts, when it has one.
+TAGGED_ROW = 13
+
+
+def canonical_metadata(metadata: dict[str, Any] | None) -> str | None:
+    """A metadata object read back from a row, as the canonical text it was written in."""
+    return None if metadata is None else orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def entry_payload(

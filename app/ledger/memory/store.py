@@ -25,6 +25,7 @@ from app.ledger.errors import (
     StoreInvariantBroken,
     VersionConflict,
 )
+from app.ledger.filters import NO_FILTER, RecordFilter
 from app.ledger.memory import files as journal_files
 from app.ledger.memory import recovery
 from app.ledger.memory.archive import RecordArchive
@@ -342,7 +343,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
             rules.apply_item(self._accounts.get, username, item)
             return self._accounts[username].view()
 
-        draft = RecordDraft(item.kind, *rules.roles(username, item), item.amount)
+        draft = RecordDraft(item.kind, *rules.roles(username, item), item.amount, tag=item.tag)
         return self._write(username, draft, deadline, apply, OperationResult)
 
     @durable
@@ -361,7 +362,9 @@ class MockDB(HoldOperations, rules.SingleOperations):
         one go, in item order, with one journal entry.
         """
         rules.check_batch(items)
-        drafts = [RecordDraft(item.kind, *rules.roles(username, item), item.amount) for item in items]
+        drafts = [
+            RecordDraft(item.kind, *rules.roles(username, item), item.amount, tag=item.tag) for item in items
+        ]
         lock = self._rw.gen_wlock()
         try:
             waited_s = self._acquire(lock, deadline, "batch")
@@ -435,13 +438,42 @@ class MockDB(HoldOperations, rules.SingleOperations):
 
     # -- history and audit ----------------------------------------------------
 
-    def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
+    def history(
+        self, username: str, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER
+    ) -> Page:
         rules.check_limit(limit)
         before = None if cursor is None else rules.decode_cursor(cursor, rules.HISTORY_CURSOR)
-        records, more_before = self._trail.history(
-            username, before, limit, self._durability.durable_sequence()
+        upto = self._durability.durable_sequence()
+        if where.is_empty:
+            records, more_before = self._trail.history(username, before, limit, upto)
+            return Page(records, None if more_before is None else rules.encode_cursor("h", more_before))
+        found: list[Transaction] = []
+        while True:
+            chunk, before = self._trail.history(username, before, 500, upto)
+            found += [record for record in chunk if where.matches(record, username)]
+            if len(found) > limit or before is None:
+                break
+        more = len(found) > limit
+        return Page(
+            tuple(found[:limit]), rules.encode_cursor("h", found[limit - 1].sequence) if more else None
         )
-        return Page(records, None if more_before is None else rules.encode_cursor("h", more_before))
+
+    def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
+        rules.check_limit(limit)
+        after = 0 if cursor is None else rules.decode_cursor(cursor, rules.TRANSACTIONS_CURSOR)
+        durable, last = self._durability.durable_sequence(), self._trail.sequence
+        if durable is not None:
+            last = min(last, durable)
+        found: list[Transaction] = []
+        for record in self._trail.stream(after + 1, last):
+            if where.matches(record):
+                found.append(record)
+                if len(found) > limit:
+                    break
+        more = len(found) > limit
+        return Page(
+            tuple(found[:limit]), rules.encode_cursor("t", found[limit - 1].sequence) if more else None
+        )
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         rules.check_limit(limit)
@@ -584,3 +616,12 @@ def _batch_result(
         for index, (record, failure) in enumerate(zip(records, failures, strict=True))
     )
     return BatchResult(outcomes, account, atomic, failed_index)
+
+
+def filtered_page(found: Sequence[Transaction], limit: int, prefix: str) -> Page:
+    """A page of the first ``limit`` of ``found`` (up to ``limit + 1`` matches, in page order):
+    its cursor is the last one shown, if more matched."""
+    more = len(found) > limit
+    return Page(
+        tuple(found[:limit]), rules.encode_cursor(prefix, found[limit - 1].sequence) if more else None
+    )

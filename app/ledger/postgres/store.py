@@ -57,11 +57,13 @@ from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
     HoldNotFound,
+    InvalidInput,
     LedgerError,
     OperationTimeout,
     StoreInvariantBroken,
     VersionConflict,
 )
+from app.ledger.filters import NO_FILTER, RecordFilter
 from app.ledger.model import (
     MAX_BALANCE,
     AccountView,
@@ -417,14 +419,21 @@ class PostgresStore(rules.SingleOperations):
 
     # -- history --------------------------------------------------------------------
 
-    def history(self, username: str, *, limit: int, cursor: str | None) -> Page:
+    def history(
+        self, username: str, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER
+    ) -> Page:
         check_limit(limit)
+        if not where.is_empty:
+            raise InvalidInput("invalid_parameter", "Filters are not available on this store yet.")
         before = None if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
         newest = before if before is not None else 2**63 - 1
         rows = self._runner.read(lambda c: c.execute(sql.HISTORY, (username, newest, limit + 1)).fetchall())
         records = tuple(sql.record(row) for row in rows[:limit])
         next_cursor = encode_cursor("h", records[-1].sequence) if len(rows) > limit else None
         return Page(records, next_cursor)
+
+    def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
+        raise InvalidInput("invalid_parameter", "Filters are not available on this store yet.")
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         check_limit(limit)
