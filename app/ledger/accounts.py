@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.ledger.model import AccountView, Hold, HoldStatus, iso_from_epoch
+from app.ledger.model import AccountView, Hold, HoldStatus, Tag, iso_from_epoch
 
 
 class AccountState:
@@ -50,7 +50,17 @@ class AccountState:
 class HoldState:
     """One hold: ``amount`` of ``source``'s money reserved for ``target`` until ``expires_at_s``."""
 
-    __slots__ = ("amount", "captured", "created_at", "expires_at_s", "id", "source", "status", "target")
+    __slots__ = (
+        "amount",
+        "captured",
+        "created_at",
+        "expires_at_s",
+        "id",
+        "source",
+        "status",
+        "tag",
+        "target",
+    )
 
     def __init__(
         self,
@@ -62,6 +72,7 @@ class HoldState:
         created_at: str,
         status: HoldStatus = HoldStatus.PENDING,
         captured: int = 0,
+        tag: Tag | None = None,
     ) -> None:
         self.id = hold_id
         self.source = source
@@ -71,6 +82,8 @@ class HoldState:
         self.created_at = created_at
         self.status = status
         self.captured = captured
+        #: The reference and metadata given with the hold: its capture, void or expiry carries them too.
+        self.tag = tag
 
     def view(self) -> Hold:
         return Hold(
@@ -82,10 +95,18 @@ class HoldState:
             self.status,
             iso_from_epoch(self.expires_at_s),
             self.created_at,
+            self.tag,
         )
 
     def row(self) -> list[object]:
-        """The hold as the journal, a snapshot and the database's columns keep it."""
+        """The hold as the journal and a snapshot keep it (``HOLD_FIELDS`` fields, then its
+        reference and metadata if it has a tag); the database's columns, without the tag."""
+        if self.tag is not None:
+            return [*self.columns(), *self.tag]
+        return self.columns()
+
+    def columns(self) -> list[object]:
+        """The hold's fields without its tag (the first ``HOLD_FIELDS`` of its row)."""
         return [
             self.id,
             self.source,
@@ -99,5 +120,8 @@ class HoldState:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> HoldState:
-        hold_id, source, target, amount, captured, status, expires_at_s, created_at = row
-        return cls(hold_id, source, target, amount, expires_at_s, created_at, HoldStatus(status), captured)
+        hold_id, source, target, amount, captured, status, expires_at_s, created_at = row[:8]
+        tag = Tag(row[8], row[9]) if len(row) > 8 else None
+        return cls(
+            hold_id, source, target, amount, expires_at_s, created_at, HoldStatus(status), captured, tag
+        )

@@ -281,6 +281,8 @@ class Hold:
     status: HoldStatus
     expires_at: str
     created_at: str
+    #: The reference and metadata given with the hold (``None``: neither).
+    tag: Tag | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,8 +168,10 @@ class LedgerStore(Protocol):
         timeout_s: int,
         deadline: Deadline,
         expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> HoldResult:
-        """Reserve ``amount`` of the caller's available money for ``target``."""
+        """Reserve ``amount`` of the caller's available money for ``target`` (``tag``: carried
+        by the hold's records, its capture's, void's or expiry's too)."""
         ...
 
     def capture_hold(

@@ -205,7 +205,7 @@ class LedgerCore:
         for state in states:
             rules.release(self._accounts[state.source], state, HoldStatus.EXPIRED)
             self._holds.resolved(state)
-            draft = RecordDraft(OperationType.EXPIRE, state.source, state.target, state.amount)
+            draft = RecordDraft(OperationType.EXPIRE, state.source, state.target, state.amount, tag=state.tag)
             self._append([draft], accounts=(state.source,), holds=self._holds.drain_changed())
             self._count(OperationType.EXPIRE.value, "success", 0.0)
         return len(states)

@@ -17,6 +17,7 @@ from app.ledger.model import (
     HoldResult,
     HoldStatus,
     OperationType,
+    Tag,
     utc_now_iso,
 )
 from app.ledger.records import RecordDraft
@@ -35,6 +36,7 @@ class HoldOperations(LedgerCore):
         timeout_s: int,
         deadline: Deadline,
         expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> HoldResult:
         """Reserve ``amount`` of the caller's available money for ``target``."""
         rules.check_amount(amount)
@@ -44,11 +46,12 @@ class HoldOperations(LedgerCore):
             self._expire_due((username, target))
             caller = rules.reserve(self._accounts.get, username, target, amount, expected_version)
             hold_id = self._holds.new_id()
-            state = HoldState(hold_id, username, target, amount, self._clock() + timeout_s, utc_now_iso())
+            expires_at_s = self._clock() + timeout_s
+            state = HoldState(hold_id, username, target, amount, expires_at_s, utc_now_iso(), tag=tag)
             self._holds.add(state)
             return caller.view(), state.view()
 
-        draft = RecordDraft(OperationType.HOLD, username, target, amount)
+        draft = RecordDraft(OperationType.HOLD, username, target, amount, tag=tag)
         result = self._write(username, draft, deadline, apply, hold_result)
         self._sweeper.schedule(self._clock() + timeout_s, result.hold.id)
         return result
@@ -97,7 +100,12 @@ class HoldOperations(LedgerCore):
     ) -> HoldState:
         """The caller's hold, its due holds expired first; ``rules.check_pending`` passed."""
         state = rules.check_hold_of(self._holds.get(hold_id), username, hold_id)
-        draft.source, draft.target, draft.amount = state.source, state.target, state.amount
+        draft.source, draft.target, draft.amount, draft.tag = (
+            state.source,
+            state.target,
+            state.amount,
+            state.tag,
+        )
         self._expire_due((state.source, state.target))
         rules.check_pending(self._accounts.get, state, username, expected_version)
         return state

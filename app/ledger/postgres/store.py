@@ -77,6 +77,7 @@ from app.ledger.model import (
     OperationResult,
     OperationType,
     Page,
+    Tag,
     Transaction,
 )
 from app.ledger.outcomes import Outcome, Result
@@ -342,6 +343,7 @@ class PostgresStore(rules.SingleOperations):
         timeout_s: int,
         deadline: Deadline,
         expected_version: int | None = None,
+        tag: Tag | None = None,
     ) -> HoldResult:
         return self._holds.create(username, target, amount, timeout_s, deadline, expected_version)
 

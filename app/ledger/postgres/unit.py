@@ -343,4 +343,4 @@ def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: 
 
 def _columns(holds: list[HoldState]) -> tuple[object, ...]:
     """The new holds as one array per column of ``holds``."""
-    return tuple(list(column) for column in zip(*(hold.row() for hold in holds), strict=True))
+    return tuple(list(column) for column in zip(*(hold.columns() for hold in holds), strict=True))
