@@ -93,6 +93,17 @@ class Params:
     def body(self) -> Mapping[str, object]:
         return self._body
 
+    def query_keys(self) -> list[str]:
+        """The names the query string gives."""
+        return list(self._query.keys())
+
+    def query_metadata(self) -> dict[str, list[str]]:
+        """The ``metadata.<key>=<value>`` pairs of the query string: key -> every value given."""
+        query = self._query
+        if not query:
+            return {}
+        return {key[9:]: query.getlist(key) for key in query if key.startswith("metadata.")}
+
 
 def read_body(request: Request) -> bytes:
     """The whole request body, exactly as declared, within ``max_content_length``.

@@ -53,7 +53,9 @@ OPENING = 10_000
 HOLD_ID = re.compile(r"hold_[0-9a-f]{32}")
 #: What every hold-operation answer carries.
 RESULT_KEYS = {"hold", "transaction", "username", "balance", "held", "available", "version"}
-HOLD_KEYS = {"id", "from", "to", "amount", "captured", "status", "expires_at", "created_at"}
+HOLD_KEYS = {
+    "id", "from", "to", "amount", "captured", "status", "expires_at", "created_at", "reference", "metadata",
+}  # fmt: skip
 
 Shape = tuple[str, str | None, str | None, int, str, str | None]
 

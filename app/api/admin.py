@@ -15,6 +15,7 @@ from app.api.common import (
     page_json,
     request_deadline,
     run_money_operation,
+    transaction_json,
 )
 from app.api.deposit import deposit_request
 from app.api.withdraw import withdraw_request
@@ -29,6 +30,7 @@ from app.params import (
     parse_token,
     parse_username,
 )
+from app.tagging import request_filter
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -98,6 +100,16 @@ def audit() -> Response:
     limit, cursor = page_request(Params.from_request(request))
     page = store().audit_page(limit=limit, cursor=cursor)
     return page_json("transactions", list(map(audit_record_json, page.transactions)), page.next_cursor)
+
+
+@bp.get("/transactions")
+def transactions() -> Response:
+    """Every account's transactions that pass the history filters, oldest first."""
+    params = Params.from_request(request)
+    where = request_filter(params, admin=True)
+    limit, cursor = page_request(params)
+    page = store().transactions(limit=limit, cursor=cursor, where=where)
+    return page_json("transactions", list(map(transaction_json, page.transactions)), page.next_cursor)
 
 
 @bp.get("/audit/checkpoints")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from app.api.common import MoneyRequest, run_money_operation
+from app.api.common import MoneyRequest, run_money_operation, tagged
 from app.ledger.errors import Forbidden, InvalidInput, LedgerError
 from app.ledger.model import MAX_BATCH_ITEMS, BatchItem, Deadline, OperationType
 from app.ledger.outcomes import Result
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_amount, parse_username
+from app.tagging import request_tag
 
 bp = Blueprint("batch", __name__)
 
@@ -49,17 +50,18 @@ def _item(params: Params, index: int, raw: object, username: str) -> BatchItem:
         if raw.get("amount") is None:
             raise InvalidInput("missing_parameter", "The amount parameter is required.")
         amount = parse_amount(raw["amount"])
-        if kind is not OperationType.TRANSFER:
-            return BatchItem(kind, amount)
-        if raw.get("to") is None:
-            raise InvalidInput("missing_parameter", "The to parameter is required.")
-        target = parse_username(raw["to"])
-        if target == username:
-            raise InvalidInput("same_account", "The sender and the recipient are the same account.")
+        target = None
+        if kind is OperationType.TRANSFER:
+            if raw.get("to") is None:
+                raise InvalidInput("missing_parameter", "The to parameter is required.")
+            target = parse_username(raw["to"])
+            if target == username:
+                raise InvalidInput("same_account", "The sender and the recipient are the same account.")
+        tag = request_tag(params, raw) if "reference" in raw or "metadata" in raw else None
     except LedgerError as error:
         error.message = f"Operation {index}: {error.message}"
         raise
-    return BatchItem(kind, amount, target)
+    return BatchItem(kind, amount, target, tag)
 
 
 def _batch(params: Params, username: str) -> MoneyRequest:
@@ -78,8 +80,8 @@ def _batch(params: Params, username: str) -> MoneyRequest:
             username, items, atomic=atomic, deadline=deadline, expected_version=expected_version
         )
 
-    # (type, to, amount) an item: its kind serialises as its value.
-    parameters = (atomic, *[(kind, target, amount) for kind, amount, target, _ in items])
+    # (type, to, amount[, reference, metadata]) an item: its kind serialises as its value.
+    parameters = (atomic, *[tagged((kind, target, amount), tag) for kind, amount, target, tag in items])
     return MoneyRequest("batch", parameters, run)
 
 

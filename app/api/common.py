@@ -16,7 +16,16 @@ from app.errors import error_response
 from app.extensions import config, store
 from app.jsonio import json_response
 from app.ledger.errors import LedgerError
-from app.ledger.model import AccountView, BatchResult, Deadline, Hold, HoldResult, ItemOutcome, Transaction
+from app.ledger.model import (
+    AccountView,
+    BatchResult,
+    Deadline,
+    Hold,
+    HoldResult,
+    ItemOutcome,
+    Tag,
+    Transaction,
+)
 from app.ledger.outcomes import Result
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_idempotency_key, parse_if_match, parse_timeout_ms
@@ -44,7 +53,14 @@ def authenticated_caller(current: Request | None = None) -> tuple[Params, str]:
     return params, authenticate(store(), params, current.environ.get("HTTP_AUTHORIZATION"))
 
 
+def tagged(parameters: tuple[object, ...], tag: Tag | None) -> tuple[object, ...]:
+    """An operation's defining parameters with its reference and metadata, when it has them
+    (an untagged request's parameters, and so its idempotency fingerprint, stay as they were)."""
+    return parameters if tag is None else (*parameters, *tag)
+
+
 def transaction_json(transaction: Transaction) -> dict[str, Any]:
+    metadata = transaction.metadata
     return {
         "id": transaction.id,
         "sequence": transaction.sequence,
@@ -55,6 +71,8 @@ def transaction_json(transaction: Transaction) -> dict[str, Any]:
         "status": transaction.status,
         "reason": transaction.reason,
         "created_at": transaction.created_at,
+        "reference": transaction.reference,
+        "metadata": {} if metadata is None else orjson.loads(metadata),
     }
 
 
@@ -149,6 +167,8 @@ def hold_json(hold: Hold) -> dict[str, Any]:
         "status": hold.status.value,
         "expires_at": hold.expires_at,
         "created_at": hold.created_at,
+        "reference": None if hold.tag is None else hold.tag.reference,
+        "metadata": {} if hold.tag is None or hold.tag.metadata is None else orjson.loads(hold.tag.metadata),
     }
 
 

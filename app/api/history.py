@@ -1,4 +1,4 @@
-"""``GET /account/transactions``: the caller's transactions, newest first, by cursor."""
+"""``GET /account/transactions``: the caller's transactions, newest first, by cursor, filtered."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from flask import Blueprint, Response
 from app.api.common import authenticated_caller, page_json, request_deadline, transaction_json
 from app.extensions import store
 from app.params import page_request
+from app.tagging import request_filter
 
 bp = Blueprint("history", __name__)
 
@@ -16,5 +17,5 @@ def history() -> Response:
     params, username = authenticated_caller()
     request_deadline()  # validated like every /account operation; history waits on no lock that needs it
     limit, cursor = page_request(params)
-    page = store().history(username, limit=limit, cursor=cursor)
+    page = store().history(username, limit=limit, cursor=cursor, where=request_filter(params))
     return page_json("transactions", list(map(transaction_json, page.transactions)), page.next_cursor)

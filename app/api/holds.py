@@ -17,6 +17,7 @@ from app.api.common import (
     hold_json,
     request_deadline,
     run_money_operation,
+    tagged,
 )
 from app.extensions import store
 from app.ledger.errors import HoldNotFound, InvalidInput
@@ -24,6 +25,7 @@ from app.ledger.model import DEFAULT_HOLD_TIMEOUT_S, Deadline
 from app.ledger.outcomes import Result
 from app.ledger.store import LedgerStore
 from app.params import Params, parse_amount, parse_hold_timeout, parse_username
+from app.tagging import request_tag
 
 bp = Blueprint("holds", __name__)
 
@@ -44,6 +46,7 @@ def create_hold() -> Response:
         timeout_s = params.get("timeout_s", parse_hold_timeout) or DEFAULT_HOLD_TIMEOUT_S
         if target == username:
             raise InvalidInput("same_account", "The payer and the payee are the same account.")
+        tag = request_tag(params)
 
         def run(ledger: LedgerStore, deadline: Deadline, expected_version: int | None) -> Result:
             return ledger.create_hold(
@@ -53,9 +56,10 @@ def create_hold() -> Response:
                 timeout_s=timeout_s,
                 deadline=deadline,
                 expected_version=expected_version,
+                tag=tag,
             )
 
-        return MoneyRequest("hold", (target, amount, timeout_s), run, success_status=201)
+        return MoneyRequest("hold", tagged((target, amount, timeout_s), tag), run, success_status=201)
 
     return run_money_operation(prepare)
 

@@ -20,6 +20,7 @@ from app.ledger.model import (
     HoldStatus,
     ItemOutcome,
     OperationResult,
+    Tag,
     Transaction,
 )
 
@@ -63,6 +64,7 @@ def _account_from_row(row: Row) -> AccountView:
 
 
 def _hold_view_row(hold: Hold) -> Row:
+    tag = [] if hold.tag is None else list(hold.tag)
     return [
         hold.id,
         hold.source,
@@ -72,11 +74,13 @@ def _hold_view_row(hold: Hold) -> Row:
         hold.status.value,
         hold.expires_at,
         hold.created_at,
+        *tag,
     ]
 
 
 def _hold_view_from_row(row: Row) -> Hold:
-    return Hold(row[0], row[1], row[2], row[3], row[4], HoldStatus(row[5]), row[6], row[7])
+    tag = Tag(row[8], row[9]) if len(row) > 8 else None
+    return Hold(row[0], row[1], row[2], row[3], row[4], HoldStatus(row[5]), row[6], row[7], tag)
 
 
 def outcome_row(outcome: Result | LedgerError) -> Row:
