@@ -15,7 +15,9 @@ batch of 8189 transfers), ``minimal`` (``store_bench.MinimalChainedLedger``: the
 reader-writer lock, a funds check, one SHA-256-chained record: the floor), and three
 parts of a transfer alone: ``lock`` (the store's write lock generated, taken with
 the deadline and released), ``seal`` (one record sealed: encoding, SHA-256, the
-record) and ``rules`` (``rules.apply_item`` on two accounts). ``noop`` is the
+record) and ``rules`` (``rules.apply_item`` on two accounts); ``http-transfer`` is a
+whole transfer request through the app (``create_app``, a WSGI environ as gunicorn
+builds it, the request line logged as shipped). ``noop`` is the
 driver's own work each operation (a pair of names, a ``Deadline``, the dispatch),
 which every other figure includes.
 
@@ -39,7 +41,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OPERATIONS = ("noop", "transfer", "deposit", "balance", "batch-item", "minimal", "lock", "seal", "rules")
+OPERATIONS = (
+    "noop", "transfer", "deposit", "balance", "batch-item", "minimal", "lock", "seal", "rules",
+    "http-transfer",
+)  # fmt: skip
 _BATCH_ITEMS = 8189
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
@@ -57,7 +62,30 @@ from app.ledger.records import RecordDraft
 names = [f"user{{index:03d}}" for index in range(1000)]
 rng = random.Random(1)
 pairs = [rng.sample(names, 2) for _ in range(4096)]
-if operation == "minimal":
+if operation == "http-transfer":
+    import io
+    from app import create_app
+    from app.extensions import store as store_of
+    app = create_app({{"demo": False}})
+    for name in names:
+        digest = token_digest("t-" + name)
+        store_of(app).create_account(name, digest, 10**12, deadline=Deadline.after_ms(5000))
+    def start_response(status, headers, exc_info=None):
+        if not status.startswith("200"):
+            raise RuntimeError(status)
+    def run(index):
+        source, target = pairs[index % 4096]
+        environ = {{
+            "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/account/coins/transfer",
+            "QUERY_STRING": f"username={{source}}&to={{target}}&amount=1", "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1:8000", "HTTP_AUTHORIZATION": "t-" + source, "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+        }}
+        b"".join(app(environ, start_response))
+elif operation == "minimal":
     from store_bench import MinimalChainedLedger
     ledger = MinimalChainedLedger()
     for name in names:
