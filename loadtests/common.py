@@ -368,11 +368,14 @@ class ScenarioUser(FastHttpUser):
         refusals: Sequence[str] = ("insufficient_funds",),
         in_body: bool = False,
         name: str | None = None,
+        reference: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Answer:
         """A deposit, withdrawal or transfer by ``caller``; ``refusals``: the expected error codes.
 
         Parameters go in the query string (the original style) unless ``in_body``, or a
-        transfer, which sends a JSON body: both parameter paths see load.
+        transfer, which sends a JSON body: both parameter paths see load. ``reference`` and
+        ``metadata`` tag the operation (in the query string as ``metadata.<key>`` pairs).
         """
         path = {"deposit": "/account/coins/add", "withdrawal": "/account/coins/withdraw"}.get(
             kind, "/account/coins/transfer"
@@ -381,6 +384,13 @@ class ScenarioUser(FastHttpUser):
         if to is not None:
             fields["to"] = to.username
         json_body = in_body or to is not None
+        if reference is not None:
+            fields["reference"] = reference
+        if metadata:
+            if json_body:
+                fields["metadata"] = metadata
+            else:
+                fields.update({f"metadata.{key}": value for key, value in metadata.items()})
         outcome, answer = Outcome.UNKNOWN, Answer(0, {})  # stay so if the request dies unanswered
         try:
             with self.client.post(

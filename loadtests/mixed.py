@@ -4,15 +4,34 @@ About half reads (balance, history), the rest deposits, withdrawals, transfers a
 payments through a hold (``POST /account/holds``, then the payee captures all or part
 of it, or the payer voids it). ``422 insufficient_funds`` is an expected business
 outcome; any other error, ``503 timeout`` included, is a request failure.
+
+Operations are tagged as a client reconciling with its orders would: every transfer
+carries a reference of its own and ``metadata.run`` (the run's id), deposits the run's
+id too. At the end the ``tagged transfers`` check reads every successful transfer of
+the run back through ``GET /admin/transactions`` filtered by that metadata, and finds
+each acknowledged one exactly once, with its metadata, and nothing the clients did
+not send.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
+import requests
 from locust import task
 
-from loadtests.common import Account, Scenario, ScenarioUser, current, fail, shielded
+from loadtests.common import (
+    REQUEST_TIMEOUT_S,
+    Account,
+    Check,
+    FinalState,
+    Scenario,
+    ScenarioUser,
+    current,
+    fail,
+    shielded,
+)
 
 #: A payment's hold outlives the run, so only its capture or void resolves it.
 HOLD_TIMEOUT_S = 600
@@ -46,7 +65,10 @@ class MixedUser(ScenarioUser):
     @task(4)
     @shielded
     def deposit(self) -> None:
-        self.move(current(Mixed).book, "deposit", self._pick(), random.randint(1, 1_000))
+        mixed = current(Mixed)
+        self.move(
+            mixed.book, "deposit", self._pick(), random.randint(1, 1_000), metadata={"run": mixed.run_id}
+        )
 
     @task(3)
     @shielded
@@ -59,7 +81,15 @@ class MixedUser(ScenarioUser):
     def transfer(self) -> None:
         mixed = current(Mixed)
         source, target = random.sample(mixed.pool, 2)
-        self.move(mixed.book, "transfer", source, random.randint(1, 2_000), to=target)
+        reference = f"{mixed.run_id}-{next(mixed.numbers)}"
+        answer = self.move(
+            mixed.book, "transfer", source, random.randint(1, 2_000), to=target, reference=reference,
+            metadata={"run": mixed.run_id, "lane": str(len(reference) % 3)},
+        )  # fmt: skip
+        if answer.status == 200 and not answer.replayed:
+            mixed.acknowledged.add(reference)
+        elif answer.status == 0 or answer.status >= 500:
+            mixed.unsure.add(reference)  # unanswered or a server error: it may have landed
 
     @task(2)
     @shielded
@@ -87,3 +117,55 @@ class Mixed(Scenario):
 
     def open(self) -> None:
         self.pool = self.open_accounts("pool", self.pool_size, self.opening_balance)
+        self.numbers = itertools.count(1)
+        #: References of the transfers answered 200, and of those whose outcome is unknown.
+        self.acknowledged: set[str] = set()
+        self.unsure: set[str] = set()
+
+    def checks(self, final: FinalState) -> list[Check]:
+        return [self._tagged_transfers()]
+
+    def _tagged_transfers(self) -> Check:
+        """Every acknowledged transfer found once by its metadata, and nothing else."""
+        found: list[str] = []
+        problems: list[str] = []
+        query: dict[str, str | int] = {
+            "metadata.run": self.run_id,
+            "type": "transfer",
+            "status": "SUCCESS",
+            "limit": 500,
+        }
+        with requests.Session() as session:
+            while True:
+                response = session.get(
+                    f"{self.host}/admin/transactions",
+                    params=query,
+                    headers={"Authorization": self.admin_token},
+                    timeout=REQUEST_TIMEOUT_S,
+                )
+                body = response.json() if response.status_code == 200 else {}
+                if not isinstance(body.get("transactions"), list):
+                    problems.append(f"GET /admin/transactions answered {response.status_code}")
+                    break
+                for record in body["transactions"]:
+                    found.append(record.get("reference"))
+                    if record.get("metadata", {}).get("run") != self.run_id:
+                        problems.append(f"record {record.get('id')} lacks the run's metadata")
+                if body.get("next_cursor") is None:
+                    break
+                query["cursor"] = body["next_cursor"]
+        seen = set(found)
+        problems += (
+            [f"{len(found) - len(seen)} references found more than once"] if len(seen) < len(found) else []
+        )
+        problems += [
+            f"acknowledged transfer {ref} not found" for ref in sorted(self.acknowledged - seen)[:10]
+        ]
+        strays = seen - self.acknowledged - self.unsure
+        problems += [f"transfer {ref} found but never acknowledged" for ref in sorted(strays)[:10]]
+        return Check(
+            "tagged transfers",
+            problems,
+            f"GET /admin/transactions?metadata.run={self.run_id}&type=transfer&status=SUCCESS found "
+            f"{len(found):,} transfers: every one of the {len(self.acknowledged):,} acknowledged, once",
+        )

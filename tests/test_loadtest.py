@@ -268,7 +268,7 @@ COMMON_INVARIANTS = ("verify", "conservation", "holds", "accounts")
 
 #: Each scenario: its options for a short run, its own invariants, and what its report must say.
 SCENARIO_RUNS = {
-    "mixed": ((), (), r"acked .*captures"),
+    "mixed": ((), ("tagged transfers",), r"acked .*captures"),
     "hft": (
         ("-u", "50", "-r", "50"),
         ("timeouts applied nothing",),
@@ -379,6 +379,12 @@ SKEWS = {
         ("conservation", "accounts"),
         "off by -1",
     ),
+    # A transfer acknowledged that the filtered read cannot find.
+    "mixed tags": (
+        "common.running().acknowledged.add('never-sent')",
+        ("tagged transfers",),
+        "acknowledged transfer never-sent not found",
+    ),
     # One payout answered twice over: the chain of the bank's balances breaks.
     "bank_run": (
         "run = common.running(); run.payouts.append((10**12, 1, run.payouts[-1][2]))",
@@ -393,6 +399,7 @@ SKEWS = {
 def test_a_broken_invariant_fails_the_locust_process(ledger_url: str, tmp_path: Path, scenario: str) -> None:
     """Skew the client's own figures just before the check: it must fail the run with status 1."""
     skew, broken, detail = SKEWS[scenario]
+    scenario = scenario.split()[0]
     skewed = tmp_path / "skewed_locustfile.py"
     skewed.write_text(
         "from locust import events\n"
