@@ -95,14 +95,18 @@ class Params:
 
     def query_keys(self) -> list[str]:
         """The names the query string gives."""
-        return list(self._query.keys())
+        return list(dict.keys(self._query))
+
+    def gives(self, name: str) -> bool:
+        """Whether the query string or the body gives ``name`` (a dict lookup each)."""
+        return name in self._query or name in self._body
 
     def query_metadata(self) -> dict[str, list[str]]:
         """The ``metadata.<key>=<value>`` pairs of the query string: key -> every value given."""
         query = self._query
-        if not query:
-            return {}
-        return {key[9:]: query.getlist(key) for key in query if key.startswith("metadata.")}
+        # The names straight from the dict (a MultiDict is one): a C loop, no list per key.
+        names = [key for key in dict.keys(query) if key.startswith("metadata.")] if query else ()
+        return {key[9:]: query.getlist(key) for key in names} if names else {}
 
 
 def read_body(request: Request) -> bytes:

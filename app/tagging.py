@@ -64,10 +64,10 @@ def request_tag(params: Params, item: Mapping[str, object] | None = None) -> Tag
             None if raw_metadata is None else _metadata(params, raw_metadata),
         )
     query_metadata = params.query_metadata()
+    if not query_metadata and not params.gives("reference") and not params.gives("metadata"):
+        return None  # the common case: neither given, nothing more to read
     reference = params.get("reference", parse_reference)
     body_metadata = params.body.get("metadata")
-    if reference is None and body_metadata is None and not query_metadata:
-        return None  # the common case: neither given
     metadata = None if body_metadata is None else _metadata(params, body_metadata)
     if query_metadata:
         from_query = _metadata(params, _single_values(query_metadata))
