@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.ledger.audit import GENESIS_HASH, Replay
 from app.ledger.memory import files as journal_files
 from app.ledger.memory import persistence
 from app.ledger.memory.files import (
@@ -27,8 +29,8 @@ from app.ledger.memory.files import (
     segment_name,
 )
 from app.ledger.memory.journal import Journal
-from app.ledger.model import OperationType, new_id, utc_now_iso
-from app.ledger.records import RecordDraft
+from app.ledger.model import OperationType, Tag, new_id, utc_now_iso
+from app.ledger.records import RecordDraft, metadata_text
 from tests.threads import JOIN_TIMEOUT_S
 
 
@@ -396,3 +398,50 @@ def test_a_journal_row_is_its_records_hashed_bytes_then_its_chain_and_parties(
     assert row == orjson.dumps(persistence.record_row(record, parties, links[: len(parties)]))
     assert row.startswith(encoding[:-1])
     assert persistence.record_from_row(orjson.loads(row)) == (record, list(parties))
+
+
+# -- tags and the records written before them ------------------------------------------
+
+
+def test_an_untagged_record_hashes_exactly_as_before_tags_existed() -> None:
+    """Known answers from the version before references and metadata: records written
+    then keep their hashes, so an older journal verifies unchanged."""
+    first, encoding = RecordDraft(OperationType.TRANSFER, "aaron", "bryan", 100).seal_encoded(
+        "0" * 64, 3, "tx_01a237ed2e4545e482156d81a750512b", "2026-12-02T18:03:40.485501Z"
+    )
+    assert encoding == (
+        b'[3,"tx_01a237ed2e4545e482156d81a750512b","transfer","aaron","bryan",100,"SUCCESS",null,'
+        b'"2026-12-02T18:03:40.485501Z"]'
+    )
+    assert first.hash == "6e92dfe9dfad9adb27514a374fdb8ddbc99bac2e79e71fcbe624f2cacafc01bc"
+    failed = RecordDraft(OperationType.WITHDRAWAL, "aaron", None, 5, "insufficient_funds", ("aaron",))
+    second, _ = failed.seal_encoded(
+        first.hash, 4, "tx_01a237ed2e7c97a880c7726b30ab1f67", "2026-12-02T18:03:40.540016Z"
+    )
+    assert second.hash == "cf9a9229e2e215e8c8fd521feefb19e0a0323bd0504c2eaa61e69830757dfac1"
+    assert (second.reference, second.metadata) == (None, None)
+
+
+def test_a_tagged_record_hashes_its_reference_and_metadata_after_the_nine_fields() -> None:
+    tag = Tag("order-42", metadata_text({"round": 7, "campaign": "spring"}))
+    record, encoding = RecordDraft(OperationType.TRANSFER, "aaron", "bryan", 100, tag=tag).seal_encoded(
+        GENESIS_HASH, 1, "tx_01a237ed2e4545e482156d81a750512b", "2026-12-02T18:03:40.485501Z"
+    )
+    assert encoding.endswith(b',"2026-12-02T18:03:40.485501Z","order-42",{"campaign":"spring","round":7}]')
+    assert record.hash == hashlib.sha256(GENESIS_HASH.encode() + encoding).hexdigest()
+    row = persistence.encoded_record_row(encoding, record, ("aaron", "bryan"), (0, 0))
+    assert persistence.record_from_row(orjson.loads(row)) == (record, ["aaron", "bryan"])
+    for tampered, problems in (
+        (row, []),
+        (
+            row.replace(b'"order-42"', b'"order-43"'),
+            ["record 1 (tx_01a237ed2e4545e482156d81a750512b) does not match its hash"],
+        ),
+        (
+            row.replace(b'"round":7', b'"round":8'),
+            ["record 1 (tx_01a237ed2e4545e482156d81a750512b) does not match its hash"],
+        ),
+    ):
+        replay = Replay()
+        replay.add_encoded_rows([tampered])
+        assert replay.report.problems == problems
