@@ -17,8 +17,9 @@ import psycopg
 
 from app.auth import token_digest
 from app.ledger.memory import MockDB
-from app.ledger.model import Deadline
+from app.ledger.model import Deadline, OperationType, new_id, utc_now_iso
 from app.ledger.postgres import PostgresStore
+from app.ledger.records import success
 from app.ledger.store import LedgerStore
 
 ADMIN_TOKEN = "test-admin-token"
@@ -55,6 +56,48 @@ def empty_postgres(url: str) -> str:
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute(_RESET)
     return url
+
+
+#: ``goledger_append`` as migrations 0002 and 0003 left it (no reference, no metadata).
+_APPEND_BEFORE_TAGS = (
+    "SELECT * FROM goledger_append(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+    "%s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::integer[])"
+)
+
+
+def ledger_before_tags(url: str) -> None:
+    """Alice opened with 100, Bob with 0, and a transfer of 30 from Alice to Bob (sequences
+    1 to 3), written as a worker of the schema before tags (migrated up to 3 at most) did:
+    through that schema's ``goledger_append``."""
+    drafts = [
+        success(OperationType.OPEN, None, "alice", 100),
+        success(OperationType.OPEN, None, "bob", 0),
+        success(OperationType.TRANSFER, "alice", "bob", 30),
+    ]
+    ids = [new_id("tx_") for _ in drafts]
+    created_at = utc_now_iso()
+    with psycopg.connect(url) as connection:
+        connection.execute(
+            "INSERT INTO accounts (username, token_digest, balance, version) "
+            "VALUES (%s, %s, 70, 1), (%s, %s, 30, 1)",
+            ("alice", token_digest("alice"), "bob", token_digest("bob")),
+        )
+        connection.execute(
+            _APPEND_BEFORE_TAGS,
+            (
+                ids,
+                [draft.kind.value for draft in drafts],
+                [draft.source for draft in drafts],
+                [draft.target for draft in drafts],
+                [draft.amount for draft in drafts],
+                ["SUCCESS"] * len(drafts),
+                [None] * len(drafts),
+                [created_at] * len(drafts),
+                [draft.tail(record_id, created_at) for record_id, draft in zip(ids, drafts, strict=True)],
+                ["alice", "bob", "alice", "bob"],
+                [1, 2, 3, 3],
+            ),
+        )
 
 
 def app_config(store_url: str, **overrides: object) -> dict[str, object]:

@@ -33,6 +33,7 @@ from tests.stores import (
     TEST_POOL_SIZE,
     app_config,
     empty_postgres,
+    ledger_before_tags,
     open_account,
     scratch_database,
 )
@@ -91,12 +92,8 @@ def test_the_checkpoints_migration_applies_to_a_populated_ledger(
 ) -> None:
     with scratch_database(postgres_url) as fresh:
         migrate(fresh, up_to=2)
-        before = stores(target=fresh, migrate=False)
-        open_account(before, "alice", 100)
-        open_account(before, "bob", 0)
-        before.transfer("alice", "bob", 30, deadline=patient())
-        before.close()  # its shutdown checkpoint finds no table yet: logged, not raised
-        assert migrate(fresh) == ["0003_checkpoints.sql"]
+        ledger_before_tags(fresh)
+        assert migrate(fresh, up_to=3) == ["0003_checkpoints.sql"]
         after = stores(target=fresh)
         assert after.verify().ok
         point = pg_driver(after).take_checkpoint()

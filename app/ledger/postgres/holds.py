@@ -13,7 +13,7 @@ from collections.abc import Callable
 from app.ledger import rules
 from app.ledger.accounts import HoldState
 from app.ledger.errors import HoldNotFound, LedgerError, OperationTimeout, StoreInvariantBroken
-from app.ledger.model import Deadline, HoldResult, HoldStatus, OperationType, new_id, utc_now_iso
+from app.ledger.model import Deadline, HoldResult, HoldStatus, OperationType, Tag, new_id, utc_now_iso
 from app.ledger.postgres import sql
 from app.ledger.postgres.runner import Runner
 from app.ledger.postgres.unit import Connection, Unit, failed
@@ -31,11 +31,20 @@ class Holds:
         self._runner = runner
 
     def create(
-        self, username: str, target: str, amount: int, timeout_s: int, deadline: Deadline, version: int | None
+        self,
+        username: str,
+        target: str,
+        amount: int,
+        timeout_s: int,
+        deadline: Deadline,
+        version: int | None,
+        tag: Tag | None,
     ) -> HoldResult:
-        """Reserve ``amount`` of the caller's available money for ``target``."""
+        """Reserve ``amount`` of the caller's available money for ``target``; the hold keeps ``tag``
+        for the records of its capture, void or expiry."""
         check_amount(amount)
         check_hold_timeout(timeout_s)
+        sql.tag_columns(tag)
         hold_id = new_id("hold_")
         kind = OperationType.HOLD
 
@@ -45,15 +54,16 @@ class Holds:
                 caller = rules.reserve(unit.accounts.get, username, target, amount, version)
             except LedgerError as error:
                 raise unit.fail(
-                    kind.value, error, failed(kind, username, target, amount, error.code, (username,))
+                    kind.value, error, failed(kind, username, target, amount, error.code, (username,), tag)
                 ) from None
-            hold = HoldState(hold_id, username, target, amount, unit.now_s + timeout_s, utc_now_iso())
+            expires_at_s = unit.now_s + timeout_s
+            hold = HoldState(hold_id, username, target, amount, expires_at_s, utc_now_iso(), tag=tag)
             unit.new_holds.append(hold)
-            [record] = unit.append([success(kind, username, target, amount)])
+            [record] = unit.append([success(kind, username, target, amount, tag)])
             unit.outcomes.append((kind.value, "success"))
             return HoldResult(hold.view(), caller.view(), record)
 
-        timeout = failed(kind, username, target, amount, OperationTimeout.code, (username,))
+        timeout = failed(kind, username, target, amount, OperationTimeout.code, (username,), tag)
         return self._runner.write(kind.value, deadline, work, [timeout])
 
     def capture(
@@ -86,7 +96,8 @@ class Holds:
         """Capture or void: find the hold, lock both parties, check it is still pending, ``settle`` it.
 
         ``settle`` (given ``amount``) returns the amount the record carries; the record's
-        ``from``/``to`` are the hold's parties once it is found (the caller and nobody before).
+        ``from``/``to`` are the hold's parties once it is found (the caller and nobody before),
+        and its tag the hold's.
         """
         label = kind.value
 
@@ -107,9 +118,9 @@ class Holds:
                 recorded = hold.amount if amount is None else amount  # what a refused capture shows
                 recorded = settle(unit, hold, amount)
             except LedgerError as error:
-                spec = failed(kind, hold.source, hold.target, recorded, error.code, (username,))
+                spec = failed(kind, hold.source, hold.target, recorded, error.code, (username,), hold.tag)
                 raise unit.fail(label, error, spec) from None
-            [record] = unit.append([success(kind, hold.source, hold.target, recorded)])
+            [record] = unit.append([success(kind, hold.source, hold.target, recorded, hold.tag)])
             unit.outcomes.append((label, "success"))
             return HoldResult(hold.view(), unit.accounts[username].view(), record)
 
@@ -119,4 +130,4 @@ class Holds:
 
 def _find_hold(connection: Connection, hold_id: str) -> HoldState | None:
     row = connection.execute(sql.FIND_HOLD, (hold_id,)).fetchone()
-    return None if row is None else HoldState.from_row(row)
+    return None if row is None else sql.hold(row)

@@ -21,7 +21,6 @@ import time
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from app.ledger.accounts import HoldState
 from app.ledger.audit import GENESIS_HASH, AccountSnapshot, Replay, Verification, check_chain
 from app.ledger.errors import InvalidInput, OperationTimeout, StoreInvariantBroken
 from app.ledger.model import Deadline
@@ -173,7 +172,7 @@ def _verify(from_sequence: int | None, deadline: Deadline, connection: Connectio
         username: AccountSnapshot(balance, held)
         for username, balance, held in connection.execute("SELECT username, balance, held FROM accounts")
     }
-    holds = [HoldState.from_row(row).view() for row in connection.execute(sql.PENDING_HOLDS)]
+    holds = [sql.hold(row).view() for row in connection.execute(sql.PENDING_HOLDS)]
     # Checkpoints are confirmed by a full verification only (``Verification.checkpoints``).
     replay = Replay(start=start, checkpoints=points if start is None else ())
     with connection.cursor(name="goledger_verify_records") as records:

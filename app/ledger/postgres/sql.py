@@ -7,17 +7,24 @@ live beside the code that builds their parameters, in ``unit.py``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
 from psycopg.rows import TupleRow
 
-from app.ledger.model import Checkpoint, OperationType, Status, Transaction
+from app.ledger.accounts import HoldState
+from app.ledger.errors import InvalidInput
+from app.ledger.model import Checkpoint, OperationType, Status, Tag, Transaction
+from app.ledger.records import make_tag, metadata_text
 
 #: The columns of an audit record (table ``audit``, aliased ``a``), in ``record``'s order.
 RECORD = (
     "a.id, a.sequence, a.type, a.source, a.target, a.amount, a.status, a.reason, a.created_at, "
-    "a.previous_hash, a.hash"
+    "a.previous_hash, a.hash, a.reference, a.metadata"
 )
-#: The columns of a hold, in ``HoldState.from_row``'s order.
-HOLD = "id, source, target, amount, captured, status, expires_at_s, created_at"
+#: The columns of a hold, in ``hold``'s order.
+HOLD = "id, source, target, amount, captured, status, expires_at_s, created_at, reference, metadata"
 #: Whether a pending hold of either party is due (parameters: now, username, username).
 DUE_ANY = (
     "EXISTS (SELECT 1 FROM holds h WHERE h.status = 'PENDING' AND h.expires_at_s <= %s "
@@ -27,10 +34,6 @@ READ_ACCOUNT = f"SELECT a.balance, a.held, a.version, {DUE_ANY} FROM accounts a 
 READ_HOLD = f"SELECT {HOLD}, {DUE_ANY} FROM holds WHERE id = %s"  # noqa: S608
 FIND_HOLD = f"SELECT {HOLD} FROM holds WHERE id = %s"  # noqa: S608
 PENDING_HOLDS = f"SELECT {HOLD} FROM holds WHERE status = 'PENDING'"  # noqa: S608
-HISTORY = (
-    f"SELECT {RECORD} FROM audit_parties p JOIN audit a ON a.sequence = p.sequence "  # noqa: S608
-    "WHERE p.username = %s AND p.sequence < %s ORDER BY p.sequence DESC LIMIT %s"
-)
 RECORDS_AFTER = f"SELECT {RECORD} FROM audit a WHERE a.sequence > %s ORDER BY a.sequence LIMIT %s"  # noqa: S608
 RECORDS_BETWEEN = f"SELECT {RECORD} FROM audit a WHERE a.sequence BETWEEN %s AND %s ORDER BY a.sequence"  # noqa: S608
 #: Every record after a sequence, oldest first, with no limit: for a server-side cursor only.
@@ -43,11 +46,47 @@ CHECKPOINT = "sequence, chain_head, balances_digest, created_at"
 
 def record(row: TupleRow) -> Transaction:
     """An audit record from a row of ``RECORD``'s columns."""
-    record_id, sequence, kind, source, target, amount, status, reason, created_at, previous, digest = row
+    (record_id, sequence, kind, source, target, amount, status, reason, created_at, previous, digest,
+     reference, metadata) = row  # fmt: skip
     return Transaction(
         record_id, sequence, OperationType(kind).value, source, target, amount, Status(status).value, reason,
-        created_at, previous, digest,
+        created_at, previous, digest, reference, _canonical(metadata),
     )  # fmt: skip
+
+
+def hold(row: Sequence[Any]) -> HoldState:
+    """A hold from a row of ``HOLD``'s columns (and anything after them)."""
+    state = HoldState.from_row(row[:8])
+    state.tag = tag(row[8], row[9])
+    return state
+
+
+def tag(reference: str | None, metadata: Mapping[str, object] | None) -> Tag | None:
+    """The tag of a row's reference and metadata columns (``None``: both NULL)."""
+    return make_tag(reference, _canonical(metadata))
+
+
+def _canonical(metadata: Mapping[str, object] | None) -> str | None:
+    """A metadata column's canonical text: jsonb keeps its keys in an order of its own, while
+    the record's hash covers them sorted (``metadata_text``'s form)."""
+    return None if metadata is None else metadata_text(metadata)
+
+
+def tag_columns(tag: Tag | None) -> tuple[str | None, str | None]:
+    """The reference and metadata columns of a tag, refused (``InvalidInput``) where the
+    database would refuse them: a NUL character fits neither text nor jsonb."""
+    if tag is None:
+        return None, None
+    reference, metadata = tag
+    if reference is not None and "\x00" in reference:
+        raise InvalidInput("invalid_reference", "The reference contains a NUL character.")
+    if metadata is not None and "\\u0000" in metadata and _has_nul(orjson.loads(metadata)):
+        raise InvalidInput("invalid_metadata", "The metadata contains a NUL character.")
+    return reference, metadata
+
+
+def _has_nul(metadata: Mapping[str, object]) -> bool:
+    return any("\x00" in f"{key}{value}" for key, value in metadata.items())
 
 
 def checkpoint(row: TupleRow) -> Checkpoint:

@@ -51,13 +51,11 @@ from typing import TypeVar
 from psycopg.rows import TupleRow
 
 from app.ledger import rules
-from app.ledger.accounts import HoldState
 from app.ledger.audit import Verification
 from app.ledger.errors import (
     AccountExists,
     AccountNotFound,
     HoldNotFound,
-    InvalidInput,
     LedgerError,
     OperationTimeout,
     StoreInvariantBroken,
@@ -81,18 +79,19 @@ from app.ledger.model import (
     Transaction,
 )
 from app.ledger.outcomes import Outcome, Result
-from app.ledger.postgres import checkpoints, schema, sql
+from app.ledger.postgres import checkpoints, pages, schema, sql
 from app.ledger.postgres.checkpoints import Checkpointer
 from app.ledger.postgres.holds import Holds
 from app.ledger.postgres.keys import Keys
 from app.ledger.postgres.monitor import Monitor
 from app.ledger.postgres.runner import Runner
 from app.ledger.postgres.sweeper import SWEEP_INTERVAL_S, Sweeper
-from app.ledger.postgres.unit import Connection, Unit, failed
+from app.ledger.postgres.unit import Connection, Unit, failed, item_draft
 from app.ledger.records import success
 from app.ledger.rules import (
     AUDIT_CURSOR,
     HISTORY_CURSOR,
+    TRANSACTIONS_CURSOR,
     apply_batch,
     apply_item,
     check_amount,
@@ -101,7 +100,6 @@ from app.ledger.rules import (
     check_version,
     decode_cursor,
     encode_cursor,
-    roles,
 )
 from app.ledger.store import Counts, Health, Stats
 
@@ -260,7 +258,7 @@ class PostgresStore(rules.SingleOperations):
         self, username: str, item: BatchItem, deadline: Deadline, expected_version: int | None
     ) -> OperationResult:
         check_amount(item.amount)
-        source, target = roles(username, item)
+        sql.tag_columns(item.tag)
         label = item.kind.value
 
         def work(unit: Unit) -> OperationResult:
@@ -270,16 +268,12 @@ class PostgresStore(rules.SingleOperations):
                 check_version(caller, expected_version)
                 apply_item(unit.accounts.get, username, item)
             except LedgerError as error:
-                raise unit.fail(
-                    label,
-                    error,
-                    failed(item.kind, source, target, item.amount, error.code, (username,)),
-                ) from None
-            [record] = unit.append([success(item.kind, source, target, item.amount)])
+                raise unit.fail(label, error, item_draft(username, item, error.code)) from None
+            [record] = unit.append([item_draft(username, item)])
             unit.outcomes.append((label, "success"))
             return OperationResult(record, unit.accounts[username].view())
 
-        timeout = failed(item.kind, source, target, item.amount, OperationTimeout.code, (username,))
+        timeout = item_draft(username, item, OperationTimeout.code)
         return self._runner.write(label, deadline, work, [timeout])
 
     def batch(
@@ -293,6 +287,8 @@ class PostgresStore(rules.SingleOperations):
     ) -> BatchResult:
         """Apply ``items`` in order in one transaction; atomic: all or none (on copies first)."""
         check_batch(items)
+        for item in items:
+            sql.tag_columns(item.tag)
         names = {username, *(item.target for item in items if item.target is not None)}
 
         def work(unit: Unit) -> BatchResult:
@@ -313,10 +309,7 @@ class PostgresStore(rules.SingleOperations):
             )
             return BatchResult(outcomes, unit.accounts[username].view(), atomic, failed_index)
 
-        timeouts = [
-            failed(item.kind, *roles(username, item), item.amount, OperationTimeout.code, (username,))
-            for item in items
-        ]
+        timeouts = [item_draft(username, item, OperationTimeout.code) for item in items]
         return self._runner.write("batch", deadline, work, timeouts)
 
     def _append_items(
@@ -324,11 +317,7 @@ class PostgresStore(rules.SingleOperations):
     ) -> list[Transaction]:
         specs = []
         for item, failure in zip(items, failures, strict=True):
-            source, target = roles(username, item)
-            if failure is None:
-                specs.append(success(item.kind, source, target, item.amount))
-            else:
-                specs.append(failed(item.kind, source, target, item.amount, failure.code, (username,)))
+            specs.append(item_draft(username, item, None if failure is None else failure.code))
             unit.outcomes.append((item.kind.value, "success" if failure is None else failure.code))
         return unit.append(specs)
 
@@ -345,7 +334,7 @@ class PostgresStore(rules.SingleOperations):
         expected_version: int | None = None,
         tag: Tag | None = None,
     ) -> HoldResult:
-        return self._holds.create(username, target, amount, timeout_s, deadline, expected_version)
+        return self._holds.create(username, target, amount, timeout_s, deadline, expected_version, tag)
 
     def capture_hold(
         self,
@@ -370,7 +359,7 @@ class PostgresStore(rules.SingleOperations):
             row = connection.execute(sql.READ_HOLD, (now_s, username, username, hold_id)).fetchone()
             if row is None or username not in (row[1], row[2]):
                 raise HoldNotFound(f"No hold {hold_id} of yours.")
-            return HoldState.from_row(row[:8]).view(), bool(row[8])
+            return sql.hold(row).view(), bool(row[10])
 
         return self._read_after_expiry(username, deadline, "hold_read", read)
 
@@ -424,26 +413,22 @@ class PostgresStore(rules.SingleOperations):
     def history(
         self, username: str, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER
     ) -> Page:
+        """``username``'s records passing ``where``, newest first (``pages.history``)."""
         check_limit(limit)
-        if not where.is_empty:
-            raise InvalidInput("invalid_parameter", "Filters are not available on this store yet.")
-        before = None if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
-        newest = before if before is not None else 2**63 - 1
-        rows = self._runner.read(lambda c: c.execute(sql.HISTORY, (username, newest, limit + 1)).fetchall())
-        records = tuple(sql.record(row) for row in rows[:limit])
-        next_cursor = encode_cursor("h", records[-1].sequence) if len(rows) > limit else None
-        return Page(records, next_cursor)
+        before = 2**63 - 1 if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
+        return _page("h", pages.history(self._runner, username, before, limit + 1, where), limit)
 
     def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
-        raise InvalidInput("invalid_parameter", "Filters are not available on this store yet.")
+        """Every account's records passing ``where``, oldest first (``pages.transactions``)."""
+        check_limit(limit)
+        after = 0 if cursor is None else decode_cursor(cursor, TRANSACTIONS_CURSOR)
+        return _page("t", pages.transactions(self._runner, after, limit + 1, where), limit)
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         check_limit(limit)
         after = 0 if cursor is None else decode_cursor(cursor, AUDIT_CURSOR)
         rows = self._runner.read(lambda c: c.execute(sql.RECORDS_AFTER, (after, limit + 1)).fetchall())
-        records = tuple(sql.record(row) for row in rows[:limit])
-        next_cursor = encode_cursor("a", records[-1].sequence) if len(rows) > limit else None
-        return Page(records, next_cursor)
+        return _page("a", [sql.record(row) for row in rows], limit)
 
     def verify(self, *, from_sequence: int | None = None) -> Verification:
         """Check every invariant on one consistent snapshot (a repeatable-read transaction),
@@ -479,6 +464,13 @@ class PostgresStore(rules.SingleOperations):
 
     def counts(self) -> Counts:
         return self._counters.snapshot()
+
+
+def _page(prefix: str, found: Sequence[Transaction], limit: int) -> Page:
+    """A page of the first ``limit`` of ``found`` (up to ``limit + 1`` records: one more says
+    there is a next page, which starts after the last record shown)."""
+    records = tuple(found[:limit])
+    return Page(records, encode_cursor(prefix, records[-1].sequence) if len(found) > limit else None)
 
 
 def _due_parties(now_s: float, connection: Connection) -> list[TupleRow]:

@@ -30,8 +30,18 @@ from psycopg.rows import TupleRow
 
 from app.ledger import rules
 from app.ledger.accounts import AccountState, HoldState
-from app.ledger.errors import CommitOutcomeUnknown, LedgerError
-from app.ledger.model import Deadline, HoldStatus, OperationType, Transaction, new_id, utc_now_iso
+from app.ledger.errors import CommitOutcomeUnknown, LedgerError, StoreInvariantBroken
+from app.ledger.model import (
+    BatchItem,
+    Deadline,
+    HoldStatus,
+    OperationType,
+    Tag,
+    Transaction,
+    new_id,
+    utc_now_iso,
+)
+from app.ledger.postgres import sql
 from app.ledger.records import RecordDraft, success
 
 _log = logging.getLogger("goledger.postgres")
@@ -44,8 +54,9 @@ _LOCK_ACCOUNTS = (
     "ORDER BY username FOR NO KEY UPDATE"
 )
 _DUE_HOLDS = (
-    "SELECT id, source, target, amount FROM holds WHERE status = 'PENDING' AND expires_at_s <= %s "
-    "AND (source = ANY(%s) OR target = ANY(%s)) ORDER BY expires_at_s, id"
+    "SELECT id, source, target, amount, reference, metadata FROM holds "
+    "WHERE status = 'PENDING' AND expires_at_s <= %s AND (source = ANY(%s) OR target = ANY(%s)) "
+    "ORDER BY expires_at_s, id"
 )
 _WRITE_ACCOUNTS = (
     "UPDATE accounts AS a SET balance = v.balance, held = v.held, version = v.version "
@@ -54,9 +65,9 @@ _WRITE_ACCOUNTS = (
     "WHERE a.username = v.username"
 )
 _INSERT_HOLDS = (
-    "INSERT INTO holds (id, source, target, amount, captured, status, expires_at_s, created_at) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], "
-    "%s::float8[], %s::text[])"
+    "INSERT INTO holds (id, source, target, amount, captured, status, expires_at_s, created_at, reference, "
+    "metadata) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], "
+    "%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[]::jsonb[])"
 )
 _SETTLE_HOLDS = (
     "UPDATE holds AS h SET status = v.status, captured = v.captured "
@@ -64,7 +75,8 @@ _SETTLE_HOLDS = (
 )
 _APPEND = (
     "SELECT * FROM goledger_append(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
-    "%s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::integer[])"
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]::jsonb[], %s::bytea[], %s::text[], "
+    "%s::integer[])"
 )
 
 
@@ -175,15 +187,19 @@ class Unit:
         locked, due = results[-2:]
         for username, balance, held, version in locked:
             self._adopt(AccountState(str(username), int(balance), int(held), int(version)))
-        due_holds = [(str(h), str(s), str(t), int(a)) for h, s, t, a in due]
-        missing = {name for _, source, target, _ in due_holds for name in (source, target)} - set(wanted)
+        due_holds = [
+            HoldState(str(h), str(s), str(t), int(a), 0.0, "", tag=sql.tag(r, m)) for h, s, t, a, r, m in due
+        ]
+        missing = {name for hold in due_holds for name in (hold.source, hold.target)} - set(wanted)
         if missing:
             raise Restart(set(wanted) | missing)
-        for hold_id, source, target, amount in due_holds:
-            if hold_id in self.settled:
+        for hold in due_holds:
+            if hold.id in self.settled:
                 continue
-            self.release(HoldState(hold_id, source, target, amount, 0.0, ""), HoldStatus.EXPIRED)
-            self.records.append(success(OperationType.EXPIRE, source, target, amount))
+            self.release(hold, HoldStatus.EXPIRED)
+            # An expiry carries the tag of its hold, as a capture or a void does.
+            expiry = success(OperationType.EXPIRE, hold.source, hold.target, hold.amount, hold.tag)
+            self.records.append(expiry)
             self.outcomes.append((OperationType.EXPIRE.value, "success"))
 
     def finish(self) -> None:
@@ -314,9 +330,19 @@ def failed(
     amount: int,
     reason: str,
     parties: tuple[str, ...],
+    tag: Tag | None = None,
 ) -> RecordDraft:
     """The draft of a FAILED record (``reason``: the error's code), in the history of ``parties``."""
-    return RecordDraft(kind, source, target, amount, reason, parties)
+    return RecordDraft(kind, source, target, amount, reason, parties, tag)
+
+
+def item_draft(username: str, item: BatchItem, reason: str | None = None) -> RecordDraft:
+    """The record of a money operation (a batch item) of ``username``: a success, or the
+    failure ``reason`` in the caller's history alone; with the item's tag either way."""
+    source, target = rules.roles(username, item)
+    if reason is None:
+        return success(item.kind, source, target, item.amount, item.tag)
+    return failed(item.kind, source, target, item.amount, reason, (username,), item.tag)
 
 
 def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: str) -> tuple[object, ...]:
@@ -326,6 +352,12 @@ def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: 
         (name, position) for position, (_, draft) in enumerate(numbered, 1) for name in draft.shown_to()
     ]
     drafts = [draft for _, draft in numbered]
+    for name, position in parties:
+        draft = drafts[position - 1]
+        # audit_parties' counterparty column (the other party) assumes it.
+        if name not in (draft.source, draft.target):
+            raise StoreInvariantBroken(f"{draft!r} shown to {name}, who is not one of its parties")
+    tags = [sql.tag_columns(draft.tag) for draft in drafts]
     return (
         [record_id for record_id, _ in numbered],
         [draft.kind.value for draft in drafts],
@@ -335,6 +367,8 @@ def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: 
         [draft.status.value for draft in drafts],
         [draft.reason for draft in drafts],
         [created_at] * len(drafts),
+        [reference for reference, _ in tags],
+        [metadata for _, metadata in tags],
         [draft.tail(record_id, created_at) for record_id, draft in numbered],
         [name for name, _ in parties],
         [position for _, position in parties],
@@ -343,4 +377,5 @@ def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: 
 
 def _columns(holds: list[HoldState]) -> tuple[object, ...]:
     """The new holds as one array per column of ``holds``."""
-    return tuple(list(column) for column in zip(*(hold.columns() for hold in holds), strict=True))
+    rows = [[*hold.columns(), *sql.tag_columns(hold.tag)] for hold in holds]
+    return tuple(list(column) for column in zip(*rows, strict=True))
