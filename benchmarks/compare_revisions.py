@@ -8,8 +8,11 @@ median ops/s of each side and the median of the paired ratios (candidate / basel
     .venv/bin/python -m benchmarks.compare_revisions c29859d HEAD --rounds 9 --seconds 1
     .venv/bin/python -m benchmarks.compare_revisions 2fa6f81 HEAD --operations journal-batch --seconds 8
 
-Operations: ``transfer``, ``deposit``, ``balance`` (a store in memory) and
-``journal-batch`` (batches of 8,189 transfers, each durable, on a fresh data directory).
+Operations: ``transfer``, ``deposit``, ``balance`` (a store in memory),
+``journal-batch`` (batches of 8,189 transfers, each durable, on a fresh data directory)
+and ``pg-transfer`` (transfers from 4 threads through the PostgreSQL store, on a database
+created for the run at ``GOLEDGER_BENCH_PG``, default ``postgresql://postgres@127.0.0.1:5432``,
+and dropped after it; not pinned: PostgreSQL's own backends need the other core).
 """
 
 from __future__ import annotations
@@ -33,7 +36,16 @@ from app.ledger.memory import MockDB
 from app.ledger.model import Deadline
 
 operation, seconds = sys.argv[1], float(sys.argv[2])
-if operation == "journal-batch":  # durable batches of 8,189 transfers on a data directory
+database = None
+if operation == "pg-transfer":
+    import os, secrets, threading, psycopg
+    from app.ledger.postgres.store import PostgresStore
+    server = os.environ.get("GOLEDGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+    database = "goledger_compare_" + secrets.token_hex(4)
+    with psycopg.connect(server + "/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+    store = PostgresStore(f"{server}/{database}", sweep_interval_s=None)
+elif operation == "journal-batch":  # durable batches of 8,189 transfers on a data directory
     import tempfile
     from app.ledger.model import BatchItem, OperationType
     store = MockDB.open(tempfile.mkdtemp(prefix="goledger-compare-"))
@@ -51,7 +63,24 @@ while operation == "journal-batch" and time.perf_counter() < stop_at:
     items = [BatchItem(OperationType.TRANSFER, 1, names[(count + 1 + i % 99) % 100]) for i in range(8189)]
     store.batch(payer, items, atomic=False, deadline=deadline)
     count += len(items)
-while operation != "journal-batch" and time.perf_counter() < stop_at:
+def transfers(lane, counts):
+    done = 0
+    while time.perf_counter() < stop_at:
+        source, target = names[(lane * 31 + done) % 100], names[(lane * 17 + done * 7 + 1) % 100]
+        if target == source:
+            target = names[(done + 1) % 100]
+        store.transfer(source, target, 1, deadline=deadline)
+        done += 1
+    counts.append(done)
+if operation == "pg-transfer":
+    counts = []
+    lanes = [threading.Thread(target=transfers, args=(lane, counts)) for lane in range(4)]
+    for lane in lanes:
+        lane.start()
+    for lane in lanes:
+        lane.join(seconds + 60)
+    count = sum(counts)
+while operation not in ("journal-batch", "pg-transfer") and time.perf_counter() < stop_at:
     for index in range(200):
         source, target = names[index % 100], names[(index * 7 + 1) % 100]
         if target == source:
@@ -65,6 +94,9 @@ while operation != "journal-batch" and time.perf_counter() < stop_at:
     count += 200
 elapsed = time.perf_counter() - started
 store.close()
+if database is not None:
+    with psycopg.connect(server + "/postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
 print(json.dumps({"ops_per_s": count / elapsed}))
 """
 
@@ -77,8 +109,9 @@ def _worktree(revision: str, into: Path) -> Path:
 
 
 def _run(tree: Path, operation: str, seconds: float, cpu: str) -> float:
+    pinned = [] if operation == "pg-transfer" else ["taskset", "-c", cpu]
     result = subprocess.run(
-        ["taskset", "-c", cpu, sys.executable, "-c", _SNIPPET, operation, str(seconds)],
+        [*pinned, sys.executable, "-c", _SNIPPET, operation, str(seconds)],
         cwd=tree,
         capture_output=True,
         text=True,
