@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import sqlite3
 import threading
 import weakref
@@ -49,6 +50,7 @@ from typing import NamedTuple
 from app.ledger.errors import StorageUnavailable, StoreInvariantBroken
 from app.ledger.filters import RecordFilter, counterparties, metadata_values
 from app.ledger.memory.archive import Entry
+from app.ledger.memory.files import FILE_MODE
 from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import Transaction
 
@@ -182,6 +184,8 @@ class RecordIndex:
         return entry is not None and entry[0].hash == state.get("hash")
 
     def _connect(self) -> sqlite3.Connection:
+        if self._path is not None:  # private like the rest of the directory (its WAL files follow it)
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, FILE_MODE))
         connection = sqlite3.connect(
             ":memory:" if self._path is None else self._path, isolation_level=None, check_same_thread=False
         )
@@ -467,11 +471,13 @@ class _Query(NamedTuple):
         return None
 
     def _few_in_range(self, term: _Term) -> bool:
+        """Whether fewer than ``AMOUNT_PROBE_ROWS`` rows (of any sequence: counting only those
+        of the page's range could read far more) have an amount in the range."""
         table, scope, scope_params = self._scope()
         (rows,) = self.connection.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {table} AS r INDEXED BY {table}_amount "  # noqa: S608
-            f"WHERE {scope}r.amount BETWEEN ? AND ? AND +r.sequence > ? AND +r.sequence <= ? LIMIT ?)",
-            (*scope_params, *term.params, self.low, self.high, AMOUNT_PROBE_ROWS),
+            f"WHERE {scope}r.amount BETWEEN ? AND ? LIMIT ?)",
+            (*scope_params, *term.params, AMOUNT_PROBE_ROWS),
         ).fetchone()
         return bool(rows < AMOUNT_PROBE_ROWS)
 
