@@ -182,13 +182,17 @@ def data_directory() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@SETTINGS
-@given(
+#: A ledger's steps and clock, filters, and the page size they are read with.
+ledgers_and_filters = given(
     steps=operations,
     seconds=clock_seconds,
-    wheres=st.lists(filters(), min_size=1, max_size=6),
+    wheres=st.lists(filters(), min_size=1, max_size=5),
     limit=st.integers(1, 5),
 )
+
+
+@SETTINGS
+@ledgers_and_filters
 def test_filtered_pages_are_the_definitions_in_memory(
     steps: list[tuple[str, list[BatchItem], bool]], seconds: list[int], wheres: list[RecordFilter], limit: int
 ) -> None:
@@ -202,12 +206,7 @@ def test_filtered_pages_are_the_definitions_in_memory(
 
 
 @settings(SETTINGS, max_examples=15)
-@given(
-    steps=operations,
-    seconds=clock_seconds,
-    wheres=st.lists(filters(), min_size=1, max_size=4),
-    limit=st.integers(1, 5),
-)
+@ledgers_and_filters
 def test_filtered_pages_are_the_definitions_with_a_data_directory(
     steps: list[tuple[str, list[BatchItem], bool]], seconds: list[int], wheres: list[RecordFilter], limit: int
 ) -> None:

@@ -398,21 +398,31 @@ class RecordIndex:
         low, high = 0, _MAX_SQL_INT
         if after is not None:
             late.append(_Term("+r.created_at > ?", (after,), None))
-            row = connection.execute(
-                "SELECT sequence FROM records INDEXED BY records_latest WHERE latest_at <= ? "
-                "ORDER BY latest_at DESC, sequence DESC LIMIT 1",
-                (after,),
-            ).fetchone()
-            low = 0 if row is None else row[0]  # after it, every record in time order is newer
+            # After the last record whose running maximum is not after it, every record in
+            # time order is newer.
+            low = _sequence_where(connection, _LAST_NOT_AFTER, after) or 0
         if before is not None:
             late.append(_Term("+r.created_at < ?", (before,), None))
-            row = connection.execute(
-                "SELECT sequence FROM records INDEXED BY records_latest WHERE latest_at >= ? "
-                "ORDER BY latest_at, sequence LIMIT 1",
-                (before,),
-            ).fetchone()
-            high = _MAX_SQL_INT if row is None else row[0] - 1  # up to it, every record is older
+            # Before the first one whose running maximum is not before it, every record is older.
+            first = _sequence_where(connection, _FIRST_NOT_BEFORE, before)
+            high = _MAX_SQL_INT if first is None else first - 1
         return [([_Term("+r.late = 0", (), None)], low, high), (late, 0, _MAX_SQL_INT)]
+
+
+#: Through the running maximum of ``created_at`` (it only grows with the sequence).
+_LAST_NOT_AFTER = (
+    "SELECT sequence FROM records INDEXED BY records_latest WHERE latest_at <= ? "
+    "ORDER BY latest_at DESC, sequence DESC LIMIT 1"
+)
+_FIRST_NOT_BEFORE = (
+    "SELECT sequence FROM records INDEXED BY records_latest WHERE latest_at >= ? "
+    "ORDER BY latest_at, sequence LIMIT 1"
+)
+
+
+def _sequence_where(connection: sqlite3.Connection, sql: str, stamp: str) -> int | None:
+    row = connection.execute(sql, (stamp,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 class _Query(NamedTuple):
