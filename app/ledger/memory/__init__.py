@@ -8,6 +8,8 @@ Modules
     ``AuditTrail``: the chain's head, each account's latest record, recent records.
 ``archive``, ``checkpoints``, ``backup``
     Records and resolved holds read back from the journal; checkpoints; the online copy.
+``index``
+    ``RecordIndex``: the records in SQLite, for filtered history and admin pages.
 ``holds``
     ``HoldBook`` (holds by id and the pending ones by account) and the expiry sweeper.
 ``keys``
@@ -45,7 +47,10 @@ The expiry sweeper's condition guards only its heap and is never held while the
 sweeper takes ``_rw``; ``AuditTrail._check_lock`` (one chain check at a time) is taken
 with no other lock held, and so is the journal's ``DurationHistogram._lock`` (how long
 its syncs took), by the sync's leader right after the sync. ``CheckpointBook._lock``
-is taken alone or after ``Durability._snapshot_lock``; ``RecordArchive._lock`` guards
+is taken alone or after ``Durability._snapshot_lock``. ``RecordIndex._lock`` (the SQLite
+index of the records) is taken with no other lock held, never on the write path, and
+held while it reads records from the trail (so before ``AuditTrail._lock``); its
+background thread catches up once a second. ``RecordArchive._lock`` guards
 only its table of open segment files, and records are read from disk with no lock
 held (what the index holds never changes; the trail lets a record leave its cache
 only once the index holds it).

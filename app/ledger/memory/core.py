@@ -25,6 +25,7 @@ from app.ledger.errors import LedgerError, OperationTimeout, StorageUnavailable,
 from app.ledger.memory.durability import DEFAULT_CHECKPOINT_RECORDS, Durability, OutcomeOf
 from app.ledger.memory.files import Recovered
 from app.ledger.memory.holds import ExpirySweeper, HoldBook
+from app.ledger.memory.index import RecordIndex
 from app.ledger.memory.keys import IdempotencyTable
 from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import (
@@ -108,9 +109,17 @@ class LedgerCore:
         self._keys = idempotency if idempotency is not None else IdempotencyTable()
         self._durability = Durability(self._keys)
         self._durability.checkpoint_records = checkpoint_records
+        # Filtered reads (in memory; beside the journal once ``open`` gives one). Never
+        # written on the write path: it catches up with the trail by itself.
+        self._index = RecordIndex(self._trail, self._indexable)
         self.recovery: Recovered | None = None
         #: The hash check of a trail read from disk, running from ``open`` on.
         self.chain_check: threading.Thread | None = None
+
+    def _indexable(self) -> int:
+        """The last record the index may hold: the last durable one (in memory only, the last)."""
+        durable = self._durability.durable_sequence()
+        return self._trail.sequence if durable is None else durable
 
     def _await_written(self) -> None:
         """Wait for this thread's journal entries (``durable``); then snapshot (or, in memory

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ from app.ledger.memory.durability import (
     SnapshotState,
 )
 from app.ledger.memory.hold_operations import HoldOperations
+from app.ledger.memory.index import INDEX_FILE, RecordIndex
 from app.ledger.memory.journal import Journal
 from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import (
@@ -115,6 +117,8 @@ class MockDB(HoldOperations, rules.SingleOperations):
                 recovered = journal_files.read_directory(directory.path, recovery.snapshot_lsn)
                 store.recovery = recovered
                 checkpoint = store._restore(recovered, archive, record_cache)
+                index_path = None if read_only else directory.path / INDEX_FILE
+                store._index = RecordIndex(store._trail, store._indexable, index_path)
                 last_lsn = recovered.last_lsn
                 recovered.release_frames()
             durability.archive = archive
@@ -146,6 +150,10 @@ class MockDB(HoldOperations, rules.SingleOperations):
             directory.release()
             raise
         store._check_chain_in_background()
+        try:
+            store._index.open()  # checked against the trail, then catching up in the background
+        except (sqlite3.Error, OSError):
+            _log.exception("the record index could not be opened; the next filtered read tries again")
         return store
 
     def _restore(
@@ -419,6 +427,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
         holds anything after the last snapshot; sync and close the journal, release the data
         directory."""
         self._sweeper.stop()
+        self._index.close()
         durability = self._durability
         if (
             durability.journal is not None
@@ -447,40 +456,42 @@ class MockDB(HoldOperations, rules.SingleOperations):
         if where.is_empty:
             records, more_before = self._trail.history(username, before, limit, upto)
             return Page(records, None if more_before is None else rules.encode_cursor("h", more_before))
-        found: list[Transaction] = []
-        while True:
-            chunk, before = self._trail.history(username, before, 500, upto)
-            found += [record for record in chunk if where.matches(record, username)]
-            if len(found) > limit or before is None:
-                break
-        more = len(found) > limit
-        return Page(
-            tuple(found[:limit]), rules.encode_cursor("h", found[limit - 1].sequence) if more else None
-        )
+        if before is not None:
+            self._trail.own_entry(username, before)  # invalid_cursor unless one of the account's
+        last = self._trail.sequence if upto is None else upto
+        sequences = self._index.history(username, where, before, last, limit + 1)
+        return filtered_page(self._records(sequences), limit, "h")
 
     def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
         rules.check_limit(limit)
         after = 0 if cursor is None else rules.decode_cursor(cursor, rules.TRANSACTIONS_CURSOR)
+        if where.is_empty:
+            return self._oldest_first(after, limit, "t")
         durable, last = self._durability.durable_sequence(), self._trail.sequence
         if durable is not None:
             last = min(last, durable)
-        found: list[Transaction] = []
-        for record in self._trail.stream(after + 1, last):
-            if where.matches(record):
-                found.append(record)
-                if len(found) > limit:
-                    break
-        more = len(found) > limit
-        return Page(
-            tuple(found[:limit]), rules.encode_cursor("t", found[limit - 1].sequence) if more else None
-        )
+        sequences = self._index.transactions(where, after, last, limit + 1)
+        return filtered_page(self._records(sequences), limit, "t")
+
+    def _records(self, sequences: Sequence[int]) -> list[Transaction]:
+        """The records the index named (each one is in the trail: the index holds no other)."""
+        records = []
+        for sequence in sequences:
+            entry = self._trail.entry(sequence)
+            if entry is None:
+                raise StoreInvariantBroken(f"the record index names record {sequence}, which the trail lacks")
+            records.append(entry[0])
+        return records
+
+    def _oldest_first(self, after: int, limit: int, prefix: str) -> Page:
+        """Up to ``limit`` records after ``after``, up to the last durable one."""
+        records, more = self._trail.page(after, limit, self._durability.durable_sequence())
+        return Page(records, rules.encode_cursor(prefix, records[-1].sequence) if more and records else None)
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         rules.check_limit(limit)
         after = 0 if cursor is None else rules.decode_cursor(cursor, rules.AUDIT_CURSOR)
-        records, more = self._trail.page(after, limit, self._durability.durable_sequence())
-        next_cursor = rules.encode_cursor("a", records[-1].sequence) if more and records else None
-        return Page(records, next_cursor)
+        return self._oldest_first(after, limit, "a")
 
     def checkpoints(self, *, limit: int, cursor: str | None) -> CheckpointPage:
         rules.check_limit(limit)

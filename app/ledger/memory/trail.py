@@ -17,7 +17,8 @@ latest record and how far health has checked the chain. It is taken after the
 store's balance lock and before the idempotency table's and the journal's mutexes
 (``append`` queues the change's journal entry while it holds it, so the journal's
 order is the audit order). ``_check_lock`` (one incremental chain check at a time)
-is taken before ``_lock``, with no other lock held. Records are immutable; reads
+is taken before ``_lock``, with no other lock held. ``RecordIndex._lock`` may be held
+while ``_lock`` is taken (the index reads records). Records are immutable; reads
 from disk take no lock (what the index holds never changes).
 """
 
@@ -217,17 +218,19 @@ class AuditTrail:
             with self._lock:
                 sequence = self._latest.get(username, 0)
         else:
-            sequence = self._link(self._own_entry(username, before), username)
+            sequence = self._link(self.own_entry(username, before), username)
         while upto is not None and sequence > upto:  # not durable yet: always in memory
-            sequence = self._link(self._own_entry(username, sequence), username)
+            sequence = self._link(self.own_entry(username, sequence), username)
         found: list[Transaction] = []
         while sequence and len(found) < limit:
-            entry = self._own_entry(username, sequence)
+            entry = self.own_entry(username, sequence)
             found.append(entry[0])
             sequence = self._link(entry, username)
         return tuple(found), found[-1].sequence if sequence and found else None
 
-    def _own_entry(self, username: str, sequence: int) -> Entry:
+    def own_entry(self, username: str, sequence: int) -> Entry:
+        """Record ``sequence`` as an entry, if ``username``'s history shows it; else
+        ``invalid_cursor`` (a history cursor names one of the account's records)."""
         entry = self.entry(sequence)
         if entry is None or username not in entry[1]:
             raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.")
@@ -260,6 +263,21 @@ class AuditTrail:
         older: list[Transaction] = []
         if first < split and self._archive is not None:
             older = [record for record, _, _ in self._archive.read_range(first, min(last, split - 1))]
+        return older + cached
+
+    def entries(self, first: int, last: int) -> list[Entry]:
+        """``read``'s records with their parties and links (what the record index needs)."""
+        if last < first:
+            return []
+        with self._lock:
+            split = self._first
+            cached = [
+                (as_record(self._records[index]), *self._parties[index])
+                for index in range(max(first, split) - split, last - split + 1)
+            ]
+        older: list[Entry] = []
+        if first < split and self._archive is not None:
+            older = self._archive.read_range(first, min(last, split - 1))
         return older + cached
 
     def stream(self, first: int, last: int) -> Iterator[Transaction]:
