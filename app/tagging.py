@@ -202,7 +202,12 @@ def _timestamp(value: object) -> str:
     """An RFC 3339 time, in the records' own form (UTC, microseconds, ``Z``), which sorts as text."""
     if not isinstance(value, str) or _TIMESTAMP.fullmatch(value) is None:
         raise ValueError(value)
-    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        moment = datetime.fromisoformat(value).astimezone(UTC)
+    except OverflowError:  # an offset that takes it past year 1 or 9999
+        raise ValueError(value) from None
+    # isoformat, not strftime: "%Y" does not pad years before 1000, which would then sort wrongly as text.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _amount(value: object) -> int:
