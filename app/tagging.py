@@ -23,14 +23,14 @@ from app.params import USERNAME_PATTERN, Params
 T = TypeVar("T")
 
 #: A reference: 1 to 128 printable ASCII characters.
-_REFERENCE = re.compile(r"[\x20-\x7e]{1,128}")
+REFERENCE_PATTERN = re.compile(r"[\x20-\x7e]{1,128}")
 #: A metadata key (the username alphabet: ASCII letters, digits, ``_ . -``).
 _METADATA_KEY = USERNAME_PATTERN
 MAX_METADATA_KEYS = 32
 MAX_METADATA_VALUE_CHARS = 256
 MAX_METADATA_BYTES = 4096
 #: Integer metadata values fit a signed 64-bit integer (what every JSON tool reads exactly).
-_MIN_INTEGER, _MAX_INTEGER = -(2**63), 2**63 - 1
+MIN_METADATA_INTEGER, MAX_METADATA_INTEGER = -(2**63), 2**63 - 1
 _PREFIX = "metadata."
 _RECORD_TYPES = frozenset(kind.value for kind in OperationType)
 _STATUSES = frozenset(status.value for status in Status)
@@ -46,7 +46,7 @@ _FILTERS = frozenset(
 
 
 def parse_reference(value: object) -> str:
-    if not isinstance(value, str) or _REFERENCE.fullmatch(value) is None:
+    if not isinstance(value, str) or REFERENCE_PATTERN.fullmatch(value) is None:
         raise InvalidInput("invalid_reference", "reference must be 1 to 128 printable ASCII characters.")
     return value
 
@@ -110,7 +110,7 @@ def _metadata_value(value: object) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
-        return _MIN_INTEGER <= value <= _MAX_INTEGER
+        return MIN_METADATA_INTEGER <= value <= MAX_METADATA_INTEGER
     if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_CHARS or "\x00" in value:
         return False
     try:
@@ -193,16 +193,21 @@ def _counterparty(value: object) -> str:
 
 
 #: RFC 3339: a date, ``T``, a time with up to microseconds, and ``Z`` or an offset.
-_TIMESTAMP = re.compile(
+TIMESTAMP_PATTERN = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
 )
 
 
 def _timestamp(value: object) -> str:
     """An RFC 3339 time, in the records' own form (UTC, microseconds, ``Z``), which sorts as text."""
-    if not isinstance(value, str) or _TIMESTAMP.fullmatch(value) is None:
+    if not isinstance(value, str) or TIMESTAMP_PATTERN.fullmatch(value) is None:
         raise ValueError(value)
-    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        moment = datetime.fromisoformat(value).astimezone(UTC)
+    except OverflowError:  # an offset that takes it past year 1 or 9999
+        raise ValueError(value) from None
+    # isoformat, not strftime: "%Y" does not pad years before 1000, which would then sort wrongly as text.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _amount(value: object) -> int:

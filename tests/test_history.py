@@ -89,3 +89,27 @@ def test_the_memory_store_refuses_an_empty_page() -> None:
     open_account(ledger, "alice", 10)
     with pytest.raises(InvalidInput, match="limit"):
         ledger.history("alice", limit=0, cursor=None)
+
+
+@pytest.mark.parametrize(
+    ("bound", "shown"),
+    [
+        ("created_after=0999-01-01T00:00:00Z", True),  # a year before 1000 still sorts before today
+        ("created_before=0999-01-01T00:00:00Z", False),
+        ("created_before=9999-12-31T23:59:59Z", True),
+    ],
+)
+def test_time_filters_compare_instants_whatever_the_year(
+    client: FlaskClient, bound: str, shown: bool
+) -> None:
+    records = client.get(f"/account/transactions?username=aaron&{bound}", headers=AARON).json["transactions"]
+    assert bool(records) is shown
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_a_time_outside_the_calendar_in_utc_is_refused(client: FlaskClient, moment: str) -> None:
+    response = client.get(
+        "/account/transactions", query_string={"username": "aaron", "created_after": moment}, headers=AARON
+    )
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_parameter"

@@ -12,13 +12,18 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jsonschema import Draft202012Validator, FormatChecker
 from openapi_spec_validator import validate
+from werkzeug.test import TestResponse
 
 from app.api.docs import ASSET_NAMES, swagger_ui_version
 from app.ledger import errors as ledger_errors
 from app.openapi import build_document
 from app.openapi.schemas import ERROR_CODES
+from tests.stores import ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
+AARON = {"Authorization": "1"}
+BRYAN = {"Authorization": "2"}
+ADMIN = {"Authorization": ADMIN_TOKEN}
 _METHODS = ("get", "put", "post", "delete", "patch")
 _CONTRACT_ERROR_CODES = [
     "invalid_amount",
@@ -200,6 +205,21 @@ def test_every_example_matches_its_schema(document: dict[str, Any]) -> None:
         Draft202012Validator(rooted, format_checker=FormatChecker()).validate(example)
 
 
+def _check_answer(
+    document: dict[str, Any], response: TestResponse, path: str, method: str, status: str
+) -> dict[str, Any]:
+    """``response`` has ``status`` and validates against what ``method path`` documents for it."""
+    assert str(response.status_code) == status, response.get_json()
+    documented = document["paths"][path][method]["responses"][status]
+    schema = documented["content"]["application/json"]["schema"]
+    body: dict[str, Any] = response.get_json()
+    Draft202012Validator({**schema, "components": document["components"]}).validate(body)
+    for name, header in documented.get("headers", {}).items():
+        resolved = document["components"]["headers"][header["$ref"].rsplit("/", 1)[1]]
+        assert name in response.headers or not resolved["required"], (path, name)
+    return body
+
+
 def test_real_answers_match_the_documented_schemas(client: FlaskClient, document: dict[str, Any]) -> None:
     """A real answer of each main shape validates against the schema its operation documents."""
     calls = [
@@ -215,14 +235,86 @@ def test_real_answers_match_the_documented_schemas(client: FlaskClient, document
         ("get", "/account/transactions?username=aaron&limit=2", "/account/transactions", "200"),
     ]
     for method, url, path, status in calls:
-        response = getattr(client, method)(url, headers={"Authorization": "1"})
-        assert str(response.status_code) == status, response.get_json()
-        documented = document["paths"][path][method]["responses"][status]
-        schema = documented["content"]["application/json"]["schema"]
-        Draft202012Validator({**schema, "components": document["components"]}).validate(response.get_json())
-        for name, header in documented.get("headers", {}).items():
-            resolved = document["components"]["headers"][header["$ref"].rsplit("/", 1)[1]]
-            assert name in response.headers or not resolved["required"], (path, name)
+        response = getattr(client, method)(url, headers=AARON)
+        _check_answer(document, response, path, method, status)
+
+
+def _tag(record: dict[str, Any]) -> tuple[object, object]:
+    return record["reference"], record["metadata"]
+
+
+def test_tagged_answers_match_the_documented_schemas(client: FlaskClient, document: dict[str, Any]) -> None:
+    """A reference and metadata, in the query string and in a body, come back as documented, on the
+    operation's record, a hold and the hold's capture."""
+    tag = "reference=order-42&metadata.campaign=spring"
+    transfer = client.post(f"/account/coins/transfer?username=aaron&to=bryan&amount=5&{tag}", headers=AARON)
+    body = _check_answer(document, transfer, "/account/coins/transfer", "post", "200")
+    assert _tag(body["transaction"]) == ("order-42", {"campaign": "spring"})
+    batch = client.post(
+        "/account/coins/batch?username=aaron",
+        json={"operations": [{"type": "add", "amount": 5, "reference": "payout-7", "metadata": {"line": 3}}]},
+        headers=AARON,
+    )
+    item = _check_answer(document, batch, "/account/coins/batch", "post", "200")["results"][0]
+    assert _tag(item["transaction"]) == ("payout-7", {"line": 3})
+    hold = client.post(
+        "/account/holds?username=aaron",
+        json={"to": "bryan", "amount": 5, "reference": "booking-9", "metadata": {"room": 12}},
+        headers=AARON,
+    )
+    held = _check_answer(document, hold, "/account/holds", "post", "201")
+    assert _tag(held["hold"]) == _tag(held["transaction"]) == ("booking-9", {"room": 12})
+    capture = client.post(f"/account/holds/{held['hold']['id']}/capture?username=bryan", headers=BRYAN)
+    captured = _check_answer(document, capture, "/account/holds/{hold_id}/capture", "post", "200")
+    assert _tag(captured["transaction"]) == ("booking-9", {"room": 12})  # the hold's
+    untagged = client.post("/account/coins/withdraw?username=aaron&amount=1", headers=AARON)
+    plain = _check_answer(document, untagged, "/account/coins/withdraw", "post", "200")
+    assert _tag(plain["transaction"]) == (None, {})
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("/account/coins/transfer?username=aaron&to=bryan&amount=5&reference=%01", "invalid_reference"),
+        ("/account/coins/add?username=aaron&amount=5&metadata.bad%20key=1", "invalid_metadata"),
+        ("/account/holds?username=aaron&to=bryan&amount=5&metadata.x=" + "v" * 257, "invalid_metadata"),
+    ],
+)
+def test_tag_refusals_are_documented(
+    client: FlaskClient, document: dict[str, Any], url: str, code: str
+) -> None:
+    response = client.post(url, headers=AARON)
+    body = _check_answer(document, response, url.split("?")[0], "post", "400")
+    assert body["error"] == code
+
+
+def test_filtered_pages_match_the_documented_schemas(client: FlaskClient, document: dict[str, Any]) -> None:
+    """A filtered history page and a filtered ``/admin/transactions`` page, as documented; a
+    malformed or unknown filter is the documented 400."""
+    for amount, campaign in ((5, "spring"), (7, "autumn"), (9, "spring")):
+        url = f"/account/coins/transfer?username=aaron&to=bryan&amount={amount}&metadata.campaign={campaign}"
+        assert client.post(url, headers=AARON).status_code == 200
+    filters = "type=transfer,capture&status=SUCCESS&min_amount=6&metadata.campaign=spring"
+    filters += "&created_after=2000-01-01T00:00:00%2B01:00"
+    history = client.get(f"/account/transactions?username=aaron&{filters}", headers=AARON)
+    listed = client.get(f"/admin/transactions?counterparty=aaron&{filters}", headers=ADMIN)
+    page = _check_answer(document, history, "/account/transactions", "get", "200")
+    assert [record["amount"] for record in page["transactions"]] == [9]
+    page = _check_answer(document, listed, "/admin/transactions", "get", "200")
+    assert [record["amount"] for record in page["transactions"]] == [9]
+    for url in (
+        "/account/transactions?username=aaron&colour=red",
+        "/account/transactions?username=aaron&created_before=yesterday",
+        "/account/transactions?username=aaron&created_after=0001-01-01T00:00:00%2B05:00",
+    ):
+        refused = _check_answer(
+            document, client.get(url, headers=AARON), "/account/transactions", "get", "400"
+        )
+        assert refused["error"] == "invalid_parameter", url
+    refused = client.get("/admin/transactions?username=aaron", headers=ADMIN)
+    assert (
+        _check_answer(document, refused, "/admin/transactions", "get", "400")["error"] == "invalid_parameter"
+    )
 
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs"])

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
+from app.ledger.filters import MAX_METADATA_FILTERS
+from app.ledger.model import MAX_AMOUNT, OperationType, Status
 from app.openapi.schemas import ERROR_CODES, Schema, ref
+from app.tagging import TIMESTAMP_PATTERN
 
 _STATUS_DESCRIPTIONS = {
     400: "Bad input; nothing was applied.",
@@ -106,29 +109,33 @@ def errors(
 def parameters() -> dict[str, Any]:
     """``components.parameters``: the query, path and header parameters operations share."""
 
-    def query(name: str, schema: Schema, description: str) -> dict[str, Any]:
-        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
     def header(name: str, schema: Schema, description: str, example: object) -> dict[str, Any]:
-        return {**query(name, schema, description), "in": "header", "example": example}
+        return {**_query(name, schema, description), "in": "header", "example": example}
 
     either = "Required, here or in the JSON body."
     return {
-        "username": query("username", ref("Username"), "The caller. " + either),
-        "amount": query("amount", ref("Amount"), "Coins, as plain decimal digits. " + either),
-        "to": query(
+        "username": _query("username", ref("Username"), "The caller. " + either),
+        "amount": _query("amount", ref("Amount"), "Coins, as plain decimal digits. " + either),
+        "to": _query(
             "to", ref("Username"), "The recipient, an existing account other than the caller. " + either
         ),
-        "from": query("from", ref("Username"), "Optional; must equal username (403 otherwise)."),
-        "timeout_s": query("timeout_s", ref("HoldTimeout"), "Seconds until the hold expires; default 3600."),
-        "from_checkpoint": query(
+        "from": _query("from", ref("Username"), "Optional; must equal username (403 otherwise)."),
+        "timeout_s": _query("timeout_s", ref("HoldTimeout"), "Seconds until the hold expires; default 3600."),
+        "from_checkpoint": _query(
             "from",
             {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
             "A checkpoint's sequence: only the records after it are checked, against it. Not a whole number: "
             "400 invalid_parameter; no checkpoint there: 400 invalid_parameter.",
         ),
-        "limit": query("limit", ref("PageLimit"), "Records per page, 1..500; default 50."),
-        "cursor": query("cursor", ref("Cursor"), "The next_cursor of the previous page."),
+        "reference": _query(
+            "reference",
+            ref("Reference"),
+            "The operation's reference; optional, here or in the JSON body. Its metadata goes in the body "
+            "(`metadata`) or here as `metadata.<key>=<value>` pairs.",
+        ),
+        **_filters(),
+        "limit": _query("limit", ref("PageLimit"), "Records per page, 1..500; default 50."),
+        "cursor": _query("cursor", ref("Cursor"), "The next_cursor of the previous page."),
         "hold_id": {
             "name": "hold_id",
             "in": "path",
@@ -166,6 +173,67 @@ def parameters() -> dict[str, Any]:
             "req-42",
         ),
     }
+
+
+def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _filters() -> dict[str, Any]:
+    """The history filters (``GET /account/transactions``, ``GET /admin/transactions``); a malformed
+    one is 400 invalid_parameter. ``metadata.<key>`` filters have no fixed name: the operations say."""
+    timestamp = {
+        "type": "string",
+        "pattern": f"^{TIMESTAMP_PATTERN.pattern}$",
+        "examples": ["2026-12-01T00:00:00Z"],
+    }
+    amount = {"type": "integer", "minimum": 0, "maximum": MAX_AMOUNT}
+    kinds = {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "enum": [kind.value for kind in OperationType]},
+    }
+    return {
+        "type": {
+            **_query("type", kinds, "Only records of these types, comma-separated: `type=transfer,capture`."),
+            "style": "form",
+            "explode": False,
+        },
+        "status": _query(
+            "status", {"type": "string", "enum": [status.value for status in Status]}, "Only these records."
+        ),
+        "counterparty": _query(
+            "counterparty",
+            ref("Username"),
+            "Only records with this party: in an account's history the other party (a deposit or a "
+            "withdrawal has none), in `/admin/transactions` either party.",
+        ),
+        "created_after": _query(
+            "created_after", timestamp, "Only records created strictly after this RFC 3339 time."
+        ),
+        "created_before": _query(
+            "created_before", timestamp, "Only records created strictly before this RFC 3339 time."
+        ),
+        "min_amount": _query("min_amount", amount, "Only records of at least this amount."),
+        "max_amount": _query("max_amount", amount, "Only records of at most this amount."),
+        "reference_filter": _query(
+            "reference", ref("Reference"), "Only records with exactly this reference."
+        ),
+    }
+
+
+#: What the paged reads say about the filters OpenAPI cannot name.
+FILTERS_DESCRIPTION = (
+    "Filters, all optional and AND-combined: `type`, `status`, `counterparty`, `created_after`, "
+    "`created_before` (both exclusive), `min_amount`, `max_amount` (both inclusive), `reference`, and up to "
+    f"{MAX_METADATA_FILTERS} `metadata.<key>=<value>` query pairs (exact match; an integer value matches "
+    "its decimal text, `metadata.line=3`). Any other query parameter, or a malformed filter, is 400 "
+    "invalid_parameter naming it. Paging stays stable under filters."
+)
+FILTER_PARAMETERS = [
+    "type", "status", "counterparty", "created_after", "created_before", "min_amount", "max_amount",
+    "reference_filter",
+]  # fmt: skip
 
 
 def headers() -> dict[str, Any]:

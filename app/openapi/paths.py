@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from app.ledger.model import MAX_BATCH_ITEMS
-from app.openapi.components import TEXT, answer, errors, header_ref, parameter_ref
+from app.openapi.components import (
+    FILTER_PARAMETERS,
+    FILTERS_DESCRIPTION,
+    TEXT,
+    answer,
+    errors,
+    header_ref,
+    parameter_ref,
+)
 from app.openapi.schemas import Schema, ref
 
 Operation = dict[str, Any]
@@ -26,6 +34,15 @@ _NO_TOKEN: Security = []
 _READ_400 = ["invalid_json", "conflicting_parameters", "invalid_username", "invalid_timeout"]
 _KEYED_400 = [*_READ_400, "invalid_idempotency_key"]
 _MONEY_400 = [*_KEYED_400, "missing_parameter", "invalid_amount"]
+# ... and of those that take a reference and metadata.
+_TAGGED_400 = [*_MONEY_400, "invalid_reference", "invalid_metadata"]
+
+#: Appended to the description of every operation that takes a reference and metadata.
+_TAGGING = (
+    " Optional `reference` and `metadata` tag the record: in the JSON body, or in the query string as "
+    "`reference=...` and `metadata.<key>=<value>` pairs (string values). They are part of the idempotency "
+    "fingerprint."
+)
 
 _ACCOUNT_PARAMETERS = ["username", "X-Timeout-Ms", "X-Request-Id"]
 _MONEY_PARAMETERS = [*_ACCOUNT_PARAMETERS, "Idempotency-Key", "If-Match"]
@@ -139,10 +156,10 @@ def _money_paths() -> dict[str, Any]:
                 "money",
                 "Deposit",
                 "Adds `amount` coins to the caller's account. With LEDGER_SELF_DEPOSIT=0 (the default on a "
-                "durable store) users may not mint coins: 403, and the operator deposits instead.",
-                parameters=["amount"],
+                "durable store) users may not mint coins: 403, and the operator deposits instead." + _TAGGING,
+                parameters=["amount", "reference"],
                 body="AmountBody",
-                failures=_money_errors(_MONEY_400, {403: ["forbidden"], 422: ["balance_overflow"]}),
+                failures=_money_errors(_TAGGED_400, {403: ["forbidden"], 422: ["balance_overflow"]}),
             )
         },
         "/account/coins/withdraw": {
@@ -150,10 +167,10 @@ def _money_paths() -> dict[str, Any]:
                 "withdraw",
                 "money",
                 "Withdraw",
-                "Takes `amount` coins from the caller's available balance.",
-                parameters=["amount"],
+                "Takes `amount` coins from the caller's available balance." + _TAGGING,
+                parameters=["amount", "reference"],
                 body="AmountBody",
-                failures=_money_errors(_MONEY_400, {422: ["insufficient_funds"]}),
+                failures=_money_errors(_TAGGED_400, {422: ["insufficient_funds"]}),
             )
         },
         "/account/coins/transfer": {
@@ -162,11 +179,11 @@ def _money_paths() -> dict[str, Any]:
                 "money",
                 "Transfer",
                 "Moves `amount` coins from the caller to `to`, atomically: both balances change or neither "
-                "does. `from` defaults to `username` and must equal it.",
-                parameters=["from", "to", "amount"],
+                "does. `from` defaults to `username` and must equal it." + _TAGGING,
+                parameters=["from", "to", "amount", "reference"],
                 body="TransferBody",
                 failures=_money_errors(
-                    [*_MONEY_400, "same_account"],
+                    [*_TAGGED_400, "same_account"],
                     {
                         403: ["forbidden"],
                         404: ["account_not_found"],
@@ -184,12 +201,13 @@ def _money_paths() -> dict[str, Any]:
                 "acquisition. `atomic: false`: each item stands alone. `atomic: true`: all apply or none "
                 "do; on the first failing item the answer has that item's status and every item's outcome. "
                 "Idempotency-Key, If-Match (checked once, before the first item) and X-Timeout-Ms apply to "
-                "the whole batch.",
+                "the whole batch. Each item may carry its own `reference` and `metadata` (in the item object "
+                "only), part of the idempotency fingerprint.",
                 parameters=[],
                 body="BatchBody",
                 result="BatchResult",
                 failures=_money_errors(
-                    [*_MONEY_400, "invalid_batch", "same_account"],
+                    [*_TAGGED_400, "invalid_batch", "same_account"],
                     {
                         403: ["forbidden"],
                         404: ["account_not_found"],
@@ -211,14 +229,15 @@ def _hold_paths() -> dict[str, Any]:
                 "holds",
                 "Hold money for a payee",
                 "Reserves `amount` of the caller's available balance for `to` until it is captured, "
-                "voided or expires (after `timeout_s`).",
-                parameters=["to", "amount", "timeout_s"],
+                "voided or expires (after `timeout_s`). Its capture, void and expire records carry the "
+                "hold's reference and metadata." + _TAGGING,
+                parameters=["to", "amount", "timeout_s", "reference"],
                 body="HoldBody",
                 result="HoldResult",
                 status=201,
                 links=_TO_HOLD,
                 failures=_money_errors(
-                    [*_MONEY_400, "same_account"], {404: ["account_not_found"], 422: ["insufficient_funds"]}
+                    [*_TAGGED_400, "same_account"], {404: ["account_not_found"], 422: ["insufficient_funds"]}
                 ),
             )
         },
@@ -292,13 +311,16 @@ def _account_paths() -> dict[str, Any]:
                 "account",
                 "Transaction history",
                 "The caller's records as sender or receiver, FAILED ones included, newest first. Pages never "
-                "repeat or skip a record, even while new ones arrive.",
+                "repeat or skip a record, even while new ones arrive. " + FILTERS_DESCRIPTION,
                 security=_USER,
-                parameters=[*_ACCOUNT_PARAMETERS, "limit", "cursor"],
+                parameters=[*_ACCOUNT_PARAMETERS, "limit", "cursor", *FILTER_PARAMETERS],
                 responses={
                     "200": answer("One page of records.", ref("History")),
                     # History ends at the last durable record: never storage_unavailable.
-                    **_account_errors([*_READ_400, "invalid_limit", "invalid_cursor"], {503: ["timeout"]}),
+                    **_account_errors(
+                        [*_READ_400, "invalid_limit", "invalid_cursor", "invalid_parameter"],
+                        {503: ["timeout"]},
+                    ),
                 },
             )
         },
@@ -312,10 +334,11 @@ def _operator_money(operation_id: str, summary: str, description: str, refusal: 
         "admin",
         summary,
         description + " Audited like a user's operation. Idempotency-Key (the operator's own namespace; a "
-        "key names the account it was used on), If-Match (the account's version) and X-Timeout-Ms apply.",
-        parameters=["amount"],
+        "key names the account it was used on), If-Match (the account's version) and X-Timeout-Ms apply."
+        + _TAGGING,
+        parameters=["amount", "reference"],
         body="AmountBody",
-        failures=_money_errors(_MONEY_400, {404: ["account_not_found"], 422: [refusal]}),
+        failures=_money_errors(_TAGGED_400, {404: ["account_not_found"], 422: [refusal]}),
     )
     operation["security"] = _ADMIN
     operation["parameters"] = [
@@ -390,6 +413,23 @@ def _admin_paths() -> dict[str, Any]:
                 responses={
                     "200": answer("One page of audit records.", ref("AuditPage")),
                     **errors({**admin_errors, 400: page_400, 413: ["payload_too_large"]}),
+                },
+            )
+        },
+        "/admin/transactions": {
+            "get": _operation(
+                "listTransactions",
+                "admin",
+                "Search every account's transactions",
+                "Every account's records, FAILED ones included, oldest first, that pass the filters; "
+                "`counterparty` matches either party. " + FILTERS_DESCRIPTION,
+                security=_ADMIN,
+                parameters=["limit", "cursor", *FILTER_PARAMETERS, "X-Request-Id"],
+                responses={
+                    "200": answer("One page of records.", ref("TransactionPage")),
+                    **errors(
+                        {**admin_errors, 400: [*page_400, "invalid_parameter"], 413: ["payload_too_large"]}
+                    ),
                 },
             )
         },

@@ -21,6 +21,14 @@ from app.ledger.model import (
     Status,
 )
 from app.params import MAX_PAGE_LIMIT, USERNAME_PATTERN
+from app.tagging import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_INTEGER,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
+    MIN_METADATA_INTEGER,
+    REFERENCE_PATTERN,
+)
 
 Schema = dict[str, Any]
 
@@ -46,7 +54,12 @@ ERROR_CODES: dict[str, str] = {
     "invalid_batch": "a batch with no operations, too many, or an unknown type",
     "invalid_timeout": "X-Timeout-Ms outside 1..60000, or timeout_s outside 1..604800",
     "invalid_parameter": "a malformed parameter, or one naming nothing there is (from on /admin/verify: "
-    "no checkpoint has that sequence); the message names the parameter",
+    "no checkpoint has that sequence), or a history filter that is unknown or malformed; the message names "
+    "the parameter",
+    "invalid_reference": "a reference that is not 1..128 printable ASCII characters",
+    "invalid_metadata": f"metadata that is not an object of at most {MAX_METADATA_KEYS} keys of "
+    f"^{USERNAME_PATTERN.pattern}$ whose values are strings of at most {MAX_METADATA_VALUE_CHARS} characters "
+    f"(no NUL) or 64-bit integers, at most {MAX_METADATA_BYTES} bytes encoded",
     "invalid_token": "an account token that is not 1..256 printable ASCII characters (GoLedger)",
     "invalid_idempotency_key": "an Idempotency-Key that is not 1..255 printable ASCII characters (GoLedger)",
     "bad_request": "a request gunicorn could not parse (GoLedger)",
@@ -119,7 +132,7 @@ def _error_object() -> Schema:
 
 
 _TRANSACTION_EXAMPLE = {
-    "id": "tx_01a227ab0c4c6cbff8ce610b940c8e71",
+    "id": "tx_01a23a66aadca76e4f49577802003fd6",
     "sequence": 3,
     "type": "transfer",
     "from": "aaron",
@@ -127,7 +140,9 @@ _TRANSACTION_EXAMPLE = {
     "amount": 100,
     "status": "SUCCESS",
     "reason": None,
-    "created_at": "2026-11-29T12:34:10.553308Z",
+    "created_at": "2026-12-03T05:35:36.668641Z",
+    "reference": "order-42",
+    "metadata": {"campaign": "spring"},
 }
 
 _HOLD_EXAMPLE = {
@@ -139,6 +154,8 @@ _HOLD_EXAMPLE = {
     "status": "PENDING",
     "expires_at": "2026-11-29T15:16:00.007084Z",
     "created_at": "2026-11-29T15:06:00.007087Z",
+    "reference": None,
+    "metadata": {},
 }
 
 
@@ -160,9 +177,16 @@ def _transaction() -> Schema:
                 "reason": nullable({"type": "string"})
                 | {"description": "The error code of a FAILED record."},
                 "created_at": _TIMESTAMP,
+                "reference": nullable(ref("Reference"))
+                | {"description": "The operation's reference; null when none was given."},
+                "metadata": {
+                    **ref("Metadata"),
+                    "description": "The operation's metadata; {} when none was given.",
+                },
             }
         ),
-        "description": "One audit record: a money operation that reached the ledger, succeeded or failed.",
+        "description": "One audit record: a money operation that reached the ledger, succeeded or failed. A "
+        "hold's capture, void and expire records carry the hold's reference and metadata.",
         "examples": [_TRANSACTION_EXAMPLE],
     }
 
@@ -179,9 +203,32 @@ def _hold() -> Schema:
                 "status": {"type": "string", "enum": [status.value for status in HoldStatus]},
                 "expires_at": _TIMESTAMP,
                 "created_at": _TIMESTAMP,
+                "reference": nullable(ref("Reference"))
+                | {"description": "The hold's reference; null when none was given."},
+                "metadata": {
+                    **ref("Metadata"),
+                    "description": "The hold's metadata; {} when none was given.",
+                },
             }
         ),
         "examples": [_HOLD_EXAMPLE],
+    }
+
+
+def _metadata() -> Schema:
+    string = {"type": "string", "maxLength": MAX_METADATA_VALUE_CHARS, "pattern": "^[^\\x00]*$"}
+    integer = {"type": "integer", "minimum": MIN_METADATA_INTEGER, "maximum": MAX_METADATA_INTEGER}
+    return {
+        "type": "object",
+        "maxProperties": MAX_METADATA_KEYS,
+        "propertyNames": {"pattern": f"^{USERNAME_PATTERN.pattern}$"},
+        "additionalProperties": {"anyOf": [string, integer]},
+        "description": f"Up to {MAX_METADATA_KEYS} keys (^{USERNAME_PATTERN.pattern}$), each a string of at "
+        f"most {MAX_METADATA_VALUE_CHARS} characters without NUL or a 64-bit integer; at most "
+        f"{MAX_METADATA_BYTES} bytes encoded (keys sorted, compact JSON). Otherwise 400 invalid_metadata. "
+        "In a query string: metadata.<key>=<value> pairs, whose values are strings. Kept with the record, "
+        "covered by its hash; {} in an answer means none.",
+        "examples": [{"campaign": "spring", "line": 3}],
     }
 
 
@@ -193,6 +240,8 @@ def _batch_operation() -> Schema:
             "amount": ref("Amount"),
             "to": {**ref("Username"), "description": "The recipient of a transfer (required for transfers)."},
             "from": {**ref("Username"), "description": "If given, the caller (403 otherwise)."},
+            "reference": {**ref("Reference"), "description": "This item's reference (only in the item)."},
+            "metadata": {**ref("Metadata"), "description": "This item's metadata (only in the item)."},
         },
         "required": ["type", "amount"],
     }
@@ -216,8 +265,15 @@ def _request_bodies() -> dict[str, Schema]:
     """The JSON-body style of each operation's parameters (the query string is the other)."""
     username = {**ref("Username"), "description": "The caller (here or in the query string)."}
     amount = {**ref("Amount"), "description": "A JSON integer (a string of plain digits is also taken)."}
+    tag = {
+        "reference": {**ref("Reference"), "description": "Here or in the query string."},
+        "metadata": {
+            **ref("Metadata"),
+            "description": "Here, or in the query string as metadata.<key>=<value> pairs (string values).",
+        },
+    }
     return {
-        "AmountBody": {"type": "object", "properties": {"username": username, "amount": amount}},
+        "AmountBody": {"type": "object", "properties": {"username": username, "amount": amount, **tag}},
         "TransferBody": {
             "type": "object",
             "properties": {
@@ -225,7 +281,17 @@ def _request_bodies() -> dict[str, Schema]:
                 "from": {**ref("Username"), "description": "Defaults to username; must equal it (403)."},
                 "to": ref("Username"),
                 "amount": amount,
+                **tag,
             },
+            "examples": [
+                {
+                    "username": "aaron",
+                    "to": "bryan",
+                    "amount": 100,
+                    "reference": "order-42",
+                    "metadata": {"campaign": "spring", "line": 3},
+                }
+            ],
         },
         "HoldBody": {
             "type": "object",
@@ -234,6 +300,7 @@ def _request_bodies() -> dict[str, Schema]:
                 "to": ref("Username"),
                 "amount": amount,
                 "timeout_s": ref("HoldTimeout"),
+                **tag,
             },
         },
         "CaptureBody": {
@@ -265,7 +332,7 @@ def _request_bodies() -> dict[str, Schema]:
                 {
                     "atomic": False,
                     "operations": [
-                        {"type": "transfer", "to": "bryan", "amount": 5},
+                        {"type": "transfer", "to": "bryan", "amount": 5, "reference": "payout-7"},
                         {"type": "add", "amount": 100},
                         {"type": "withdraw", "amount": 7},
                     ],
@@ -319,6 +386,15 @@ def _answers() -> dict[str, Schema]:
                 }
             ),
             "description": "Newest first. Pass next_cursor back as cursor for the next page.",
+        },
+        "TransactionPage": {
+            **_object(
+                {
+                    "transactions": {"type": "array", "items": ref("Transaction")},
+                    "next_cursor": ref("NextCursor"),
+                }
+            ),
+            "description": "Oldest first. Pass next_cursor back as cursor for the next page.",
         },
         "AuditPage": {
             **_object(
@@ -481,6 +557,14 @@ def schemas() -> dict[str, Schema]:
             "default": 3600,
             "description": "Seconds until the hold expires by itself.",
         },
+        "Reference": {
+            "type": "string",
+            "pattern": f"^{REFERENCE_PATTERN.pattern}$",
+            "description": "An external id of the operation (order, invoice, game round): 1..128 printable "
+            "ASCII characters, else 400 invalid_reference. Kept with the record, covered by its hash.",
+            "examples": ["order-42"],
+        },
+        "Metadata": _metadata(),
         "PageLimit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT, "default": 50},
         "Cursor": {"type": "string", "minLength": 1, "maxLength": 128, "description": "Opaque."},
         "NextCursor": {**nullable(ref("Cursor")), "description": "null on the last page."},
