@@ -97,10 +97,10 @@ class StoreDriver(ABC):
         """One audit record as the store reads it back."""
         return self.store.audit_page(limit=sequence, cursor=None).transactions[sequence - 1]
 
-    def rehash(self, sequence: int, amount: int) -> None:
-        """Change a record's amount and give it the hash that matches (the next link still breaks)."""
-        forged = self.record(sequence)._replace(amount=amount)
-        self.tamper(sequence, amount=amount, hash=chain_hash(forged.previous_hash, forged))
+    def rehash(self, sequence: int, **changes: object) -> None:
+        """Change a record's fields and give it the hash that matches (the next link still breaks)."""
+        forged = self.record(sequence)._replace(**changes)
+        self.tamper(sequence, **changes, hash=chain_hash(forged.previous_hash, forged))
 
     # -- time and the sweeper ---------------------------------------------------------------
 

@@ -172,6 +172,9 @@ def test_the_canonical_encoding_is_the_documented_compact_json_array(app: Flask,
             record.reason,
             record.created_at,
         ]
+        if record.from_balance_after is not None or record.to_balance_after is not None:
+            # Records that carry balances: the reference, the metadata, both balances, the reversed id.
+            fields += [None, None, record.from_balance_after, record.to_balance_after, None]
         assert canonical_encoding(record) == json.dumps(fields, separators=(",", ":")).encode("ascii")
 
 
@@ -183,6 +186,8 @@ def test_a_records_encoding_is_its_sequence_then_its_tail(app: Flask, client: Fl
     some_traffic(client)
     for record in ledger_of(app).audit_page(limit=500, cursor=None).transactions:
         draft = RecordDraft(record.type, record.source, record.target, record.amount, record.reason)
+        if record.from_balance_after is not None or record.to_balance_after is not None:
+            draft.balances = (record.from_balance_after, record.to_balance_after)
         tail = draft.tail(record.id, record.created_at)
         assert b"[" + str(record.sequence).encode() + tail == canonical_encoding(record)
         assert chain_hash(record.previous_hash, record) == record.hash

@@ -27,7 +27,7 @@ from app.ledger.memory import MockDB
 from app.ledger.model import Deadline
 from tests.servers import REQUEST_TIMEOUT_S, RunningServer, gunicorn_process, open_accounts
 from tests.threads import Crew
-from tests.trails import fetch_audit
+from tests.trails import as_seen_by, fetch_audit
 
 pytestmark = pytest.mark.slow
 
@@ -168,9 +168,9 @@ def check_recovered(base_url: str, logs: list[ClientLog], records_before: int) -
         sent = answer["transaction"]
         kept = by_id.get(sent["id"])
         assert kept is not None, f"acknowledged {sent} is missing after the crash"
-        assert {name: kept[name] for name in sent} == sent
-        # The caller's balance in the answer is the replay's balance right after the record.
-        assert after[(sent["sequence"], answer["username"])] == answer["balance"]
+        assert as_seen_by(kept, answer["username"]) == sent
+        # The caller's balance in the answer, and the record's, is the replay's right after it.
+        assert after[(sent["sequence"], answer["username"])] == answer["balance"] == sent["balance_after"]
 
     # Nothing appears that no request could have caused: every answered request wrote
     # one record, and each request the kill cut off wrote at most one.

@@ -106,8 +106,9 @@ def test_transfer_moves_money_atomically_and_bumps_both_versions(client: FlaskCl
         "held": 0,
         "available": 14_000,
     }
-    # The recipient sees the transfer in their history too.
-    assert last_record(client, "bryan", "2") == transaction
+    # The recipient sees the transfer in their history too, with their own balance after it.
+    assert transaction["balance_after"] == 6_000
+    assert last_record(client, "bryan", "2") == {**transaction, "balance_after": 14_000}
 
 
 @pytest.mark.parametrize(

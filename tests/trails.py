@@ -48,3 +48,12 @@ def fetch_audit(base_url: str, admin: dict[str, str]) -> list[dict[str, Any]]:
         cursor = page.json()["next_cursor"]
         if cursor is None:
             return records
+
+
+def as_seen_by(record: dict[str, Any], viewer: str) -> dict[str, Any]:
+    """An ``/admin/audit`` record as an answer or a history shows it to ``viewer``: without the
+    chain's hashes, with ``viewer``'s ``balance_after`` instead of both parties' balances."""
+    hidden = ("previous_hash", "hash", "from_balance_after", "to_balance_after")
+    shown = {name: value for name, value in record.items() if name not in hidden}
+    side = "from_balance_after" if record["from"] == viewer else "to_balance_after"
+    return {**shown, "balance_after": record[side]}

@@ -59,7 +59,19 @@ def tagged(parameters: tuple[object, ...], tag: Tag | None) -> tuple[object, ...
     return parameters if tag is None else (*parameters, *tag)
 
 
-def transaction_json(transaction: Transaction) -> dict[str, Any]:
+def transaction_json(transaction: Transaction, viewer: str | None = None) -> dict[str, Any]:
+    """A record as the API shows it to ``viewer``: with ``balance_after``, that account's
+    balance right after it (``None``: the operator's view, with both parties' balances)."""
+    shown = _record_json(transaction)
+    if viewer is None:
+        shown["from_balance_after"] = transaction.from_balance_after
+        shown["to_balance_after"] = transaction.to_balance_after
+    else:
+        shown["balance_after"] = transaction.balance_after(viewer)
+    return shown
+
+
+def _record_json(transaction: Transaction) -> dict[str, Any]:
     metadata = transaction.metadata
     return {
         "id": transaction.id,
@@ -180,7 +192,7 @@ def _result_response(result: Result, success_status: int) -> Response:
     account = result.account
     return json_response(
         {
-            "transaction": transaction_json(result.transaction),
+            "transaction": transaction_json(result.transaction, account.username),
             "username": account.username,
             "balance": account.balance,
             "version": account.version,
@@ -189,9 +201,10 @@ def _result_response(result: Result, success_status: int) -> Response:
     )
 
 
-def _item_json(item: ItemOutcome) -> dict[str, Any]:
+def _item_json(item: ItemOutcome, caller: str) -> dict[str, Any]:
     if item.code is None:  # ``item.succeeded``, without a property call for each of thousands
-        return {"index": item.index, "status": "SUCCESS", "transaction": transaction_json(item.transaction)}
+        shown = transaction_json(item.transaction, caller)
+        return {"index": item.index, "status": "SUCCESS", "transaction": shown}
     return {
         "index": item.index,
         "status": "FAILED",
@@ -205,7 +218,9 @@ _dumps = orjson.dumps
 def _batch_response(result: BatchResult) -> Response:
     # Each item encoded as it is made, its dicts freed at once: thousands of them alive
     # until one final encoding would be promoted and walked by the garbage collector.
-    results = orjson.Fragment(b"[" + b",".join([_dumps(_item_json(item)) for item in result.items]) + b"]")
+    caller = result.account.username
+    items = b",".join([_dumps(_item_json(item, caller)) for item in result.items])
+    results = orjson.Fragment(b"[" + items + b"]")
     account = result.account
     if result.failed_index is not None:
         failing = result.items[result.failed_index]
@@ -239,7 +254,7 @@ def _hold_response(result: HoldResult, status: int) -> Response:
     return json_response(
         {
             "hold": hold_json(result.hold),
-            "transaction": transaction_json(result.transaction),
+            "transaction": transaction_json(result.transaction, account.username),
             "username": account.username,
             "balance": account.balance,
             "held": account.held,

@@ -18,4 +18,5 @@ def history() -> Response:
     request_deadline()  # validated like every /account operation; history waits on no lock that needs it
     limit, cursor = page_request(params)
     page = store().history(username, limit=limit, cursor=cursor, where=request_filter(params))
-    return page_json("transactions", list(map(transaction_json, page.transactions)), page.next_cursor)
+    shown = [transaction_json(record, username) for record in page.transactions]
+    return page_json("transactions", shown, page.next_cursor)

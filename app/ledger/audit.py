@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from app.ledger.model import Checkpoint, Hold, HoldStatus, OperationType, Transaction
-from app.ledger.records import digest, encode, record_tag
+from app.ledger.records import digest, encode, record_balances, record_extension, record_tag
 
 GENESIS_HASH = "0" * 64
 
@@ -67,19 +67,24 @@ def canonical_encoding(record: Transaction) -> bytes:
         record.reason,
         record.created_at,
         record_tag(record),
+        record_balances(record),
+        record.reverses,
     )
 
 
 def _hashed(row: Sequence[Any]) -> bytes:
     """What the hash of a record given as a journal row covers (``canonical_encoding``):
-    its first nine fields, and its tag when the row carries one after its links."""
-    if len(row) > _TAGGED_ROW:
-        return orjson.dumps([*row[:9], row[_TAGGED_ROW], row[_TAGGED_ROW + 1]], option=orjson.OPT_SORT_KEYS)
+    its first nine fields, and its extension when the row carries one after its links
+    (``app.ledger.records.extension``)."""
+    if len(row) > _EXTENDED_ROW:
+        return orjson.dumps([*row[:9], *row[_EXTENDED_ROW:]], option=orjson.OPT_SORT_KEYS)
     return orjson.dumps(row[:9])
 
 
-#: Where a journal row's tag starts (``app.ledger.memory.persistence.TAGGED_ROW``).
-_TAGGED_ROW = 13
+#: Where a journal row's extension starts (``app.ledger.memory.persistence.EXTENDED_ROW``).
+_EXTENDED_ROW = 13
+#: The length of a row whose extension is whole (a tag, both balances, the reversed id).
+_FULL_ROW = _EXTENDED_ROW + 5
 
 
 def chain_hash(previous_hash: str, record: Transaction) -> str:
@@ -182,6 +187,10 @@ class Replay:
         self._opened: set[str] = set()
         self._checkpoints = [point for point in checkpoints if point.sequence > self._sequence]
         self._chain_problems = 0
+        #: Per account, its balance less what the records moved: zero on a full replay (every
+        #: account starts empty); from a checkpoint, learnt from the first record that carries
+        #: the account's balance after it, which later ones must then agree with.
+        self._base: dict[str, int] = {}
 
     @property
     def sequence(self) -> int:
@@ -194,9 +203,9 @@ class Replay:
             record.amount, str(record.status), record.reason, record.created_at,
             record.previous_hash, record.hash,
         ]  # fmt: skip
-        if record.reference is not None or record.metadata is not None:
-            metadata = None if record.metadata is None else orjson.Fragment(record.metadata)
-            row += [(), (), record.reference, metadata]
+        more = record_extension(record)
+        if more:
+            row += [(), (), *more]
         self.add_row(row)
 
     def add_all(self, records: Iterable[Transaction]) -> None:
@@ -290,9 +299,29 @@ class Replay:
             elif kind in _MOVE_VALUES and source is not None and target is not None:
                 moved[source] = moved.get(source, 0) - amount
                 moved[target] = moved.get(target, 0) + amount
+        if len(row) >= _FULL_ROW:
+            self._check_balances(sequence, row[3], row[_FULL_ROW - 3], row[4], row[_FULL_ROW - 2])
         if self._checkpoints and self._checkpoints[0].sequence <= sequence:
             while self._checkpoints and self._checkpoints[0].sequence <= sequence:
                 self._check_passed(self._checkpoints.pop(0), sequence, record_hash)
+
+    def _check_balances(
+        self, sequence: int, source: str | None, from_after: object, target: str | None, to_after: object
+    ) -> None:
+        """The balances a record carries must be the replay's right after it."""
+        moved, base = self._moved, self._base
+        for name, after in ((source, from_after), (target, to_after)):
+            if name is None or after is None:
+                continue
+            if not isinstance(after, int):
+                self.report.problems.append(f"record {sequence} carries a balance that is not a number")
+                continue
+            current = moved.get(name, 0)
+            expected = base.setdefault(name, 0 if self._start is None else after - current) + current
+            if after != expected and len(self.report.problems) < MAX_PROBLEMS:
+                self.report.problems.append(
+                    f"record {sequence} says {name} had {after} after it; the records add up to {expected}"
+                )
 
     def _check_passed(self, point: Checkpoint, sequence: int, record_hash: str) -> None:
         """A full replay reached a checkpoint: the chain and the replayed balances must match it."""

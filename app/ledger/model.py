@@ -148,6 +148,16 @@ class Transaction(NamedTuple):
     #: none was given: text rather than a dict, so a record stays immutable and untracked
     #: by the garbage collector, and the API writes it out without re-encoding.
     metadata: str | None = None
+    #: The balances of ``source`` and ``target`` right after this record (``None``: no such
+    #: account, or a record written before records carried balances).
+    from_balance_after: int | None = None
+    to_balance_after: int | None = None
+    #: The id of the transaction this record reverses (a ``reversal`` only).
+    reverses: str | None = None
+
+    def balance_after(self, account: str) -> int | None:
+        """The balance of ``account`` (one of the record's parties) right after it."""
+        return self.from_balance_after if account == self.source else self.to_balance_after
 
 
 class Tag(NamedTuple):

@@ -10,7 +10,7 @@ record field is one field here, one in ``Transaction`` and one in ``encode``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -28,22 +28,47 @@ def encode(
     reason: str | None,
     created_at: str,
     tag: Tag | None = None,
+    balances: tuple[int | None, int | None] | None = None,
+    reverses: str | None = None,
 ) -> bytes:
     """The bytes a record's hash covers: every field but the hashes, in a fixed order.
 
     orjson writes exactly what ``json.dumps(separators=(",", ":"))`` would for these
     ASCII strings, integers and nulls, in a tenth of the time; it writes the two enums
-    as their values. A record with a tag has two more fields, its reference and its
-    metadata (the object itself, in its canonical text); one without has the nine
-    fields alone, so every record written before tags existed keeps its hash.
+    as their values. After the nine fields every record has come with, the record's
+    ``extension`` (which see): nothing for a record without a tag, balances or reversal,
+    so that every record written before those existed keeps its hash.
     """
-    if tag is None:
-        return orjson.dumps([sequence, record_id, kind, source, target, amount, status, reason, created_at])
-    reference, metadata = tag
-    return orjson.dumps(
-        [sequence, record_id, kind, source, target, amount, status, reason, created_at, reference,
-         None if metadata is None else orjson.Fragment(metadata)]
-    )  # fmt: skip
+    fields = [sequence, record_id, kind, source, target, amount, status, reason, created_at]
+    if tag is None and balances is None and reverses is None:
+        return orjson.dumps(fields)
+    return orjson.dumps(fields + extension(tag, balances, reverses))
+
+
+def extension(
+    tag: Tag | None, balances: tuple[int | None, int | None] | None, reverses: str | None
+) -> list[object]:
+    """A record's fields after the nine first ones, as its encoding and its journal row end:
+    ``[]``; or ``[reference, metadata]`` (records with a tag written before records carried
+    balances); or ``[reference, metadata, from_balance_after, to_balance_after, reverses]``.
+    The metadata is the object itself, in its canonical text."""
+    reference, metadata = tag or (None, None)
+    tagged: list[object] = [reference, None if metadata is None else orjson.Fragment(metadata)]
+    if balances is None and reverses is None:
+        return [] if tag is None else tagged
+    from_balance, to_balance = balances or (None, None)
+    return [*tagged, from_balance, to_balance, reverses]
+
+
+def record_extension(record: Transaction) -> list[object]:
+    """``extension`` of a sealed record."""
+    return extension(record_tag(record), record_balances(record), record.reverses)
+
+
+def record_balances(record: Transaction) -> tuple[int | None, int | None] | None:
+    """The balances a record was sealed with (``None``: none, as before records carried them)."""
+    from_balance, to_balance = record.from_balance_after, record.to_balance_after
+    return None if from_balance is None and to_balance is None else (from_balance, to_balance)
 
 
 def metadata_text(metadata: Mapping[str, object]) -> str | None:
@@ -82,7 +107,7 @@ class RecordDraft:
     ``parties`` are the accounts whose history shows it.
     """
 
-    __slots__ = ("amount", "kind", "parties", "reason", "source", "tag", "target")
+    __slots__ = ("amount", "balances", "kind", "parties", "reason", "reverses", "source", "tag", "target")
 
     def __init__(
         self,
@@ -103,6 +128,11 @@ class RecordDraft:
         self.parties = parties
         #: The caller's reference and metadata (``None``: neither).
         self.tag = tag
+        #: The balances of ``source`` and ``target`` right after the record, set by
+        #: ``settle_balances`` when it is sealed (``None``: not known).
+        self.balances: tuple[int | None, int | None] | None = None
+        #: The id of the transaction a reversal reverses.
+        self.reverses: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -125,12 +155,14 @@ class RecordDraft:
 
     def failed(self, reason: str, parties: tuple[str, ...]) -> RecordDraft:
         """The FAILED record of the same operation, shown to ``parties`` only."""
-        return RecordDraft(self.kind, self.source, self.target, self.amount, reason, parties, self.tag)
+        failed = RecordDraft(self.kind, self.source, self.target, self.amount, reason, parties, self.tag)
+        failed.reverses = self.reverses
+        return failed
 
     def encoding(self, sequence: int, record_id: str, created_at: str) -> bytes:
         return encode(
             sequence, record_id, self.kind, self.source, self.target, self.amount, self.status,
-            self.reason, created_at, self.tag,
+            self.reason, created_at, self.tag, self.balances, self.reverses,
         )  # fmt: skip
 
     def tail(self, record_id: str, created_at: str) -> bytes:
@@ -153,20 +185,20 @@ class RecordDraft:
         with: ``app.ledger.memory.persistence.encoded_record_row``).
         """
         source, target, amount, reason, tag = self.source, self.target, self.amount, self.reason, self.tag
+        balances, reverses = self.balances, self.reverses
         kind = _KIND_VALUES[self.kind]
         status = _SUCCESS if reason is None else _FAILED
-        encoding = encode(sequence, record_id, kind, source, target, amount, status, reason, created_at, tag)
+        encoding = encode(
+            sequence, record_id, kind, source, target, amount, status, reason, created_at, tag, balances,
+            reverses,
+        )  # fmt: skip
         record_hash = digest(previous_hash, encoding)
-        if tag is None:
-            record = Transaction(
-                record_id, sequence, kind, source, target, amount, status, reason, created_at,
-                previous_hash, record_hash,
-            )  # fmt: skip
-        else:
-            record = Transaction(
-                record_id, sequence, kind, source, target, amount, status, reason, created_at,
-                previous_hash, record_hash, *tag,
-            )  # fmt: skip
+        reference, metadata = tag or (None, None)
+        from_balance, to_balance = balances or (None, None)
+        record = Transaction(
+            record_id, sequence, kind, source, target, amount, status, reason, created_at,
+            previous_hash, record_hash, reference, metadata, from_balance, to_balance, reverses,
+        )  # fmt: skip
         return record, encoding
 
     def sealed(
@@ -174,10 +206,41 @@ class RecordDraft:
     ) -> Transaction:
         """The record as sealed elsewhere (the database computed its number and hash)."""
         reference, metadata = self.tag or (None, None)
+        from_balance, to_balance = self.balances or (None, None)
         return Transaction(
             record_id, sequence, _KIND_VALUES[self.kind], self.source, self.target, self.amount,
             self.status.value, self.reason, created_at, previous_hash, record_hash, reference, metadata,
+            from_balance, to_balance, self.reverses,
         )  # fmt: skip
+
+
+#: Record types that take ``amount`` from their source, and that give it to their target
+#: (hold, void and expire only reserve or release money: no balance changes).
+_DEBITS = frozenset({OperationType.WITHDRAWAL, OperationType.TRANSFER, OperationType.CAPTURE})
+_CREDITS = frozenset(
+    {OperationType.OPEN, OperationType.DEPOSIT, OperationType.TRANSFER, OperationType.CAPTURE}
+)
+
+
+def settle_balances(drafts: Sequence[RecordDraft], balances: dict[str, int]) -> None:
+    """Set each draft's ``balances`` to its parties' balances right after it, in order, from
+    ``balances`` (every account's balance before the first draft, brought up to date in
+    place): the change a record makes is its own, so the balances after it follow from it.
+
+    A name without a balance is no account (a refused transfer's unknown recipient): ``None``.
+    """
+    for draft in drafts:
+        source, target = draft.source, draft.target
+        if draft.reason is None:
+            kind = draft.kind
+            if source is not None and kind in _DEBITS:
+                balances[source] -= draft.amount
+            if target is not None and kind in _CREDITS:
+                balances[target] = balances.get(target, 0) + draft.amount
+        from_balance = None if source is None else balances.get(source)
+        to_balance = None if target is None else balances.get(target)
+        # Neither party an account: no balances, as ``record_balances`` reads them back.
+        draft.balances = None if from_balance is None and to_balance is None else (from_balance, to_balance)
 
 
 def success(

@@ -48,6 +48,7 @@ import orjson
 
 from app.ledger.model import OperationType, Status, Transaction
 from app.ledger.outcomes import Row as Row
+from app.ledger.records import record_extension
 
 SNAPSHOT_FORMAT = 3
 #: Rows per snapshot chunk: big enough to amortise framing, small enough to stream.
@@ -73,27 +74,28 @@ def _content(record: Transaction) -> Row:
 
 
 def record_row(record: Transaction, parties: Sequence[str], links: Sequence[int]) -> Row:
-    row = [*_content(record), record.previous_hash, record.hash, list(parties), list(links)]
-    if record.reference is not None or record.metadata is not None:
-        metadata = None if record.metadata is None else orjson.Fragment(record.metadata)
-        row += [record.reference, metadata]
-    return row
+    return [
+        *_content(record), record.previous_hash, record.hash, list(parties), list(links),
+        *record_extension(record),
+    ]  # fmt: skip
 
 
 def encoded_record_row(
     encoding: bytes, record: Transaction, parties: Sequence[str], links: Sequence[int]
 ) -> bytes:
     """``orjson.dumps(record_row(...))`` from the record's canonical encoding: the row is that
-    encoding with the hashes, parties and links after it, so the bytes hashed are written
-    once and never re-encoded (a record with a tag, whose encoding ends with it, is
-    encoded whole)."""
-    if record.reference is not None or record.metadata is not None:
-        return orjson.dumps(record_row(record, parties, links))
-    return b'%s,"%s","%s",%s]' % (
-        encoding[:-1],
+    encoding with the hashes, parties and links after its first nine fields (and its
+    extension after them), so the bytes hashed are written once and never re-encoded."""
+    # The ninth field, the creation time, is the first place its text appears: the fields
+    # before it (numbers, ids, type and status names, usernames, reason codes) cannot hold it.
+    created_at = b'"%s"' % record.created_at.encode("ascii")
+    head_end = encoding.find(created_at) + len(created_at)
+    return b'%s,"%s","%s",%s%s' % (
+        encoding[:head_end],
         record.previous_hash.encode("ascii"),
         record.hash.encode("ascii"),
         orjson.dumps((parties, links))[1:-1],
+        encoding[head_end:],
     )
 
 
@@ -111,19 +113,24 @@ def record_from_row(row: Row) -> tuple[Transaction, list[str]]:
 def _record(row: Row, previous_hash: str, record_hash: str) -> Transaction:
     # ``_make`` takes the fields in order, without the keyword-accepting ``__new__``:
     # a replay builds millions of records.
-    if len(row) > TAGGED_ROW:
-        return Transaction._make(
-            (row[1], row[0], _TYPES[row[2]], row[3], row[4], row[5], _STATUSES[row[6]], row[7], row[8],
-             previous_hash, record_hash, row[TAGGED_ROW], canonical_metadata(row[TAGGED_ROW + 1])),
-        )  # fmt: skip
+    more = row[EXTENDED_ROW:]
+    if len(more) == _FULL_EXTENSION:
+        reference, metadata, from_balance, to_balance, reverses = more
+        metadata = canonical_metadata(metadata)
+    elif more:  # a tag alone: written before records carried balances
+        (reference, metadata), from_balance, to_balance, reverses = more, None, None, None
+        metadata = canonical_metadata(metadata)
+    else:
+        reference = metadata = from_balance = to_balance = reverses = None
     return Transaction._make(
         (row[1], row[0], _TYPES[row[2]], row[3], row[4], row[5], _STATUSES[row[6]], row[7], row[8],
-         previous_hash, record_hash, None, None),
+         previous_hash, record_hash, reference, metadata, from_balance, to_balance, reverses),
     )  # fmt: skip
 
 
-#: Where a journal row's tag (reference, metadata) starts, when it has one.
-TAGGED_ROW = 13
+#: Where a journal row's extension (``app.ledger.records.extension``) starts, if it has one.
+EXTENDED_ROW = 13
+_FULL_EXTENSION = 5
 
 
 def canonical_metadata(metadata: dict[str, Any] | None) -> str | None:

@@ -168,7 +168,9 @@ class MockDB(HoldOperations, rules.SingleOperations):
         self._holds.archived = archive.hold_row
         self._holds.forget_resolved()
         self._trail = AuditTrail(record_cache)
-        self._trail.restore(state.trail, archive)
+        self._trail.restore(
+            state.trail, archive, {name: account.balance for name, account in self._accounts.items()}
+        )
         return state.checkpoint
 
     def _schedule_pending_holds(self) -> None:

@@ -33,7 +33,7 @@ from app.ledger.audit import GENESIS_HASH, Replay, Verification, check_chain
 from app.ledger.errors import InvalidInput
 from app.ledger.memory.archive import Entry, RecordArchive
 from app.ledger.model import RandomHex, Transaction, id_stamp, utc_now_iso
-from app.ledger.records import RecordDraft
+from app.ledger.records import RecordDraft, settle_balances
 
 T = TypeVar("T")
 
@@ -82,6 +82,9 @@ class AuditTrail:
         self._first = 1
         self._sequence = 0
         self._latest: dict[str, int] = {}
+        # Every account's balance as of the last record: each record carries its parties'
+        # balances right after it (``records.settle_balances``), set as it is sealed.
+        self._balances: dict[str, int] = {}
         self._last_hash = GENESIS_HASH
         self._random = RandomHex()  # the random part of record ids (under _lock)
         self._cache_size = cache_size
@@ -93,8 +96,10 @@ class AuditTrail:
         self._check_lock = threading.Lock()
         self._stopping = threading.Event()  # a closing store: a running check ends early
 
-    def restore(self, restored: Restored, archive: RecordArchive | None) -> None:
-        """Adopt a trail read from disk (before the store is shared)."""
+    def restore(self, restored: Restored, archive: RecordArchive | None, balances: dict[str, int]) -> None:
+        """Adopt a trail read from disk (before the store is shared), and every account's
+        balance as of its last record."""
+        self._balances = balances
         recent = restored.recent or []
         self._records = [tuple(record) for record, _, _ in recent]
         self._parties = [(parties, links) for _, parties, links in recent]
@@ -128,6 +133,7 @@ class AuditTrail:
         with self._lock:
             last_hash, sequence = self._last_hash, self._sequence
             take_random, link_latest = self._random.take, self._link_latest
+            settle_balances(drafts, self._balances)
             for draft in drafts:
                 sequence += 1
                 record, encoding = draft.seal_encoded(
@@ -155,6 +161,7 @@ class AuditTrail:
         record_id = id_stamp("tx_")
         with self._lock:
             sequence = self._sequence + 1
+            settle_balances((draft,), self._balances)
             record, _ = draft.seal_encoded(
                 self._last_hash, sequence, record_id + self._random.take(), created_at
             )
