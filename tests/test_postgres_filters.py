@@ -243,7 +243,7 @@ def test_the_tags_migration_applies_to_a_ledger_written_before_it(postgres_url: 
     with scratch_database(postgres_url) as fresh:
         migrate(fresh, up_to=3)
         ledger_before_tags(fresh)
-        assert migrate(fresh) == ["0004_tags_and_filters.sql"]
+        assert migrate(fresh) == ["0004_tags_and_filters.sql", "0005_balances_and_reversals.sql"]
         store = PostgresStore(fresh, max_connections=TEST_POOL_SIZE, sweep_interval_s=None)
         try:
             assert store.verify().ok
@@ -411,3 +411,31 @@ def test_pages_neither_repeat_nor_skip_a_record_while_new_ones_arrive(store: Pos
     assert shown_all == whole[: len(shown_all)]
     assert len(shown_all) >= 6
     assert newest_first.next_cursor is None
+
+
+def test_the_balances_migration_replays_each_accounts_balance_after_its_older_records(
+    postgres_url: str,
+) -> None:
+    """0005 on a ledger written before it: every party row gets the replayed balance (what a
+    balance at a past point reads); the old records keep no balance of their own (nor their
+    hash), and the records after it carry theirs."""
+    with scratch_database(postgres_url) as fresh:
+        migrate(fresh, up_to=3)
+        ledger_before_tags(fresh)  # alice opens with 100, bob with 0, alice pays bob 30
+        migrate(fresh)
+        with psycopg.connect(fresh) as connection:
+            rows = connection.execute(
+                "SELECT username, sequence, balance_after FROM audit_parties ORDER BY username, sequence"
+            ).fetchall()
+        assert rows == [("alice", 1, 100), ("alice", 3, 70), ("bob", 2, 0), ("bob", 3, 30)]
+        store = PostgresStore(fresh, max_connections=TEST_POOL_SIZE, sweep_interval_s=None)
+        try:
+            old = transactions(store)
+            assert [(record.from_balance_after, record.to_balance_after) for record in old] == [
+                (None, None)
+            ] * 3
+            record = store.transfer("bob", "alice", 5, deadline=patient()).transaction
+            assert (record.from_balance_after, record.to_balance_after) == (25, 75)
+            assert store.verify().ok
+        finally:
+            store.close()
