@@ -91,7 +91,6 @@ DECLARE
     head_sequence bigint;
     head_hash text;
     head_latest_at text;
-    first_sequence bigint;
     sequences bigint[] := '{}';
     previous_hashes text[] := '{}';
     hashes text[] := '{}';
@@ -99,7 +98,6 @@ DECLARE
 BEGIN
     SELECT c.sequence, c.hash, c.latest_at INTO head_sequence, head_hash, head_latest_at
     FROM chain_head AS c FOR NO KEY UPDATE;
-    first_sequence := head_sequence + 1;
     FOR position IN 1 .. coalesce(array_length(record_ids, 1), 0) LOOP
         IF record_created_at[position] < head_latest_at THEN
             latests := array_append(latests, head_latest_at);
@@ -124,12 +122,16 @@ BEGIN
         record_statuses, record_reasons, record_created_at, record_references, record_metadata,
         latests, previous_hashes, hashes
     );
+    -- Joined by position, not record_types[p.position] and the like: the first few calls of
+    -- a session plan with the arrays as constants, where finding an element of a text
+    -- array walks the elements before it (a batch's party rows took seconds).
     INSERT INTO audit_parties (username, sequence, type, status, amount, created_at, counterparty)
-    SELECT p.name, first_sequence + p.position - 1, record_types[p.position], record_statuses[p.position],
-        record_amounts[p.position], record_created_at[p.position],
-        CASE WHEN record_sources[p.position] = p.name THEN record_targets[p.position]
-             ELSE record_sources[p.position] END
-    FROM unnest(party_names, party_records) AS p(name, position);
+    SELECT p.name, r.sequence, r.type, r.status, r.amount, r.created_at,
+        CASE WHEN r.source = p.name THEN r.target ELSE r.source END
+    FROM unnest(party_names, party_records) AS p(name, position)
+    JOIN unnest(sequences, record_types, record_statuses, record_amounts, record_created_at, record_sources,
+        record_targets) WITH ORDINALITY AS r(sequence, type, status, amount, created_at, source, target, position)
+        ON r.position = p.position;
     UPDATE chain_head SET sequence = head_sequence, hash = head_hash, latest_at = head_latest_at;
     RETURN QUERY SELECT * FROM unnest(sequences, previous_hashes, hashes);
 END
