@@ -164,7 +164,9 @@ def migration_cost(url: str) -> None:
         rows = connection.execute("SELECT count(*) FROM audit").fetchone()
         print(f"{rows[0] if rows else 0:,} records")
         for statement in statements:
-            name = statement.split("\n")[-1][:70] if "UPDATE" not in statement else "backfill audit_parties"
+            name = statement.split("\n")[-1][:70]
+            if "UPDATE" in statement:
+                name = "backfill " + statement.split("UPDATE ")[1].split(" ")[0]
             if "CREATE INDEX" in statement:
                 index = statement.split("CREATE INDEX ")[1].split(" ")[0]
                 connection.execute(f"DROP INDEX {index}")
