@@ -30,7 +30,8 @@ WHERE replayed.username = p.username AND replayed.sequence = p.sequence;
 
 CREATE INDEX audit_reversals ON audit (reverses) WHERE reverses IS NOT NULL;
 
--- goledger_append as in 0004, with each record's balances after it and the id it reverses.
+-- goledger_append as in 0004, with each record's balances after it and the id it reverses
+-- (and each party row's balance after it).
 DROP FUNCTION goledger_append(
     text[], text[], text[], text[], bigint[], text[], text[], text[], text[], jsonb[], bytea[], text[], integer[]
 );
@@ -57,14 +58,21 @@ LANGUAGE plpgsql AS $$
 DECLARE
     head_sequence bigint;
     head_hash text;
-    first_sequence bigint;
+    head_latest_at text;
     sequences bigint[] := '{}';
     previous_hashes text[] := '{}';
     hashes text[] := '{}';
+    latests text[] := '{}';
 BEGIN
-    SELECT c.sequence, c.hash INTO head_sequence, head_hash FROM chain_head AS c FOR NO KEY UPDATE;
-    first_sequence := head_sequence + 1;
+    SELECT c.sequence, c.hash, c.latest_at INTO head_sequence, head_hash, head_latest_at
+    FROM chain_head AS c FOR NO KEY UPDATE;
     FOR position IN 1 .. coalesce(array_length(record_ids, 1), 0) LOOP
+        IF record_created_at[position] < head_latest_at THEN
+            latests := array_append(latests, head_latest_at);
+        ELSE
+            latests := array_append(latests, NULL::text);
+            head_latest_at := record_created_at[position];
+        END IF;
         head_sequence := head_sequence + 1;
         sequences := sequences || head_sequence;
         previous_hashes := previous_hashes || head_hash;
@@ -75,22 +83,24 @@ BEGIN
     END LOOP;
     INSERT INTO audit (
         sequence, id, type, source, target, amount, status, reason, created_at, reference, metadata,
-        from_balance_after, to_balance_after, reverses, previous_hash, hash
+        from_balance_after, to_balance_after, reverses, latest_at, previous_hash, hash
     )
     SELECT * FROM unnest(
         sequences, record_ids, record_types, record_sources, record_targets, record_amounts,
         record_statuses, record_reasons, record_created_at, record_references, record_metadata,
-        record_from_balances, record_to_balances, record_reverses, previous_hashes, hashes
+        record_from_balances, record_to_balances, record_reverses, latests, previous_hashes, hashes
     );
+    -- Joined by position, not record_types[p.position] and the like (see 0004).
     INSERT INTO audit_parties (username, sequence, type, status, amount, created_at, counterparty, balance_after)
-    SELECT p.name, first_sequence + p.position - 1, record_types[p.position], record_statuses[p.position],
-        record_amounts[p.position], record_created_at[p.position],
-        CASE WHEN record_sources[p.position] = p.name THEN record_targets[p.position]
-             ELSE record_sources[p.position] END,
-        CASE WHEN record_sources[p.position] = p.name THEN record_from_balances[p.position]
-             ELSE record_to_balances[p.position] END
-    FROM unnest(party_names, party_records) AS p(name, position);
-    UPDATE chain_head SET sequence = head_sequence, hash = head_hash;
+    SELECT p.name, r.sequence, r.type, r.status, r.amount, r.created_at,
+        CASE WHEN r.source = p.name THEN r.target ELSE r.source END,
+        CASE WHEN r.source = p.name THEN r.from_balance ELSE r.to_balance END
+    FROM unnest(party_names, party_records) AS p(name, position)
+    JOIN unnest(sequences, record_types, record_statuses, record_amounts, record_created_at, record_sources,
+        record_targets, record_from_balances, record_to_balances) WITH ORDINALITY
+        AS r(sequence, type, status, amount, created_at, source, target, from_balance, to_balance, position)
+        ON r.position = p.position;
+    UPDATE chain_head SET sequence = head_sequence, hash = head_hash, latest_at = head_latest_at;
     RETURN QUERY SELECT * FROM unnest(sequences, previous_hashes, hashes);
 END
 $$;
