@@ -57,7 +57,7 @@ class MemoryParts:
 
 
 #: The columns of ``audit`` that ``PostgresDriver.tamper`` may rewrite.
-_RECORD_COLUMNS = {"amount", "target", "status", "created_at", "hash"}
+_RECORD_COLUMNS = {"amount", "target", "status", "created_at", "hash", "from_balance_after"}
 
 
 class StoreDriver(ABC):

@@ -9,7 +9,7 @@ in a store. ``tests/conftest.py`` builds its fixtures from these.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
@@ -29,7 +29,7 @@ TEST_POOL_SIZE = 8
 _RESET = (
     "DELETE FROM audit_parties; DELETE FROM audit; DELETE FROM holds; DELETE FROM idempotency_keys; "
     "DELETE FROM accounts; DELETE FROM checkpoints; "
-    "UPDATE chain_head SET sequence = 0, hash = repeat('0', 64)"
+    "UPDATE chain_head SET sequence = 0, hash = repeat('0', 64), latest_at = ''"
 )
 
 
@@ -65,17 +65,19 @@ _APPEND_BEFORE_TAGS = (
 )
 
 
-def ledger_before_tags(url: str) -> None:
+def ledger_before_tags(url: str, stamps: Sequence[str] | None = None) -> None:
     """Alice opened with 100, Bob with 0, and a transfer of 30 from Alice to Bob (sequences
     1 to 3), written as a worker of the schema before tags (migrated up to 3 at most) did:
-    through that schema's ``goledger_append``."""
+    through that schema's ``goledger_append``; stamped ``stamps`` (one each; default: now)."""
     drafts = [
         success(OperationType.OPEN, None, "alice", 100),
         success(OperationType.OPEN, None, "bob", 0),
         success(OperationType.TRANSFER, "alice", "bob", 30),
     ]
     ids = [new_id("tx_") for _ in drafts]
-    created_at = utc_now_iso()
+    created_at = [utc_now_iso()] * len(drafts) if stamps is None else list(stamps)
+    if len(created_at) != len(drafts):
+        raise ValueError(f"one stamp per record: {len(drafts)}, not {len(created_at)}")
     with psycopg.connect(url) as connection:
         connection.execute(
             "INSERT INTO accounts (username, token_digest, balance, version) "
@@ -92,8 +94,11 @@ def ledger_before_tags(url: str) -> None:
                 [draft.amount for draft in drafts],
                 ["SUCCESS"] * len(drafts),
                 [None] * len(drafts),
-                [created_at] * len(drafts),
-                [draft.tail(record_id, created_at) for record_id, draft in zip(ids, drafts, strict=True)],
+                created_at,
+                [
+                    draft.tail(record_id, stamp)
+                    for record_id, draft, stamp in zip(ids, drafts, created_at, strict=True)
+                ],
                 ["alice", "bob", "alice", "bob"],
                 [1, 2, 3, 3],
             ),

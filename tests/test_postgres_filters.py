@@ -2,12 +2,17 @@
 migration 0004 (on a ledger written before it), tags written and read back through
 every path (records, holds and what settles them, batch items, failed records,
 idempotent replays), verification of tagged records, and every combination of
-filters held to ``RecordFilter.matches`` over all records, paged to the end.
+filters held to ``RecordFilter.matches`` over all records, paged to the end, on a
+ledger whose records are stamped out of order (``created_at`` going back now and then,
+as when a record stamped earlier takes the chain head after one stamped later).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from unittest import mock
 
 import psycopg
 import pytest
@@ -87,6 +92,28 @@ def execute(store: PostgresStore, statement: str, parameters: tuple[object, ...]
     """Change the database behind the store's back, as an attacker with access to it would."""
     with psycopg.connect(store.url, autocommit=True) as connection:
         connection.execute(statement.encode(), parameters)
+
+
+def stamp(second: float) -> str:
+    """A record's ``created_at`` ``second`` seconds after the fake clock's start."""
+    return datetime.fromtimestamp(FakeClock()() + second, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@contextmanager
+def stamped_by(seconds: list[float]) -> Iterator[None]:
+    """Records appended meanwhile are stamped ``stamp(second)`` for each second in turn."""
+    turn = iter(seconds)
+    with mock.patch("app.ledger.postgres.unit.utc_now_iso", side_effect=lambda: stamp(next(turn))):
+        yield
+
+
+def late_records(store: PostgresStore) -> list[tuple[int, str]]:
+    """The late records' sequences and the newest ``created_at`` before each."""
+    with psycopg.connect(store.url, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT sequence, latest_at FROM audit WHERE latest_at IS NOT NULL ORDER BY sequence"
+        ).fetchall()
+    return [(row[0], row[1]) for row in rows]
 
 
 # -- tags written and read back ---------------------------------------------------------------
@@ -243,7 +270,7 @@ def test_the_tags_migration_applies_to_a_ledger_written_before_it(postgres_url: 
     with scratch_database(postgres_url) as fresh:
         migrate(fresh, up_to=3)
         ledger_before_tags(fresh)
-        assert migrate(fresh) == ["0004_tags_and_filters.sql"]
+        assert migrate(fresh) == ["0004_tags_and_filters.sql", "0005_balances_and_reversals.sql"]
         store = PostgresStore(fresh, max_connections=TEST_POOL_SIZE, sweep_interval_s=None)
         try:
             assert store.verify().ok
@@ -262,6 +289,51 @@ def test_the_tags_migration_applies_to_a_ledger_written_before_it(postgres_url: 
             store.close()
 
 
+def test_the_migration_flags_records_stamped_out_of_order_and_time_filters_find_them(
+    postgres_url: str,
+) -> None:
+    stamps = [stamp(10), stamp(5), stamp(10)]  # the second older than the first: late
+    with scratch_database(postgres_url) as fresh:
+        migrate(fresh, up_to=3)
+        ledger_before_tags(fresh, stamps)
+        migrate(fresh)
+        store = PostgresStore(fresh, max_connections=TEST_POOL_SIZE, sweep_interval_s=None)
+        try:
+            assert late_records(store) == [(2, stamp(10))]
+            # Written after it: the running maximum (10 s) came through the migration.
+            with stamped_by([7, 12, 11]):
+                for _ in range(3):
+                    store.deposit("bob", 1, deadline=patient())
+            assert late_records(store) == [(2, stamp(10)), (4, stamp(10)), (6, stamp(12))]
+            whole = transactions(store)
+            assert [record.created_at for record in whole] == [*stamps, stamp(7), stamp(12), stamp(11)]
+            for second in range(4, 14):
+                for where in (
+                    RecordFilter(created_after=stamp(second)),
+                    RecordFilter(created_before=stamp(second)),
+                ):
+                    assert transactions(store, where, limit=2) == [r for r in whole if where.matches(r)]
+                    for name in ("alice", "bob"):
+                        expected = [r for r in history(store, name) if where.matches(r, name)]
+                        assert history(store, name, where, limit=2) == expected
+            assert store.verify().ok
+        finally:
+            store.close()
+
+
+def test_a_record_stamped_as_the_newest_before_it_is_not_late(store: PostgresStore) -> None:
+    open_account(store, "alice", 0)
+    with stamped_by([20, 20, 19, 20, 21]):
+        for _ in range(5):
+            store.deposit("alice", 1, deadline=patient())
+    # Sequence 1 is the opening, stamped now (far before 2030): every deposit is later.
+    assert late_records(store) == [(4, stamp(20))]
+    whole = transactions(store)
+    for where in (RecordFilter(created_after=stamp(19)), RecordFilter(created_before=stamp(20))):
+        assert transactions(store, where) == [r for r in whole if where.matches(r)]
+        assert history(store, "alice", where) == [r for r in reversed(whole) if where.matches(r, "alice")]
+
+
 # -- every filter against its definition --------------------------------------------------------
 
 ACCOUNTS = ("alice", "bob", "carol", "dave")
@@ -278,51 +350,65 @@ def _tag_for(step: int) -> Tag | None:
     return Tag(reference, metadata_text(metadata))
 
 
+def _second_of_step(step: int) -> int:
+    """When the filtered ledger's ``step``-th operation is stamped: 3 s a step, now and then
+    back before the newest stamp so far (late records), or back to exactly it (a tie)."""
+    return 3 * step - (8 if step % 7 == 3 else 0) - (3 if step % 11 == 5 else 0)
+
+
 @pytest.fixture(scope="module")
 def filtered_ledger(postgres_url: str) -> Iterator[PostgresStore]:
-    """A ledger of every record type and status, some tagged, on a database of its own (the
-    hypothesis tests below read it many times and never change it)."""
+    """A ledger of every record type and status, some tagged, some stamped out of order, on a
+    database of its own (the hypothesis tests below read it many times and never change it)."""
     clock = FakeClock()
     with scratch_database(postgres_url) as fresh:
         store = PostgresStore(fresh, max_connections=TEST_POOL_SIZE, clock=clock, sweep_interval_s=None)
-        for name in ACCOUNTS:
-            open_account(store, name, 50)
-        refusals: list[LedgerError] = []
-        for step in range(60):
-            caller, other = ACCOUNTS[step % 4], ACCOUNTS[(step * 7 + 1) % 4]
-            amount = 1 + (step * 13) % 40
-            kind = step % 6
-            try:
-                if kind == 0:
-                    store.deposit(caller, amount, deadline=patient(), tag=_tag_for(step))
-                elif kind == 1:
-                    store.withdraw(caller, amount, deadline=patient(), tag=_tag_for(step))
-                elif kind in (2, 3):
-                    store.transfer(caller, other, amount, deadline=patient(), tag=_tag_for(step))
-                elif kind == 4:
-                    hold = store.create_hold(
-                        caller, other, amount, timeout_s=10, deadline=patient(), tag=_tag_for(step)
-                    )
-                    if (step // 6) % 3 == 0:
-                        store.capture_hold(other, hold.hold.id, None, deadline=patient())
-                    elif (step // 6) % 3 == 1:
-                        store.void_hold(caller, hold.hold.id, deadline=patient())
-                else:
-                    items = [
-                        BatchItem(OperationType.TRANSFER, amount, other, _tag_for(step + 1)),
-                        BatchItem(OperationType.WITHDRAWAL, amount * 3, None, _tag_for(step + 2)),
-                    ]
-                    store.batch(caller, items, atomic=False, deadline=patient())
-            except LedgerError as error:
-                refusals.append(error)
-            clock.advance(3)
-        store.sweep_expired(deadline=patient())
-        # Every refusal left its FAILED record.
-        assert all(refusal.transaction is not None for refusal in refusals), refusals
+        now = [0]
+        with mock.patch("app.ledger.postgres.unit.utc_now_iso", side_effect=lambda: stamp(now[0])):
+            _fill(store, clock, now)
         try:
             yield store
         finally:
             store.close()
+
+
+def _fill(store: PostgresStore, clock: FakeClock, now: list[int]) -> None:
+    """Every kind of record, each step stamped ``_second_of_step`` (through ``now``)."""
+    for name in ACCOUNTS:
+        open_account(store, name, 50)
+    refusals: list[LedgerError] = []
+    for step in range(60):
+        now[0] = _second_of_step(step)
+        caller, other = ACCOUNTS[step % 4], ACCOUNTS[(step * 7 + 1) % 4]
+        amount = 1 + (step * 13) % 40
+        kind = step % 6
+        try:
+            if kind == 0:
+                store.deposit(caller, amount, deadline=patient(), tag=_tag_for(step))
+            elif kind == 1:
+                store.withdraw(caller, amount, deadline=patient(), tag=_tag_for(step))
+            elif kind in (2, 3):
+                store.transfer(caller, other, amount, deadline=patient(), tag=_tag_for(step))
+            elif kind == 4:
+                hold = store.create_hold(
+                    caller, other, amount, timeout_s=10, deadline=patient(), tag=_tag_for(step)
+                )
+                if (step // 6) % 3 == 0:
+                    store.capture_hold(other, hold.hold.id, None, deadline=patient())
+                elif (step // 6) % 3 == 1:
+                    store.void_hold(caller, hold.hold.id, deadline=patient())
+            else:
+                items = [
+                    BatchItem(OperationType.TRANSFER, amount, other, _tag_for(step + 1)),
+                    BatchItem(OperationType.WITHDRAWAL, amount * 3, None, _tag_for(step + 2)),
+                ]
+                store.batch(caller, items, atomic=False, deadline=patient())
+        except LedgerError as error:
+            refusals.append(error)
+        clock.advance(3)
+    store.sweep_expired(deadline=patient())
+    # Every refusal left its FAILED record.
+    assert all(refusal.transaction is not None for refusal in refusals), refusals
 
 
 def _filters(records: list[Transaction]) -> st.SearchStrategy[RecordFilter]:
@@ -384,6 +470,10 @@ def test_the_filtered_ledger_has_every_kind_of_record(filtered_ledger: PostgresS
     assert {r.status for r in whole} == {"SUCCESS", "FAILED"}
     assert {r.reference for r in whole} == {None, *REFERENCES}
     assert {r.metadata for r in whole} == {None, *(metadata_text(m) for m in METADATA)}
+    stamps = [r.created_at for r in whole]
+    newest_before = [max(stamps[:position], default="") for position in range(len(stamps))]
+    assert any(s < newest for s, newest in zip(stamps, newest_before, strict=True))  # late
+    assert any(s == newest for s, newest in zip(stamps, newest_before, strict=True))  # a tie
 
 
 def test_pages_neither_repeat_nor_skip_a_record_while_new_ones_arrive(store: PostgresStore) -> None:
@@ -411,3 +501,31 @@ def test_pages_neither_repeat_nor_skip_a_record_while_new_ones_arrive(store: Pos
     assert shown_all == whole[: len(shown_all)]
     assert len(shown_all) >= 6
     assert newest_first.next_cursor is None
+
+
+def test_the_balances_migration_replays_each_accounts_balance_after_its_older_records(
+    postgres_url: str,
+) -> None:
+    """0005 on a ledger written before it: every party row gets the replayed balance (what a
+    balance at a past point reads); the old records keep no balance of their own (nor their
+    hash), and the records after it carry theirs."""
+    with scratch_database(postgres_url) as fresh:
+        migrate(fresh, up_to=3)
+        ledger_before_tags(fresh)  # alice opens with 100, bob with 0, alice pays bob 30
+        migrate(fresh)
+        with psycopg.connect(fresh) as connection:
+            rows = connection.execute(
+                "SELECT username, sequence, balance_after FROM audit_parties ORDER BY username, sequence"
+            ).fetchall()
+        assert rows == [("alice", 1, 100), ("alice", 3, 70), ("bob", 2, 0), ("bob", 3, 30)]
+        store = PostgresStore(fresh, max_connections=TEST_POOL_SIZE, sweep_interval_s=None)
+        try:
+            old = transactions(store)
+            assert [(record.from_balance_after, record.to_balance_after) for record in old] == [
+                (None, None)
+            ] * 3
+            record = store.transfer("bob", "alice", 5, deadline=patient()).transaction
+            assert (record.from_balance_after, record.to_balance_after) == (25, 75)
+            assert store.verify().ok
+        finally:
+            store.close()

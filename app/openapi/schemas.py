@@ -148,6 +148,7 @@ _TRANSACTION_EXAMPLE = {
     "metadata": {"campaign": "spring"},
     "reverses": None,
     "reversed_amount": 0,
+    "balance_after": 9900,
 }
 
 _HOLD_EXAMPLE = {
@@ -164,7 +165,24 @@ _HOLD_EXAMPLE = {
 }
 
 
-def _transaction() -> Schema:
+def _transaction(*, operator: bool = False) -> Schema:
+    """A record as a user sees it (with their ``balance_after``), or as the operator does
+    (with both parties' balances)."""
+    balance = nullable({"type": "integer", "minimum": 0})
+    balances: dict[str, Schema] = (
+        {
+            "from_balance_after": balance | {"description": "The payer's balance right after the record."},
+            "to_balance_after": balance | {"description": "The payee's balance right after the record."},
+        }
+        if operator
+        else {
+            "balance_after": balance
+            | {"description": "The balance of the account whose history this is, right after the record."}
+        }
+    )
+    example = dict(_TRANSACTION_EXAMPLE)
+    if operator:
+        example["from_balance_after"], example["to_balance_after"] = example.pop("balance_after"), 10100
     return {
         **_object(
             {
@@ -197,11 +215,14 @@ def _transaction() -> Schema:
                     "description": "How much of this transaction has been reversed so far (as of this "
                     "answer); 0 for a record never reversed, or of a type that cannot be.",
                 },
+                **balances,
             }
         ),
         "description": "One audit record: a money operation that reached the ledger, succeeded or failed. A "
-        "hold's capture, void and expire records carry the hold's reference and metadata.",
-        "examples": [_TRANSACTION_EXAMPLE],
+        "hold's capture, void and expire records carry the hold's reference and metadata. Balances are null "
+        "on records written before records carried them, for a name that is no account, and (PostgreSQL) on "
+        "the record of an operation that timed out before it held its accounts.",
+        "examples": [example],
     }
 
 
@@ -412,7 +433,7 @@ def _answers() -> dict[str, Schema]:
         "TransactionPage": {
             **_object(
                 {
-                    "transactions": {"type": "array", "items": ref("Transaction")},
+                    "transactions": {"type": "array", "items": ref("OperatorTransaction")},
                     "next_cursor": ref("NextCursor"),
                 }
             ),
@@ -592,9 +613,10 @@ def schemas() -> dict[str, Schema]:
         "NextCursor": {**nullable(ref("Cursor")), "description": "null on the last page."},
         "Error": _error_object(),
         "Transaction": _transaction(),
+        "OperatorTransaction": _transaction(operator=True),
         "AuditRecord": {
             "allOf": [
-                ref("Transaction"),
+                ref("OperatorTransaction"),
                 {
                     "type": "object",
                     "properties": {"previous_hash": _HASH, "hash": _HASH},

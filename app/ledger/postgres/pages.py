@@ -7,6 +7,22 @@ carry copies of the filtered columns as that account sees them (``counterparty``
 the other party), so that each filter has an index in sequence order within the
 account; the tags (reference, metadata) are read from ``audit``'s own indexes.
 
+Times: ``created_at`` is stamped before a record takes its sequence, so it only nearly
+grows with the sequence, and no index gives records in sequence order by time. A
+record older than some record before it is *late*, and ``goledger_append`` notes in
+its ``latest_at`` the newest ``created_at`` before it (from ``chain_head``). The other
+records are in time order, so a bound falls at one place among them, found in a few
+index pages (``audit_in_time_order``): every record (late or not) before the first of
+them not before ``created_before`` is older than it (the newest before it is one of
+them), and no record up to the last of them not after ``created_after`` is newer. So
+``created_after`` is a range of sequences and a check of each record's own time,
+which fails only for the late records the bound falls between (few: a record is late
+by about as long as it waited for the chain head); ``created_before`` is a range of
+sequences, plus the late records after it that are still older, which the bound falls
+between too: a second query, on ``audit_late`` (a GiST index of the late records'
+``(created_at, latest_at]``), merged. The places are subqueries of the statement, so
+they are found on the page's snapshot.
+
 Pages ask for ``limit + 1`` rows (the extra one says whether there is a next page),
 and continue from the last sequence shown. A record's sequence is taken under the
 chain head's lock, held until its transaction commits, so records become visible in
@@ -30,24 +46,21 @@ _HISTORY = (
     f"SELECT {sql.RECORD} FROM audit_parties p JOIN audit a ON a.sequence = p.sequence "  # noqa: S608
     "WHERE p.username = %s AND p.sequence < %s"
 )
-#: The same when every condition is on the account's own rows: the page's sequences are
-#: found first, then only their records read. (Joined, the planner likes a merge join that
-#: walks the whole trail back to the account's matching rows, however far back they are.)
-_HISTORY_ROWS = (
-    f"SELECT {sql.RECORD} FROM audit a WHERE a.sequence IN ("  # noqa: S608
-    "SELECT p.sequence FROM audit_parties p WHERE p.username = %s AND p.sequence < %s"
-)
+#: The sequences of one when every condition is on the account's own rows: they are found
+#: first, then only their records read. (Joined, the planner likes a merge join that walks
+#: the whole trail back to the account's matching rows, however far back they are.)
+_HISTORY_SEQUENCES = "SELECT p.sequence FROM audit_parties p WHERE p.username = %s AND p.sequence < %s"
+_RECORDS_OF = f"SELECT {sql.RECORD} FROM audit a WHERE a.sequence IN ("  # noqa: S608
 #: Every account's records, oldest first (parameter: after).
 _TRANSACTIONS = f"SELECT {sql.RECORD} FROM audit a WHERE a.sequence > %s"  # noqa: S608
 
 #: Conditions on the columns of a record as its account's history sees them (alias ``p``)
-#: and as the audit trail keeps it (alias ``a``); each takes one parameter.
+#: and as the audit trail keeps it (alias ``a``); each takes one parameter. (The times are
+#: ``_time_branches``'.)
 _HISTORY_CONDITIONS = {
     "types": "p.type = ANY(%s)",
     "status": "p.status = %s",
     "counterparty": "p.counterparty = %s",
-    "created_after": "p.created_at > %s",
-    "created_before": "p.created_at < %s",
     "min_amount": "p.amount >= %s",
     "max_amount": "p.amount <= %s",
     "reference": "a.reference = %s",
@@ -58,7 +71,7 @@ _TRANSACTIONS_CONDITIONS = {
     if field != "counterparty"
 }
 #: The admin's counterparty: either party (the second branch leaves out what the first shows).
-_EITHER_PARTY = ("a.source = %s", "a.target = %s AND a.source IS DISTINCT FROM %s")
+_EITHER_PARTY = (("a.source = %s", 1), ("a.target = %s AND a.source IS DISTINCT FROM %s", 2))
 #: A metadata pair: a containment the GIN index answers, twice when the value's text is
 #: also an integer's (an integer value matches its decimal text).
 _METADATA = "a.metadata @> %s"
@@ -66,34 +79,98 @@ _METADATA_OR_INTEGER = "(a.metadata @> %s OR a.metadata @> %s)"
 #: What an integer's decimal text may look like (64 bits at most: metadata's integers).
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 
+#: Among the records in time order (not late): the last one not after a time (0: none),
+#: and the first one not before a time (past every sequence: none).
+_LAST_NOT_AFTER = (
+    "coalesce((SELECT t.sequence FROM audit t WHERE t.latest_at IS NULL AND t.created_at <= %s "
+    "ORDER BY t.created_at DESC, t.sequence DESC LIMIT 1), 0)"
+)
+_FIRST_NOT_BEFORE = (
+    "coalesce((SELECT t.sequence FROM audit t WHERE t.latest_at IS NULL AND t.created_at >= %s "
+    "ORDER BY t.created_at, t.sequence LIMIT 1), 9223372036854775807)"
+)
+#: The late records older than a time that the newest before them is not: the ones that
+#: come after the first record in time order not before it (``audit_late``'s expression).
+_STRADDLING = (
+    "SELECT t.sequence FROM audit t WHERE t.latest_at IS NOT NULL "
+    "AND goledger_time_range(t.created_at, t.latest_at, '(]') @> %s::text"
+)
+
+#: Conditions joined by ``AND`` and their parameters, in the order of their placeholders.
+_Branch = tuple[list[str], list[object]]
+
 
 def history(runner: Runner, username: str, before: int, limit: int, where: RecordFilter) -> list[Transaction]:
     """Up to ``limit`` of ``username``'s records older than sequence ``before`` passing ``where``,
     newest first."""
     conditions, parameters = _conditions(where, _HISTORY_CONDITIONS)
     newest_first = " ORDER BY p.sequence DESC LIMIT %s"
-    if any("a." in condition for condition in conditions):
-        query = " AND ".join([_HISTORY, *conditions]) + newest_first
-    else:
-        query = " AND ".join([_HISTORY_ROWS, *conditions]) + newest_first + ") ORDER BY a.sequence DESC"
-    return _read(runner, query, [username, before, *parameters, limit])
+    joined = any("a." in condition for condition in conditions)
+    selects = [
+        (
+            " AND ".join([_HISTORY if joined else _HISTORY_SEQUENCES, *conditions, *times]) + newest_first,
+            [username, before, *parameters, *time_parameters, limit],
+        )
+        for times, time_parameters in _time_branches(where, "p")
+    ]
+    if joined:
+        return _read(runner, *_merged(selects, " ORDER BY sequence DESC LIMIT %s", limit))
+    query = _RECORDS_OF + " UNION ALL ".join(f"({text})" for text, _ in selects)
+    query += ") ORDER BY a.sequence DESC LIMIT %s"
+    return _read(runner, query, [*(value for _, values in selects for value in values), limit])
 
 
 def transactions(runner: Runner, after: int, limit: int, where: RecordFilter) -> list[Transaction]:
     """Up to ``limit`` records of every account after sequence ``after`` passing ``where``, oldest first."""
     conditions, parameters = _conditions(where, _TRANSACTIONS_CONDITIONS)
-    oldest_first = " ORDER BY a.sequence LIMIT %s"
-    if where.counterparty is None:
-        query = " AND ".join([_TRANSACTIONS, *conditions]) + oldest_first
-        return _read(runner, query, [after, *parameters, limit])
-    # Either party: each party's index in sequence order, merged (an OR of the two would
-    # make the planner walk the whole trail for a name it guesses is common).
-    branches = [" AND ".join([_TRANSACTIONS, party, *conditions]) for party in _EITHER_PARTY]
-    merged = " ORDER BY sequence LIMIT %s"
-    query = f"({branches[0]}{oldest_first}) UNION ALL ({branches[1]}{oldest_first}){merged}"
-    name = where.counterparty
-    first, second = [after, name, *parameters, limit], [after, name, name, *parameters, limit]
-    return _read(runner, query, [*first, *second, limit])
+    # The admin's counterparty is either party: each party's index in sequence order, merged
+    # (an OR of the two would make the planner walk the whole trail for a name it guesses
+    # is common).
+    parties: list[_Branch] = [([], [])]
+    if where.counterparty is not None:
+        parties = [([party], [where.counterparty] * count) for party, count in _EITHER_PARTY]
+    selects = [
+        (
+            " AND ".join([_TRANSACTIONS, *party, *conditions, *times]) + " ORDER BY a.sequence LIMIT %s",
+            [after, *party_parameters, *parameters, *time_parameters, limit],
+        )
+        for party, party_parameters in parties
+        for times, time_parameters in _time_branches(where, "a")
+    ]
+    return _read(runner, *_merged(selects, " ORDER BY sequence LIMIT %s", limit))
+
+
+def _time_branches(where: RecordFilter, alias: str) -> list[_Branch]:
+    """The records within the sequences the bounds give (each checked against ``created_after``),
+    and, with ``created_before``, the late records after them that are older still (one
+    branch, with no condition, without a time filter)."""
+    after, before = where.created_after, where.created_before
+    in_order: _Branch = ([], [])
+    if after is not None:
+        # Past the bound only a late record may be older. Said so on the trail (where a record
+        # says whether it is late), the planner does not take the check for a rare match and
+        # walk the whole trail rather than the sequences from the bound on.
+        newer = "(a.latest_at IS NULL OR a.created_at > %s)" if alias == "a" else f"{alias}.created_at > %s"
+        in_order[0].extend([f"{alias}.sequence > {_LAST_NOT_AFTER}", newer])
+        in_order[1].extend([after, after])
+    if before is None:
+        return [in_order]
+    in_order[0].append(f"{alias}.sequence < {_FIRST_NOT_BEFORE}")
+    in_order[1].append(before)
+    # An array, found first: joined, the planner walks the trail in order to meet them.
+    straddling: _Branch = ([f"{alias}.sequence = ANY(ARRAY({_STRADDLING}))"], [before])
+    if after is not None:
+        straddling[0].append(f"{alias}.created_at > %s")
+        straddling[1].append(after)
+    return [in_order, straddling]
+
+
+def _merged(selects: list[tuple[str, list[object]]], order: str, limit: int) -> tuple[str, list[object]]:
+    """One query of several (each ordered and limited), merged in ``order`` (one: as it is)."""
+    if len(selects) == 1:
+        return selects[0]
+    query = " UNION ALL ".join(f"({text})" for text, _ in selects) + order
+    return query, [*(value for _, values in selects for value in values), limit]
 
 
 def _read(runner: Runner, query: str, parameters: Sequence[object]) -> list[Transaction]:
@@ -111,8 +188,6 @@ def _conditions(where: RecordFilter, fragments: dict[str, str]) -> tuple[list[st
         "types": None if where.types is None else sorted(where.types),
         "status": where.status,
         "counterparty": where.counterparty,
-        "created_after": where.created_after,
-        "created_before": where.created_before,
         "min_amount": where.min_amount,
         "max_amount": where.max_amount,
         "reference": where.reference,

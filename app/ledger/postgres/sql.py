@@ -21,7 +21,7 @@ from app.ledger.records import make_tag, metadata_text
 #: The columns of an audit record (table ``audit``, aliased ``a``), in ``record``'s order.
 RECORD = (
     "a.id, a.sequence, a.type, a.source, a.target, a.amount, a.status, a.reason, a.created_at, "
-    "a.previous_hash, a.hash, a.reference, a.metadata"
+    "a.previous_hash, a.hash, a.reference, a.metadata, a.from_balance_after, a.to_balance_after, a.reverses"
 )
 #: The columns of a hold, in ``hold``'s order.
 HOLD = "id, source, target, amount, captured, status, expires_at_s, created_at, reference, metadata"
@@ -47,10 +47,10 @@ CHECKPOINT = "sequence, chain_head, balances_digest, created_at"
 def record(row: TupleRow) -> Transaction:
     """An audit record from a row of ``RECORD``'s columns."""
     (record_id, sequence, kind, source, target, amount, status, reason, created_at, previous, digest,
-     reference, metadata) = row  # fmt: skip
+     reference, metadata, from_balance, to_balance, reverses) = row  # fmt: skip
     return Transaction(
         record_id, sequence, OperationType(kind).value, source, target, amount, Status(status).value, reason,
-        created_at, previous, digest, reference, _canonical(metadata),
+        created_at, previous, digest, reference, _canonical(metadata), from_balance, to_balance, reverses,
     )  # fmt: skip
 
 

@@ -42,7 +42,7 @@ from app.ledger.model import (
     utc_now_iso,
 )
 from app.ledger.postgres import sql
-from app.ledger.records import RecordDraft, success
+from app.ledger.records import RecordDraft, settle_balances, success
 
 _log = logging.getLogger("goledger.postgres")
 
@@ -75,8 +75,8 @@ _SETTLE_HOLDS = (
 )
 _APPEND = (
     "SELECT * FROM goledger_append(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
-    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]::jsonb[], %s::bytea[], %s::text[], "
-    "%s::integer[])"
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]::jsonb[], %s::bigint[], %s::bigint[], "
+    "%s::text[], %s::bytea[], %s::text[], %s::integer[])"
 )
 
 
@@ -242,6 +242,7 @@ class Unit:
         chained too, first).
         """
         self.records.extend(drafts)
+        self._settle_balances()
         created_at = utc_now_iso()
         numbered = [(new_id("tx_"), draft) for draft in self.records]
         statements = [*self._changes(), (_APPEND, _append_parameters(numbered, created_at))]
@@ -280,6 +281,20 @@ class Unit:
         self.new_holds = []
         self.settled = {}
         return records[len(records) - len(drafts) :]
+
+    def _settle_balances(self) -> None:
+        """Give each pending record its parties' balances right after it, from the balances
+        this transaction locked (as of its last append) and what each record moves; they
+        must come out at the accounts' balances now (a record that moves money it does not
+        say it moves is a bug, refused here rather than hashed into the trail)."""
+        balances = {name: original[0] for name, original in self._original.items()}
+        settle_balances(self.records, balances)
+        for name, account in self.accounts.items():
+            if balances.get(name, account.balance) != account.balance:
+                raise StoreInvariantBroken(
+                    f"the records of this transaction leave {name} at {balances[name]}, the account at "
+                    f"{account.balance}"
+                )
 
     def _changes(self) -> list[Statement]:
         """The writes of changed accounts, new holds and settled holds."""
@@ -369,6 +384,9 @@ def _append_parameters(numbered: Sequence[tuple[str, RecordDraft]], created_at: 
         [created_at] * len(drafts),
         [reference for reference, _ in tags],
         [metadata for _, metadata in tags],
+        [None if draft.balances is None else draft.balances[0] for draft in drafts],
+        [None if draft.balances is None else draft.balances[1] for draft in drafts],
+        [draft.reverses for draft in drafts],
         [draft.tail(record_id, created_at) for record_id, draft in numbered],
         [name for name, _ in parties],
         [position for _, position in parties],

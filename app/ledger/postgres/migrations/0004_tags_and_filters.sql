@@ -8,6 +8,27 @@
 ALTER TABLE audit ADD COLUMN reference text, ADD COLUMN metadata jsonb;
 ALTER TABLE holds ADD COLUMN reference text, ADD COLUMN metadata jsonb;
 
+-- Times. created_at is stamped before a record takes its sequence (under the chain
+-- head's lock), so it only nearly grows with the sequence. A record is *late* when it
+-- is older than some record before it; audit.latest_at is then the newest created_at
+-- before it (NULL for the others; chain_head.latest_at is the newest of all, for
+-- goledger_append). Records that are not late have created_at in sequence order, so
+-- a time bound is a sequence bound (found in audit_in_time_order); the late records a
+-- bound cannot place are those it falls between (created_at, latest_at]: few, found in
+-- audit_late (see app/ledger/postgres/pages.py).
+ALTER TABLE chain_head ADD COLUMN latest_at text NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN latest_at text;
+UPDATE audit AS a SET latest_at = w.newest_before
+FROM (
+    SELECT sequence, created_at, max(created_at) OVER (
+        ORDER BY sequence ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+    ) AS newest_before
+    FROM audit
+) AS w
+WHERE w.created_at < w.newest_before AND a.sequence = w.sequence;
+UPDATE chain_head SET latest_at = coalesce((SELECT max(created_at) FROM audit), '');
+CREATE TYPE goledger_time_range AS RANGE (subtype = text);
+
 -- Each row's columns as seen from its account: ``counterparty`` is the other party
 -- (NULL when there is none), which is what a history's counterparty filter compares.
 ALTER TABLE audit_parties
@@ -27,7 +48,6 @@ ALTER TABLE audit_parties
 CREATE INDEX audit_parties_by_type ON audit_parties (username, type, sequence);
 CREATE INDEX audit_parties_failed ON audit_parties (username, sequence) WHERE status = 'FAILED';
 CREATE INDEX audit_parties_by_counterparty ON audit_parties (username, counterparty, sequence);
-CREATE INDEX audit_parties_by_time ON audit_parties (username, created_at);
 CREATE INDEX audit_parties_by_amount ON audit_parties (username, amount);
 
 -- /admin/transactions (every account, oldest first) and the tags of both.
@@ -37,11 +57,16 @@ CREATE INDEX audit_by_type ON audit (type, sequence);
 CREATE INDEX audit_failed ON audit (sequence) WHERE status = 'FAILED';
 CREATE INDEX audit_by_source ON audit (source, sequence);
 CREATE INDEX audit_by_target ON audit (target, sequence);
-CREATE INDEX audit_by_time ON audit (created_at);
+-- Time bounds (history's too): where a bound falls among the records in time order, and
+-- the late records it falls between.
+CREATE INDEX audit_in_time_order ON audit (created_at, sequence) WHERE latest_at IS NULL;
+CREATE INDEX audit_late ON audit USING gist (goledger_time_range(created_at, latest_at, '(]'))
+    WHERE latest_at IS NOT NULL;
 CREATE INDEX audit_by_amount ON audit (amount);
 
--- goledger_append as in 0002, with each record's reference and metadata, and the
--- party rows' copies of the filtered columns.
+-- goledger_append as in 0002, with each record's reference and metadata, its latest_at
+-- (and the newest created_at in chain_head), and the party rows' copies of the filtered
+-- columns.
 DROP FUNCTION goledger_append(
     text[], text[], text[], text[], bigint[], text[], text[], text[], bytea[], text[], integer[]
 );
@@ -65,14 +90,21 @@ LANGUAGE plpgsql AS $$
 DECLARE
     head_sequence bigint;
     head_hash text;
-    first_sequence bigint;
+    head_latest_at text;
     sequences bigint[] := '{}';
     previous_hashes text[] := '{}';
     hashes text[] := '{}';
+    latests text[] := '{}';
 BEGIN
-    SELECT c.sequence, c.hash INTO head_sequence, head_hash FROM chain_head AS c FOR NO KEY UPDATE;
-    first_sequence := head_sequence + 1;
+    SELECT c.sequence, c.hash, c.latest_at INTO head_sequence, head_hash, head_latest_at
+    FROM chain_head AS c FOR NO KEY UPDATE;
     FOR position IN 1 .. coalesce(array_length(record_ids, 1), 0) LOOP
+        IF record_created_at[position] < head_latest_at THEN
+            latests := array_append(latests, head_latest_at);
+        ELSE
+            latests := array_append(latests, NULL::text);
+            head_latest_at := record_created_at[position];
+        END IF;
         head_sequence := head_sequence + 1;
         sequences := sequences || head_sequence;
         previous_hashes := previous_hashes || head_hash;
@@ -83,20 +115,24 @@ BEGIN
     END LOOP;
     INSERT INTO audit (
         sequence, id, type, source, target, amount, status, reason, created_at, reference, metadata,
-        previous_hash, hash
+        latest_at, previous_hash, hash
     )
     SELECT * FROM unnest(
         sequences, record_ids, record_types, record_sources, record_targets, record_amounts,
         record_statuses, record_reasons, record_created_at, record_references, record_metadata,
-        previous_hashes, hashes
+        latests, previous_hashes, hashes
     );
+    -- Joined by position, not record_types[p.position] and the like: the first few calls of
+    -- a session plan with the arrays as constants, where finding an element of a text
+    -- array walks the elements before it (a batch's party rows took seconds).
     INSERT INTO audit_parties (username, sequence, type, status, amount, created_at, counterparty)
-    SELECT p.name, first_sequence + p.position - 1, record_types[p.position], record_statuses[p.position],
-        record_amounts[p.position], record_created_at[p.position],
-        CASE WHEN record_sources[p.position] = p.name THEN record_targets[p.position]
-             ELSE record_sources[p.position] END
-    FROM unnest(party_names, party_records) AS p(name, position);
-    UPDATE chain_head SET sequence = head_sequence, hash = head_hash;
+    SELECT p.name, r.sequence, r.type, r.status, r.amount, r.created_at,
+        CASE WHEN r.source = p.name THEN r.target ELSE r.source END
+    FROM unnest(party_names, party_records) AS p(name, position)
+    JOIN unnest(sequences, record_types, record_statuses, record_amounts, record_created_at, record_sources,
+        record_targets) WITH ORDINALITY AS r(sequence, type, status, amount, created_at, source, target, position)
+        ON r.position = p.position;
+    UPDATE chain_head SET sequence = head_sequence, hash = head_hash, latest_at = head_latest_at;
     RETURN QUERY SELECT * FROM unnest(sequences, previous_hashes, hashes);
 END
 $$;
