@@ -24,11 +24,8 @@ from app.ledger.model import Deadline, OperationResult, OperationType, Status
 from app.ledger.store import LedgerStore
 from tests.drivers import StoreDriver
 from tests.outcomes import full_history, patient
-from tests.stores import ADMIN_TOKEN, open_account
+from tests.stores import ADMIN_TOKEN, new_store, open_account
 from tests.threads import run_together
-
-# PostgreSQL keeps no reversed amounts before migration 0005: the mark goes when it does.
-pytestmark = pytest.mark.stores("memory")
 
 AARON = {"Authorization": "1"}
 BRYAN = {"Authorization": "2"}
@@ -366,7 +363,7 @@ def _attempt(run: Any) -> OperationResult | LedgerError:
 def test_racing_reversals_never_reverse_more_than_the_original(
     store: LedgerStore, driver: StoreDriver
 ) -> None:
-    threads, amount, rounds = 6, 10, driver.race_rounds(200)
+    threads, amount, rounds = 6, 10, driver.race_rounds(800)
     open_account(store, "payer", rounds * amount)
     open_account(store, "payee", 0)
     for _ in range(rounds):
@@ -387,7 +384,7 @@ def test_racing_reversals_never_reverse_more_than_the_original(
 
 
 def test_full_reversals_race_to_exactly_one(store: LedgerStore, driver: StoreDriver) -> None:
-    threads, rounds = 6, driver.race_rounds(200)
+    threads, rounds = 6, driver.race_rounds(800)
     open_account(store, "payer", rounds)
     open_account(store, "payee", 0)
     for _ in range(rounds):
@@ -404,7 +401,7 @@ def test_full_reversals_race_to_exactly_one(store: LedgerStore, driver: StoreDri
 def test_a_reversal_racing_the_recipients_spending_never_overdraws(
     store: LedgerStore, driver: StoreDriver
 ) -> None:
-    rounds = driver.race_rounds(200)
+    rounds = driver.race_rounds(800)
     open_account(store, "payer", rounds * 10)
     open_account(store, "payee", 0)
     open_account(store, "shop", 0)
@@ -466,6 +463,28 @@ def test_a_restart_keeps_reversed_amounts(store_kind: str, tmp_path: Path) -> No
             assert reopened.verify().ok
         finally:
             reopened.close()
+
+
+@pytest.mark.stores("postgres")
+def test_reversed_amounts_live_in_the_database(store_url: str) -> None:
+    """A second store on the same database (another worker, or a restart) sees what the first
+    reversed, and refuses to reverse more."""
+    first, second = new_store(store_url), new_store(store_url)
+    try:
+        open_account(first, "payer", 100)
+        open_account(first, "payee", 0)
+        original = first.transfer("payer", "payee", 50, deadline=patient()).transaction.id
+        first.reverse("payee", original, 20, deadline=patient())
+        assert dict(second.audit_page(limit=100, cursor=None).reversed) == {original: 20}
+        with pytest.raises(InvalidInput):
+            second.reverse("payee", original, 31, deadline=patient())
+        second.reverse(None, original, None, deadline=patient())
+        with pytest.raises(AlreadyReversed):
+            first.reverse("payee", original, 1, deadline=patient())
+        assert first.verify().ok
+    finally:
+        first.close()
+        second.close()
 
 
 # -- the records ---------------------------------------------------------------------------------
