@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent  # type: ignore[import-untyped]
-import requests
 from locust import task
 
 from loadtests.common import (
@@ -38,6 +37,7 @@ from loadtests.common import (
     Scenario,
     ScenarioUser,
     _answer,
+    admin_transactions,
     current,
     fail,
     shielded,
@@ -207,9 +207,9 @@ class Refunds(Scenario):
             book.record("transfer", payment.merchant.username, at_most, outcome, to=payment.payer.username)
 
     def checks(self, final: FinalState) -> list[Check]:
-        payments = self._read_back("transfer")
-        reversals = self._read_back("reversal")
         problems: list[str] = []
+        payments = self._read_back("transfer", problems)
+        reversals = self._read_back("reversal", problems)
         summed: Counter[str] = Counter()
         for reversal in reversals:
             if reversal.get("status") == "SUCCESS":
@@ -244,20 +244,10 @@ class Refunds(Scenario):
             )
         ]
 
-    def _read_back(self, kind: str) -> list[dict[str, Any]]:
+    def _read_back(self, kind: str, problems: list[str]) -> list[dict[str, Any]]:
         """Every record of the run of this type, through the admin's filtered listing."""
-        query: dict[str, str | int] = {"metadata.run": self.run_id, "type": kind, "limit": 500}
-        found: list[dict[str, Any]] = []
-        with requests.Session() as session:
-            while True:
-                response = session.get(
-                    f"{self.host}/admin/transactions",
-                    params=query,
-                    headers={"Authorization": self.admin_token},
-                    timeout=REQUEST_TIMEOUT_S,
-                )
-                body: dict[str, Any] = response.json() if response.status_code == 200 else {}
-                found += body.get("transactions") or []
-                if body.get("next_cursor") is None:
-                    return found
-                query["cursor"] = body["next_cursor"]
+        found, trouble = admin_transactions(
+            self.host, self.admin_token, {"metadata.run": self.run_id, "type": kind}
+        )
+        problems += trouble
+        return found
