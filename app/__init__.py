@@ -74,6 +74,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         holds,
         metrics,
         probes,
+        reverse,
         transfer,
         withdraw,
     )
@@ -103,6 +104,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         deposit,
         withdraw,
         transfer,
+        reverse,
         batch,
         holds,
         history,

@@ -257,6 +257,30 @@ class Scenario:
         return hold_id, "", 0, f"cannot read hold {hold_id}: {response.status_code} {response.text[:200]!r}"
 
 
+def admin_transactions(
+    host: str, admin_token: str, query: dict[str, str | int]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every record ``GET /admin/transactions`` lists for ``query`` (its filters), page after
+    page; and what went wrong reading them."""
+    query = {**query, "limit": 500}
+    found: list[dict[str, Any]] = []
+    with requests.Session() as session:
+        while True:
+            response = session.get(
+                f"{host}/admin/transactions",
+                params=query,
+                headers={"Authorization": admin_token},
+                timeout=REQUEST_TIMEOUT_S,
+            )
+            body = _body(response) if response.status_code == 200 else {}
+            if not isinstance(body.get("transactions"), list):
+                return found, [f"GET /admin/transactions answered {response.status_code}"]
+            found += body["transactions"]
+            if body.get("next_cursor") is None:
+                return found, []
+            query["cursor"] = body["next_cursor"]
+
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 

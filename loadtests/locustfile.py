@@ -6,7 +6,7 @@ Run one against a server started with ``LEDGER_ADMIN_TOKEN`` set, giving the sam
         --headless -u 50 -r 50 -t 30s --host http://127.0.0.1:3000
 
 Scenarios (``--scenario``, or ``LOCUST_SCENARIO``; default ``mixed``): ``mixed``, ``hft``,
-``bank_run``, ``payments``, ``hot_merchant``, ``batches``; each module's docstring
+``bank_run``, ``payments``, ``hot_merchant``, ``batches``, ``refunds``; each module's docstring
 says what it does and checks. An unknown name stops locust at once with the list.
 ``--pool-size`` (``LOCUST_POOL_SIZE``) and ``--opening-balance``
 (``LOCUST_OPENING_BALANCE``) size the scenario's main group of accounts.
@@ -77,14 +77,23 @@ from loadtests.hft import Hft, HftUser  # noqa: E402
 from loadtests.hot_merchant import HotMerchant, HotMerchantUser  # noqa: E402
 from loadtests.mixed import Mixed, MixedUser  # noqa: E402
 from loadtests.payments import Payments, PaymentsUser  # noqa: E402
+from loadtests.refunds import Refunds, RefundsUser  # noqa: E402
 
 _log = logging.getLogger("goledger.loadtest")
 
 SCENARIOS: dict[str, type[Scenario]] = {
-    scenario.name: scenario for scenario in (Mixed, Hft, BankRun, Payments, HotMerchant, Batches)
+    scenario.name: scenario for scenario in (Mixed, Hft, BankRun, Payments, HotMerchant, Batches, Refunds)
 }
 #: Locust only finds user classes in this module's namespace; ``--scenario`` picks one.
-__all__ = ["BankRunUser", "BatchUser", "HftUser", "HotMerchantUser", "MixedUser", "PaymentsUser"]
+__all__ = [
+    "BankRunUser",
+    "BatchUser",
+    "HftUser",
+    "HotMerchantUser",
+    "MixedUser",
+    "PaymentsUser",
+    "RefundsUser",
+]
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
-import requests
 from locust import task
 
 from loadtests.common import (
-    REQUEST_TIMEOUT_S,
     Account,
     Check,
     FinalState,
     Scenario,
     ScenarioUser,
+    admin_transactions,
     current,
     fail,
     shielded,
@@ -127,33 +127,16 @@ class Mixed(Scenario):
 
     def _tagged_transfers(self) -> Check:
         """Every acknowledged transfer found once by its metadata, and nothing else."""
-        found: list[str] = []
-        problems: list[str] = []
-        query: dict[str, str | int] = {
-            "metadata.run": self.run_id,
-            "type": "transfer",
-            "status": "SUCCESS",
-            "limit": 500,
-        }
-        with requests.Session() as session:
-            while True:
-                response = session.get(
-                    f"{self.host}/admin/transactions",
-                    params=query,
-                    headers={"Authorization": self.admin_token},
-                    timeout=REQUEST_TIMEOUT_S,
-                )
-                body = response.json() if response.status_code == 200 else {}
-                if not isinstance(body.get("transactions"), list):
-                    problems.append(f"GET /admin/transactions answered {response.status_code}")
-                    break
-                for record in body["transactions"]:
-                    found.append(record.get("reference"))
-                    if record.get("metadata", {}).get("run") != self.run_id:
-                        problems.append(f"record {record.get('id')} lacks the run's metadata")
-                if body.get("next_cursor") is None:
-                    break
-                query["cursor"] = body["next_cursor"]
+        records, problems = admin_transactions(
+            self.host,
+            self.admin_token,
+            {"metadata.run": self.run_id, "type": "transfer", "status": "SUCCESS"},
+        )
+        found: list[Any] = []  # references as listed (a record without one: None)
+        for record in records:
+            found.append(record.get("reference"))
+            if record.get("metadata", {}).get("run") != self.run_id:
+                problems.append(f"record {record.get('id')} lacks the run's metadata")
         seen = set(found)
         problems += (
             [f"{len(found) - len(seen)} references found more than once"] if len(seen) < len(found) else []

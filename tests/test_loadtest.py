@@ -279,6 +279,7 @@ SCENARIO_RUNS = {
     "payments": ((), ("fees", "merchants", "payments settled"), r"kept [\d,]+ in fees"),
     "hot_merchant": (("--pool-size", "300"), ("merchant",), r"from 300 customers"),
     "batches": ((), ("atomic batches",), r"[\d,]+ refused whole"),
+    "refunds": ((), ("refunds",), r"[\d,]+ keyed retries replayed, 0 not"),
 }
 
 

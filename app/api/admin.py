@@ -18,6 +18,7 @@ from app.api.common import (
     transaction_json,
 )
 from app.api.deposit import deposit_request
+from app.api.reverse import reversal_request
 from app.api.withdraw import withdraw_request
 from app.auth import authenticate_admin, new_token, token_digest
 from app.extensions import admin_digest, store
@@ -94,12 +95,31 @@ def _operator_money(
     return run_money_operation(operator_request, identify, ADMIN_KEY_SCOPE)
 
 
+@bp.post("/transactions/<transaction_id>/reverse")
+def reverse(transaction_id: str) -> Response:
+    """The operator sends back any transfer, capture, deposit or withdrawal, in whole or in part.
+
+    The operator's keys live in their own namespace; a key's fingerprint names the
+    transaction, so that one key cannot reverse two.
+    """
+
+    def identify() -> tuple[Params, str]:
+        return Params.from_request(request), ADMIN_KEY_SCOPE
+
+    return run_money_operation(
+        lambda params, _: reversal_request(transaction_id, params, None, "admin_reverse"),
+        identify,
+        ADMIN_KEY_SCOPE,
+    )
+
+
 @bp.get("/audit")
 def audit() -> Response:
     """The whole audit trail, oldest first, with each record's place in the hash chain."""
     limit, cursor = page_request(Params.from_request(request))
     page = store().audit_page(limit=limit, cursor=cursor)
-    return page_json("transactions", list(map(audit_record_json, page.transactions)), page.next_cursor)
+    shown = [audit_record_json(record, page.reversed.get(record.id, 0)) for record in page.transactions]
+    return page_json("transactions", shown, page.next_cursor)
 
 
 @bp.get("/transactions")
@@ -109,7 +129,8 @@ def transactions() -> Response:
     where = request_filter(params, admin=True)
     limit, cursor = page_request(params)
     page = store().transactions(limit=limit, cursor=cursor, where=where)
-    return page_json("transactions", list(map(transaction_json, page.transactions)), page.next_cursor)
+    shown = [transaction_json(record, None, page.reversed.get(record.id, 0)) for record in page.transactions]
+    return page_json("transactions", shown, page.next_cursor)
 
 
 @bp.get("/audit/checkpoints")

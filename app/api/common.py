@@ -59,10 +59,16 @@ def tagged(parameters: tuple[object, ...], tag: Tag | None) -> tuple[object, ...
     return parameters if tag is None else (*parameters, *tag)
 
 
-def transaction_json(transaction: Transaction, viewer: str | None = None) -> dict[str, Any]:
+def transaction_json(
+    transaction: Transaction, viewer: str | None = None, reversed_amount: int = 0
+) -> dict[str, Any]:
     """A record as the API shows it to ``viewer``: with ``balance_after``, that account's
-    balance right after it (``None``: the operator's view, with both parties' balances)."""
+    balance right after it (``None``: the operator's view, with both parties' balances);
+    ``reversed_amount``: how much of it has been reversed so far (every record shows it,
+    0 for one never reversed or not reversible)."""
     shown = _record_json(transaction)
+    shown["reverses"] = transaction.reverses
+    shown["reversed_amount"] = reversed_amount
     if viewer is None:
         shown["from_balance_after"] = transaction.from_balance_after
         shown["to_balance_after"] = transaction.to_balance_after
@@ -88,9 +94,13 @@ def _record_json(transaction: Transaction) -> dict[str, Any]:
     }
 
 
-def audit_record_json(record: Transaction) -> dict[str, Any]:
+def audit_record_json(record: Transaction, reversed_amount: int = 0) -> dict[str, Any]:
     """An audit record as ``/admin/audit`` shows it: the transaction and its chain links."""
-    return {**transaction_json(record), "previous_hash": record.previous_hash, "hash": record.hash}
+    return {
+        **transaction_json(record, None, reversed_amount),
+        "previous_hash": record.previous_hash,
+        "hash": record.hash,
+    }
 
 
 def etag(account: AccountView) -> tuple[tuple[str, str]]:

@@ -18,5 +18,8 @@ def history() -> Response:
     request_deadline()  # validated like every /account operation; history waits on no lock that needs it
     limit, cursor = page_request(params)
     page = store().history(username, limit=limit, cursor=cursor, where=request_filter(params))
-    shown = [transaction_json(record, username) for record in page.transactions]
+    reversed_amounts = page.reversed
+    shown = [
+        transaction_json(record, username, reversed_amounts.get(record.id, 0)) for record in page.transactions
+    ]
     return page_json("transactions", shown, page.next_cursor)

@@ -52,6 +52,7 @@ _CANONICAL_ROW = re.compile(
     + rb'(?:"[a-z_]{1,64}"|null),"[0-9TZ:.-]{1,40}"(?=,"([0-9a-f]{64})","([0-9a-f]{64})",)'
 )
 _MOVE_VALUES = frozenset(kind.value for kind in _MOVES)
+_REVERSAL = OperationType.REVERSAL.value
 
 
 def canonical_encoding(record: Transaction) -> bytes:
@@ -264,6 +265,12 @@ class Replay:
                 source = source_bytes.decode()
                 moved[source] = moved.get(source, 0) - amount
                 report.total_withdrawn += amount
+            elif kind == b"reversal":
+                self._reverse(
+                    None if source_bytes is None else source_bytes.decode(),
+                    None if target_bytes is None else target_bytes.decode(),
+                    amount,
+                )
         report.records += records
         self._sequence, self._hash = sequence, last_bytes.decode()
 
@@ -299,11 +306,28 @@ class Replay:
             elif kind in _MOVE_VALUES and source is not None and target is not None:
                 moved[source] = moved.get(source, 0) - amount
                 moved[target] = moved.get(target, 0) + amount
+            elif kind == _REVERSAL:
+                self._reverse(source, target, amount)
         if len(row) >= _FULL_ROW:
             self._check_balances(sequence, row[3], row[_FULL_ROW - 3], row[4], row[_FULL_ROW - 2])
         if self._checkpoints and self._checkpoints[0].sequence <= sequence:
             while self._checkpoints and self._checkpoints[0].sequence <= sequence:
                 self._check_passed(self._checkpoints.pop(0), sequence, record_hash)
+
+    def _reverse(self, source: str | None, target: str | None, amount: int) -> None:
+        """What a reversal moved: its original backwards. Between two accounts (a transfer's
+        or a capture's), from one to the other; a deposit's reversal (no ``to``) takes coins
+        out of the ledger, counted as withdrawn; a withdrawal's (no ``from``) puts them back,
+        counted as deposited. So money stays conserved: balances == deposited - withdrawn."""
+        moved, report = self._moved, self.report
+        if source is not None:
+            moved[source] = moved.get(source, 0) - amount
+            if target is None:
+                report.total_withdrawn += amount
+        if target is not None:
+            moved[target] = moved.get(target, 0) + amount
+            if source is None:
+                report.total_deposited += amount
 
     def _check_balances(
         self, sequence: int, source: str | None, from_after: object, target: str | None, to_after: object

@@ -148,3 +148,17 @@ class HoldNotFound(LedgerError):
 class HoldNotPending(LedgerError):
     status = 409
     code = "hold_not_pending"
+
+
+class TransactionNotFound(LedgerError):
+    """Unknown transaction id, or one the caller may not reverse (the same answer for both)."""
+
+    status = 404
+    code = "transaction_not_found"
+
+
+class AlreadyReversed(LedgerError):
+    """Reversing a transaction that has been reversed in full."""
+
+    status = 409
+    code = "already_reversed"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import NamedTuple
@@ -34,6 +35,8 @@ class OperationType(StrEnum):
     CAPTURE = "capture"
     VOID = "void"
     EXPIRE = "expire"
+    #: Money sent back along a transfer, capture, deposit or withdrawal (``reverses``: its id).
+    REVERSAL = "reversal"
 
 
 class Status(StrEnum):
@@ -204,6 +207,9 @@ class Page:
 
     transactions: tuple[Transaction, ...]
     next_cursor: str | None
+    #: How much of each record on the page has been reversed, by id (a record not named:
+    #: nothing). Mutable state beside the immutable records, copied when the page is read.
+    reversed: Mapping[str, int] = field(default_factory=dict)
 
 
 class Deadline(NamedTuple):

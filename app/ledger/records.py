@@ -215,10 +215,21 @@ class RecordDraft:
 
 
 #: Record types that take ``amount`` from their source, and that give it to their target
-#: (hold, void and expire only reserve or release money: no balance changes).
-_DEBITS = frozenset({OperationType.WITHDRAWAL, OperationType.TRANSFER, OperationType.CAPTURE})
+#: (hold, void and expire only reserve or release money: no balance changes). A reversal
+#: runs its original backwards: from the original's ``to`` (when there is one) to its
+#: ``from`` (when there is one), so a deposit's reversal takes coins out of the ledger
+#: and a withdrawal's puts them back.
+_DEBITS = frozenset(
+    {OperationType.WITHDRAWAL, OperationType.TRANSFER, OperationType.CAPTURE, OperationType.REVERSAL}
+)
 _CREDITS = frozenset(
-    {OperationType.OPEN, OperationType.DEPOSIT, OperationType.TRANSFER, OperationType.CAPTURE}
+    {
+        OperationType.OPEN,
+        OperationType.DEPOSIT,
+        OperationType.TRANSFER,
+        OperationType.CAPTURE,
+        OperationType.REVERSAL,
+    }
 )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from app.ledger.accounts import AccountState, HoldState
 from app.ledger.errors import (
     AccountNotFound,
+    AlreadyReversed,
     BalanceOverflow,
     BatchFailed,
     HoldNotFound,
@@ -25,6 +26,7 @@ from app.ledger.errors import (
     InvalidInput,
     LedgerError,
     StoreInvariantBroken,
+    TransactionNotFound,
     VersionConflict,
 )
 from app.ledger.model import (
@@ -38,7 +40,9 @@ from app.ledger.model import (
     HoldStatus,
     OperationResult,
     OperationType,
+    Status,
     Tag,
+    Transaction,
 )
 
 HISTORY_CURSOR = re.compile(r"h:([1-9][0-9]{0,18})")
@@ -193,6 +197,86 @@ def release(source: AccountState, hold: HoldState, status: HoldStatus, captured:
     check_account(source)
     hold.status = status
     hold.captured = captured
+
+
+#: What a recipient may send back (a transfer, a captured hold), and what the operator may
+#: reverse (those, deposits and withdrawals). Reversals themselves are not reversible.
+RECIPIENT_REVERSIBLE = frozenset({OperationType.TRANSFER.value, OperationType.CAPTURE.value})
+OPERATOR_REVERSIBLE = RECIPIENT_REVERSIBLE | {OperationType.DEPOSIT.value, OperationType.WITHDRAWAL.value}
+
+
+def reversible(original: Transaction | None, transaction_id: str, username: str | None) -> Transaction:
+    """The transaction ``username`` may reverse (``None``: the operator, who may reverse any
+    successful transfer, capture, deposit or withdrawal); a recipient may reverse only what
+    they received. Anything else is answered exactly like an unknown id."""
+    kinds = OPERATOR_REVERSIBLE if username is None else RECIPIENT_REVERSIBLE
+    if (
+        original is None
+        or original.status != Status.SUCCESS.value
+        or original.type not in kinds
+        or (username is not None and original.target != username)
+    ):
+        raise TransactionNotFound(f"No transaction {transaction_id} that you may reverse.")
+    return original
+
+
+def reversal_roles(original: Transaction) -> tuple[str | None, str | None]:
+    """A reversal's ``from`` and ``to``: its original's, swapped (a deposit's reversal has no
+    ``to``: the coins leave the ledger; a withdrawal's has no ``from``: they come back)."""
+    return original.target, original.source
+
+
+def reversal_account(original: Transaction) -> str:
+    """The account a reversal answers about: the one that sends the money back (the
+    original's recipient), or, reversing a withdrawal, the one that gets it back."""
+    account = original.target or original.source
+    if account is None:
+        raise StoreInvariantBroken(f"transaction {original.id} has no party")
+    return account
+
+
+def reverse(
+    lookup: Callable[[str], AccountState | None],
+    original: Transaction,
+    reversed_amount: int,
+    amount: int | None,
+    expected_version: int | None,
+) -> int:
+    """Check, then send back ``amount`` (default: all that is left) of ``original``, of which
+    ``reversed_amount`` was reversed already; the amount moved. The check of what is left
+    runs under the same lock as the funds check, so partial reversals never add up to more
+    than the original."""
+    if not 0 <= reversed_amount <= original.amount:
+        raise StoreInvariantBroken(
+            f"transaction {original.id} reversed {reversed_amount} of {original.amount}"
+        )
+    left = original.amount - reversed_amount
+    if left == 0:
+        raise AlreadyReversed(
+            f"Transaction {original.id} has been reversed in full ({original.amount} coins)."
+        )
+    moved = left if amount is None else amount
+    if not 1 <= moved <= left:
+        raise InvalidInput(
+            "invalid_amount",
+            f"{left} of the {original.amount} coins of {original.id} are left to reverse, {moved} requested.",
+        )
+    check_version(existing(lookup, reversal_account(original)), expected_version)
+    source_name, target_name = reversal_roles(original)
+    source = None if source_name is None else existing(lookup, source_name)
+    target = None if target_name is None else existing(lookup, target_name)
+    if source is not None:
+        check_funds(source, moved)
+    if target is not None:
+        check_credit(target, moved)
+    if source is not None:
+        source.balance -= moved
+        source.version += 1
+        check_account(source)
+    if target is not None:
+        target.balance += moved
+        target.version += 1
+    return moved
 
 
 def existing(lookup: Callable[[str], AccountState | None], username: str) -> AccountState:

@@ -144,6 +144,25 @@ class LedgerStore(Protocol):
         reference and metadata, carried by the record)."""
         ...
 
+    def reverse(
+        self,
+        username: str | None,
+        transaction_id: str,
+        amount: int | None,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+        tag: Tag | None = None,
+    ) -> OperationResult:
+        """Send back ``amount`` (default: all that is left) of transaction ``transaction_id``
+        as a ``reversal`` record (``rules.reverse``).
+
+        ``username``: the original's recipient (a transfer or capture they received), or
+        ``None`` for the operator (any transfer, capture, deposit or withdrawal). The result's
+        account is ``rules.reversal_account``'s, whose version ``expected_version`` names.
+        """
+        ...
+
     def batch(
         self,
         username: str,

@@ -143,6 +143,14 @@ def parameters() -> dict[str, Any]:
             "schema": ref("HoldId"),
             "description": "The hold's id; an unknown one, or one of other accounts, is 404.",
         },
+        "transaction_id": {
+            "name": "transaction_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^tx_[0-9a-f]{32}$"},
+            "description": "The transaction to reverse; an unknown one, or one the caller may not reverse, "
+            "is 404.",
+        },
         "Idempotency-Key": header(
             "Idempotency-Key",
             {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},

@@ -287,6 +287,61 @@ def _hold_paths() -> dict[str, Any]:
     }
 
 
+_REVERSE_DESCRIPTION = (
+    "The recipient of a successful transfer (or of a captured hold) sends `amount` of it (default: all "
+    "that is left) back to the sender, as a record of type `reversal` whose `reverses` names the "
+    "original; the original then shows `reversed_amount`. Partial reversals add up to at most the "
+    "original (400 invalid_amount past what is left, 409 already_reversed once nothing is). Only the "
+    "recipient may reverse (404 transaction_not_found for anyone else, as for an unknown id); reversals "
+    "are not reversible. If-Match names the caller's version."
+)
+_REVERSAL_FAILURES = {
+    404: ["transaction_not_found", "account_not_found"],
+    409: ["already_reversed", "idempotency_key_reused"],
+    422: ["insufficient_funds", "balance_overflow"],
+}
+
+
+def _reversal_paths() -> dict[str, Any]:
+    return {
+        "/account/transactions/{transaction_id}/reverse": {
+            "post": _money(
+                "reverse",
+                "money",
+                "Send a transaction back",
+                _REVERSE_DESCRIPTION + _TAGGING,
+                parameters=["transaction_id", "amount", "reference"],
+                body="ReverseBody",
+                failures=_money_errors(_TAGGED_400, _REVERSAL_FAILURES),
+            )
+        },
+        "/admin/transactions/{transaction_id}/reverse": {
+            "post": _admin_reverse(),
+        },
+    }
+
+
+def _admin_reverse() -> Operation:
+    operation = _money(
+        "adminReverse",
+        "admin",
+        "The operator reverses a transaction",
+        "Sends back `amount` (default: all that is left) of any successful transfer, capture, deposit or "
+        "withdrawal: a transfer's (or capture's) back from its recipient to its sender, a deposit's out of "
+        "the ledger, a withdrawal's back into its account. It may fail for funds (422), audited as FAILED. "
+        "The answer is about the account that sends the money back (a withdrawal's: the one that gets it), "
+        "whose version If-Match names. Idempotency-Key: the operator's own namespace." + _TAGGING,
+        parameters=["transaction_id", "amount", "reference"],
+        body="ReverseBody",
+        failures=_money_errors(_TAGGED_400, _REVERSAL_FAILURES),
+    )
+    operation["security"] = _ADMIN
+    operation["parameters"] = [
+        parameter for parameter in operation["parameters"] if parameter != parameter_ref("username")
+    ]
+    return operation
+
+
 def _account_paths() -> dict[str, Any]:
     at_version = {"username": "$response.body#/username", "header.If-Match": "$response.header.ETag"}
     balance = answer("The caller's account.", ref("Balance"), headers=("ETag",))
@@ -577,7 +632,7 @@ def _service_paths(asset_names: list[str]) -> dict[str, Any]:
 
 
 def paths(asset_names: list[str]) -> dict[str, Any]:
-    private = {**_account_paths(), **_money_paths(), **_hold_paths(), **_admin_paths()}
+    private = {**_account_paths(), **_money_paths(), **_reversal_paths(), **_hold_paths(), **_admin_paths()}
     for path, operations in private.items():
         if not path.startswith(("/account", "/admin")):
             raise ValueError(f"{path} is neither under /account nor under /admin")

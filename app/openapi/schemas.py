@@ -67,6 +67,9 @@ ERROR_CODES: dict[str, str] = {
     "forbidden": "acting on an account that is not the caller's",
     "account_not_found": "the recipient or target account does not exist",
     "hold_not_found": "an unknown hold, or a hold of other accounts",
+    "transaction_not_found": "an unknown transaction, or one the caller may not reverse (only its recipient "
+    "may; reversals and FAILED records are not reversible)",
+    "already_reversed": "reversing a transaction that has been reversed in full",
     "not_found": "an unknown route",
     "method_not_allowed": "a method the route does not take",
     "idempotency_key_reused": "the same Idempotency-Key with different parameters",
@@ -143,6 +146,8 @@ _TRANSACTION_EXAMPLE = {
     "created_at": "2026-12-03T05:35:36.668641Z",
     "reference": "order-42",
     "metadata": {"campaign": "spring"},
+    "reverses": None,
+    "reversed_amount": 0,
     "balance_after": 9900,
 }
 
@@ -200,6 +205,15 @@ def _transaction(*, operator: bool = False) -> Schema:
                 "metadata": {
                     **ref("Metadata"),
                     "description": "The operation's metadata; {} when none was given.",
+                },
+                "reverses": nullable({"type": "string", "pattern": "^tx_[0-9a-f]{32}$"})
+                | {"description": "A reversal's original transaction; null for every other record."},
+                "reversed_amount": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_AMOUNT,
+                    "description": "How much of this transaction has been reversed so far (as of this "
+                    "answer); 0 for a record never reversed, or of a type that cannot be.",
                 },
                 **balances,
             }
@@ -332,6 +346,14 @@ def _request_bodies() -> dict[str, Schema]:
             },
         },
         "UsernameBody": {"type": "object", "properties": {"username": username}},
+        "ReverseBody": {
+            "type": "object",
+            "properties": {
+                "username": username,
+                "amount": {**ref("Amount"), "description": "Default: all that is left to reverse."},
+                **tag,
+            },
+        },
         "BatchBody": {
             "type": "object",
             "properties": {

@@ -12,6 +12,8 @@ Modules
     ``RecordIndex``: the records in SQLite, for filtered history and admin pages.
 ``holds``
     ``HoldBook`` (holds by id and the pending ones by account) and the expiry sweeper.
+``reversals``, ``reversal_operations``
+    ``ReversalBook`` (how much of each transaction was reversed) and ``reverse``.
 ``keys``
     ``IdempotencyTable``: idempotency keys and their outcomes.
 ``durability``, ``journal``, ``persistence``, ``recovery``
@@ -31,7 +33,10 @@ any, and never takes one twice (the readerwriterlock locks are not reentrant):
    it are bounded by the operation's deadline.
 2. ``MockDB._credentials_lock`` guards the token digests, apart from ``_rw`` so that
    authenticating never waits behind a balance writer; a digest is added right
-   after its account, under ``_rw``.
+   after its account, under ``_rw``. ``ReversalBook._lock`` (the reversed amount of
+   each transaction reversed at all) sits in the same place and is never held with
+   it: a reversal checks and adds to its amount while ``_rw`` is held for writing
+   (with the funds check); history and audit pages read amounts under it alone.
 3. ``AuditTrail._lock`` guards the recent audit records, each account's latest
    record and the chain's last hash. Records of applied operations are appended while the write lock is
    still held, so the audit order is exactly the order in which balances changed.

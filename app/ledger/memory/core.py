@@ -27,6 +27,7 @@ from app.ledger.memory.files import Recovered
 from app.ledger.memory.holds import ExpirySweeper, HoldBook
 from app.ledger.memory.index import RecordIndex
 from app.ledger.memory.keys import IdempotencyTable
+from app.ledger.memory.reversals import ReversalBook
 from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import (
     AccountView,
@@ -100,6 +101,8 @@ class LedgerCore:
         self._sweeper = ExpirySweeper(self._sweep_due, clock=clock)
         self._credentials_lock = threading.Lock()
         self._credentials: dict[str, bytes] = {}  # under _credentials_lock
+        # Reversed amounts per original; checked and added to under _rw held for writing.
+        self._reversals = ReversalBook()
         self._trail = AuditTrail()
         self._counters = OperationCounters()
         self._lock_trouble_after_s = lock_trouble_after_s

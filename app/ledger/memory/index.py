@@ -58,8 +58,9 @@ _log = logging.getLogger("goledger.store")
 
 #: The index file's name in a data directory.
 INDEX_FILE = "index.sqlite3"
-#: Bumped whenever the tables change: an index of another version is rebuilt.
-SCHEMA_VERSION = 1
+#: Bumped whenever the tables change: an index of another version is rebuilt
+#: (2: records carry their id, for a reversal to find its original).
+SCHEMA_VERSION = 2
 #: Records indexed per SQLite transaction (and per hold of the lock).
 CHUNK_RECORDS = 1024
 #: How often the background thread looks for new records.
@@ -77,7 +78,7 @@ CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE records (
     sequence INTEGER PRIMARY KEY, type TEXT NOT NULL, status TEXT NOT NULL, source INTEGER,
     target INTEGER, amount INTEGER NOT NULL, created_at TEXT NOT NULL, latest_at TEXT NOT NULL,
-    late INTEGER NOT NULL, reference TEXT);
+    late INTEGER NOT NULL, reference TEXT, id TEXT NOT NULL);
 -- A rowid table's index ends with the rowid (the sequence): each is in sequence order per key.
 CREATE INDEX records_type ON records (type);
 CREATE INDEX records_status ON records (status);
@@ -87,6 +88,7 @@ CREATE INDEX records_amount ON records (amount);
 CREATE INDEX records_reference ON records (reference) WHERE reference IS NOT NULL;
 CREATE INDEX records_latest ON records (latest_at);
 CREATE INDEX records_late ON records (late) WHERE late = 1;
+CREATE INDEX records_id ON records (id);
 CREATE TABLE history (
     account INTEGER NOT NULL, sequence INTEGER NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL,
     counterparty INTEGER, amount INTEGER NOT NULL, created_at TEXT NOT NULL, late INTEGER NOT NULL,
@@ -259,7 +261,7 @@ class RecordIndex:
                 records.append(
                     (sequence, *common, self._name_id(connection, record.source),
                      self._name_id(connection, record.target), record.amount, created_at,
-                     latest_at, late, record.reference)
+                     latest_at, late, record.reference, record.id)
                 )  # fmt: skip
                 for party in parties:
                     history.append(
@@ -270,7 +272,7 @@ class RecordIndex:
                 metadata += [
                     (key, value, sequence) for key, value in metadata_values(record.metadata).items()
                 ]
-            connection.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+            connection.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
             connection.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", history)
             connection.executemany("INSERT INTO metadata VALUES (?, ?, ?)", metadata)
             last = entries[-1][0]
@@ -316,6 +318,20 @@ class RecordIndex:
             if account_id is None:
                 return []
             return self._select(connection, where, account_id, 0, high, want)
+
+    def sequence_of(self, record_id: str, upto: int) -> int | None:
+        """The sequence of the record whose id is ``record_id`` among those up to ``upto``
+        (``None``: no such record). Record ids are unique; a reversal finds its original here."""
+        with self._lock:
+            row = (
+                self._ready(upto)
+                .execute(
+                    "SELECT sequence FROM records INDEXED BY records_id WHERE id = ? AND sequence <= ?",
+                    (record_id, upto),
+                )
+                .fetchone()
+            )
+        return None if row is None else int(row[0])
 
     def transactions(self, where: RecordFilter, after: int, upto: int, want: int) -> list[int]:
         """The sequences of the first ``want`` records after ``after`` (and at most ``upto``)

@@ -32,9 +32,10 @@ the journal; the segments are the ledger's permanent record.
 
 A snapshot holds the state, never the history: a header object (the journal frame
 and audit record it covers, the chain's head, its checkpoint), then chunks
-``["accounts"|"latest"|"holds"|"keys", [...]]`` (``accounts``: name, balance, held,
-version, token digest, latest record; ``latest``: the latest record of names that have
-no account; pending holds only), then a trailer object
+``["accounts"|"latest"|"holds"|"reversed"|"keys", [...]]`` (``accounts``: name, balance,
+held, version, token digest, latest record; ``latest``: the latest record of names that
+have no account; pending holds only; ``reversed``: ``[id, amount reversed]`` of each
+transaction reversed at all, written only when there is one), then a trailer object
 with the counts, so that a snapshot cut short is noticed. Its size follows the
 accounts, the pending holds and the live idempotency keys.
 """

@@ -33,10 +33,13 @@ from app.ledger.memory.files import (
 from app.ledger.memory.holds import HoldBook, hold_ordinal
 from app.ledger.memory.keys import IdempotencyTable
 from app.ledger.memory.trail import Restored
-from app.ledger.model import Checkpoint, Transaction
+from app.ledger.model import Checkpoint, OperationType, Status, Transaction
 from app.ledger.outcomes import outcome_from_row
 
 _log = logging.getLogger("goledger.journal")
+_REVERSAL, _SUCCESS = OperationType.REVERSAL.value, Status.SUCCESS.value
+#: Where a journal row holds the id a reversal reverses (the last field of its extension).
+_REVERSES = persistence.EXTENDED_ROW + 4
 
 
 @dataclass
@@ -49,6 +52,8 @@ class LedgerState:
     trail: Restored = field(default_factory=Restored)
     #: The checkpoint of the snapshot the start began from (``None``: no snapshot).
     checkpoint: Checkpoint | None = None
+    #: How much of each transaction has been reversed (only those reversed at all).
+    reversed: dict[str, int] = field(default_factory=dict)
 
 
 @contextmanager
@@ -232,6 +237,9 @@ class _Loader:
         elif name == "keys":
             for row in rows:
                 self._key(row)
+        elif name == "reversed":
+            for transaction_id, amount in rows:
+                state.reversed[transaction_id] = amount
         else:
             raise ValueError(f"unknown snapshot section {name!r}")
 
@@ -251,6 +259,10 @@ class _Loader:
         if sequence != trail.sequence + 1 or row[9] != trail.last_hash:
             raise ValueError(f"audit record {sequence} does not follow record {trail.sequence}")
         trail.sequence, trail.last_hash = sequence, row[10]
+        if row[2] == _REVERSAL and row[6] == _SUCCESS:  # its record journals what it reversed
+            reversed_amounts = self.state.reversed
+            original = row[_REVERSES]
+            reversed_amounts[original] = reversed_amounts.get(original, 0) + row[5]
         self._recent.append(row)
         latest = self._latest
         for name in row[11]:

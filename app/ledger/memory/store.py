@@ -43,6 +43,8 @@ from app.ledger.memory.durability import (
 from app.ledger.memory.hold_operations import HoldOperations
 from app.ledger.memory.index import INDEX_FILE, RecordIndex
 from app.ledger.memory.journal import Journal
+from app.ledger.memory.reversal_operations import ReversalOperations
+from app.ledger.memory.reversals import ReversalBook
 from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import (
     MAX_BALANCE,
@@ -76,7 +78,7 @@ CLOSE_CHAIN_CHECK_WAIT_S = 60.0
 SNAPSHOT_LOCK_TIMEOUT_MS = 30_000
 
 
-class MockDB(HoldOperations, rules.SingleOperations):
+class MockDB(HoldOperations, ReversalOperations, rules.SingleOperations):
     """The embedded store: balances in a dict under a reader-writer lock."""
 
     # -- opening a data directory --------------------------------------------
@@ -167,6 +169,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
         self._holds = state.holds
         self._holds.archived = archive.hold_row
         self._holds.forget_resolved()
+        self._reversals = ReversalBook(state.reversed)
         self._trail = AuditTrail(record_cache)
         self._trail.restore(
             state.trail, archive, {name: account.balance for name, account in self._accounts.items()}
@@ -253,6 +256,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
                 return number, journal.appended_lsn, accounts, self._credentials.copy(), holds, kept
 
             head, (number, lsn, accounts, credentials, holds, kept) = self._trail.head(at_the_same_instant)
+            reversed_rows = self._reversals.rows()  # changed only under the write lock held here
             ordinal = self._holds.ordinal
         finally:
             lock.release()
@@ -275,6 +279,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
             ),
             ("latest", [[name, sequence] for name, sequence in latest.items()]),  # names without an account
             ("holds", holds),
+            ("reversed", reversed_rows),
             (
                 "keys",
                 [
@@ -457,23 +462,30 @@ class MockDB(HoldOperations, rules.SingleOperations):
         upto = self._durability.durable_sequence()
         if where.is_empty:
             records, more_before = self._trail.history(username, before, limit, upto)
-            return Page(records, None if more_before is None else rules.encode_cursor("h", more_before))
+            return self._shown(
+                Page(records, None if more_before is None else rules.encode_cursor("h", more_before))
+            )
         if before is not None:
             self._trail.own_entry(username, before)  # invalid_cursor unless one of the account's
         last = self._trail.sequence if upto is None else upto
         sequences = self._index.history(username, where, before, last, limit + 1)
-        return filtered_page(self._records(sequences), limit, "h")
+        return self._shown(filtered_page(self._records(sequences), limit, "h"))
+
+    def _shown(self, page: Page) -> Page:
+        """``page`` with the reversed amounts of its records, copied as it is read."""
+        amounts = self._reversals.of(record.id for record in page.transactions)
+        return dataclasses.replace(page, reversed=amounts) if amounts else page
 
     def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
         rules.check_limit(limit)
         after = 0 if cursor is None else rules.decode_cursor(cursor, rules.TRANSACTIONS_CURSOR)
         if where.is_empty:
-            return self._oldest_first(after, limit, "t")
+            return self._shown(self._oldest_first(after, limit, "t"))
         durable, last = self._durability.durable_sequence(), self._trail.sequence
         if durable is not None:
             last = min(last, durable)
         sequences = self._index.transactions(where, after, last, limit + 1)
-        return filtered_page(self._records(sequences), limit, "t")
+        return self._shown(filtered_page(self._records(sequences), limit, "t"))
 
     def _records(self, sequences: Sequence[int]) -> list[Transaction]:
         """The records the index named (each one is in the trail: the index holds no other)."""
@@ -493,7 +505,7 @@ class MockDB(HoldOperations, rules.SingleOperations):
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         rules.check_limit(limit)
         after = 0 if cursor is None else rules.decode_cursor(cursor, rules.AUDIT_CURSOR)
-        return self._oldest_first(after, limit, "a")
+        return self._shown(self._oldest_first(after, limit, "a"))
 
     def checkpoints(self, *, limit: int, cursor: str | None) -> CheckpointPage:
         rules.check_limit(limit)

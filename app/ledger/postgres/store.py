@@ -43,6 +43,7 @@ PostgreSQL's: an operation is answered only after its transaction committed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -84,6 +85,7 @@ from app.ledger.postgres.checkpoints import Checkpointer
 from app.ledger.postgres.holds import Holds
 from app.ledger.postgres.keys import Keys
 from app.ledger.postgres.monitor import Monitor
+from app.ledger.postgres.reversals import Reversals, reversed_amounts
 from app.ledger.postgres.runner import Runner
 from app.ledger.postgres.sweeper import SWEEP_INTERVAL_S, Sweeper
 from app.ledger.postgres.unit import Connection, Unit, failed, item_draft
@@ -145,6 +147,7 @@ class PostgresStore(rules.SingleOperations):
         self._keys = Keys(self._runner)
         self._monitor = Monitor(self._runner)
         self._holds = Holds(self._runner)
+        self._reversals = Reversals(self._runner)
         self._checkpointer = Checkpointer(self._runner, checkpoint_records)
         self._runner.appended = self._checkpointer.appended
         #: username -> token digest (see ``token_digest``); dict operations are atomic under the GIL.
@@ -275,6 +278,19 @@ class PostgresStore(rules.SingleOperations):
 
         timeout = item_draft(username, item, OperationTimeout.code)
         return self._runner.write(label, deadline, work, [timeout])
+
+    def reverse(
+        self,
+        username: str | None,
+        transaction_id: str,
+        amount: int | None,
+        *,
+        deadline: Deadline,
+        expected_version: int | None = None,
+        tag: Tag | None = None,
+    ) -> OperationResult:
+        """Send back a transaction (``reversals.Reversals``)."""
+        return self._reversals.reverse(username, transaction_id, amount, deadline, expected_version, tag)
 
     def batch(
         self,
@@ -416,19 +432,24 @@ class PostgresStore(rules.SingleOperations):
         """``username``'s records passing ``where``, newest first (``pages.history``)."""
         check_limit(limit)
         before = 2**63 - 1 if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
-        return _page("h", pages.history(self._runner, username, before, limit + 1, where), limit)
+        return self._shown(_page("h", pages.history(self._runner, username, before, limit + 1, where), limit))
 
     def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
         """Every account's records passing ``where``, oldest first (``pages.transactions``)."""
         check_limit(limit)
         after = 0 if cursor is None else decode_cursor(cursor, TRANSACTIONS_CURSOR)
-        return _page("t", pages.transactions(self._runner, after, limit + 1, where), limit)
+        return self._shown(_page("t", pages.transactions(self._runner, after, limit + 1, where), limit))
 
     def audit_page(self, *, limit: int, cursor: str | None) -> Page:
         check_limit(limit)
         after = 0 if cursor is None else decode_cursor(cursor, AUDIT_CURSOR)
         rows = self._runner.read(lambda c: c.execute(sql.RECORDS_AFTER, (after, limit + 1)).fetchall())
-        return _page("a", [sql.record(row) for row in rows], limit)
+        return self._shown(_page("a", [sql.record(row) for row in rows], limit))
+
+    def _shown(self, page: Page) -> Page:
+        """``page`` with the reversed amounts of its records (read after them: as of the answer)."""
+        amounts = reversed_amounts(self._runner, page.transactions)
+        return dataclasses.replace(page, reversed=amounts) if amounts else page
 
     def verify(self, *, from_sequence: int | None = None) -> Verification:
         """Check every invariant on one consistent snapshot (a repeatable-read transaction),

@@ -8,7 +8,9 @@ wait for each other in a cycle:
 1. the rows of ``accounts`` it touches, all in one statement, sorted by username
    (``FOR NO KEY UPDATE``: foreign-key checks of new holds are not blocked);
 2. holds are never locked themselves: a hold row is only changed by a transaction
-   that holds both of its parties' account rows, so those locks protect it;
+   that holds both of its parties' account rows, so those locks protect it; a
+   reversal then locks its original's ``audit`` row (``FOR UPDATE``, for its
+   ``reversed_amount``), after that original's parties' account rows;
 3. the single ``chain_head`` row, last, just before commit. That row is the
    global serialisation point (it makes sequences gap-free and the chain linear),
    so the section between taking it and committing is one round trip: the audit
@@ -154,6 +156,8 @@ class Unit:
         self.outcomes: list[tuple[str, str]] = []
         self.new_holds: list[HoldState] = []
         self.settled: dict[str, HoldState] = {}
+        #: Other writes the next ``append`` sends with its own (a reversed amount).
+        self.statements: list[Statement] = []
         self.lock_wait_s = 0.0
         #: How long the round trip that carried the ``COMMIT`` took (once ``committed``).
         self.commit_s = 0.0
@@ -280,6 +284,7 @@ class Unit:
         self._original = {name: account.key() for name, account in self.accounts.items()}
         self.new_holds = []
         self.settled = {}
+        self.statements = []
         return records[len(records) - len(drafts) :]
 
     def _settle_balances(self) -> None:
@@ -320,7 +325,7 @@ class Unit:
                 [hold.captured for hold in settled],
             )
             statements.append((_SETTLE_HOLDS, holds))
-        return statements
+        return statements + self.statements
 
     def _landed(self, record_ids: list[str]) -> list[TupleRow]:
         """The sequences and hashes of a transaction whose ``COMMIT`` went unanswered, if it
