@@ -47,6 +47,7 @@ from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import (
     MAX_BALANCE,
     AccountView,
+    BalanceAt,
     BatchItem,
     BatchResult,
     Checkpoint,
@@ -463,6 +464,13 @@ class MockDB(HoldOperations, rules.SingleOperations):
         last = self._trail.sequence if upto is None else upto
         sequences = self._index.history(username, where, before, last, limit + 1)
         return filtered_page(self._records(sequences), limit, "h")
+
+    def balance_at(self, username: str, *, sequence: int | None = None, at: str | None = None) -> BalanceAt:
+        rules.check_point(sequence, at)
+        found = self._index.balance_at(username, sequence=sequence, at=at, upto=self._indexable())
+        if found is None:
+            raise rules.no_record_before(username)
+        return BalanceAt(username, found.balance, found.sequence, found.created_at)
 
     def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
         rules.check_limit(limit)
