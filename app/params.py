@@ -202,6 +202,11 @@ def parse_checkpoint_sequence(value: object) -> int:
     return _whole_number(value, "invalid_parameter", "The from parameter", 1, MAX_SEQUENCE)
 
 
+def parse_sequence(value: object) -> int:
+    """``sequence`` of ``GET /account/coins``: a point in the audit trail (0: before every record)."""
+    return _whole_number(value, "invalid_parameter", "The sequence parameter", 0, MAX_SEQUENCE)
+
+
 def parse_cursor(value: object) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= 128:
         raise InvalidInput("invalid_cursor", "The cursor is not one this server issued.")

@@ -198,6 +198,12 @@ TIMESTAMP_PATTERN = re.compile(
 )
 
 
+def parse_time(name: str) -> Callable[[object], str]:
+    """The parser of an RFC 3339 parameter ``name`` read as the time filters read theirs (in the
+    records' own form); a malformed value is ``invalid_parameter`` naming it."""
+    return _filter(name, _timestamp)
+
+
 def _timestamp(value: object) -> str:
     """An RFC 3339 time, in the records' own form (UTC, microseconds, ``Z``), which sorts as text."""
     if not isinstance(value, str) or TIMESTAMP_PATTERN.fullmatch(value) is None:

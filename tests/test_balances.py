@@ -8,28 +8,11 @@ from flask.testing import FlaskClient
 
 from tests.drivers import StoreDriver
 from tests.stores import ADMIN_TOKEN
-from tests.trails import audit
+from tests.trails import audit, replayed
 
 AARON = {"Authorization": "1"}
 BRYAN = {"Authorization": "2"}
 ADMIN = {"Authorization": ADMIN_TOKEN}
-
-
-def replayed(records: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
-    """Each (sequence, party)'s balance right after the record, by replaying the trail from zero."""
-    balances: dict[str, int] = {}
-    after: dict[tuple[int, str], int] = {}
-    for record in records:
-        kind, source, target, amount = record["type"], record["from"], record["to"], record["amount"]
-        if record["status"] == "SUCCESS":
-            if source is not None and kind in ("withdrawal", "transfer", "capture"):
-                balances[source] -= amount
-            if target is not None and kind in ("open", "deposit", "transfer", "capture"):
-                balances[target] = balances.get(target, 0) + amount
-        for name in (source, target):
-            if name is not None and name in balances:
-                after[(record["sequence"], name)] = balances[name]
-    return after
 
 
 def traffic(client: FlaskClient) -> list[dict[str, Any]]:

@@ -57,3 +57,21 @@ def as_seen_by(record: dict[str, Any], viewer: str) -> dict[str, Any]:
     shown = {name: value for name, value in record.items() if name not in hidden}
     side = "from_balance_after" if record["from"] == viewer else "to_balance_after"
     return {**shown, "balance_after": record[side]}
+
+
+def replayed(records: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
+    """Each (sequence, party)'s balance right after the record, by replaying ``/admin/audit``
+    records from the first one (a name that is no account has none)."""
+    balances: dict[str, int] = {}
+    after: dict[tuple[int, str], int] = {}
+    for record in records:
+        kind, source, target, amount = record["type"], record["from"], record["to"], record["amount"]
+        if record["status"] == "SUCCESS":
+            if source is not None and kind in ("withdrawal", "transfer", "capture", "reversal"):
+                balances[source] -= amount
+            if target is not None and kind in ("open", "deposit", "transfer", "capture", "reversal"):
+                balances[target] = balances.get(target, 0) + amount
+        for name in (source, target):
+            if name is not None and name in balances:
+                after[(record["sequence"], name)] = balances[name]
+    return after

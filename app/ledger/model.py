@@ -163,6 +163,16 @@ class Transaction(NamedTuple):
         return self.from_balance_after if account == self.source else self.to_balance_after
 
 
+class BalanceAt(NamedTuple):
+    """An account's balance right after its last record at or before a point in the trail
+    (``GET /account/coins?at=`` or ``?sequence=``): that record's ``sequence`` and ``created_at``."""
+
+    username: str
+    balance: int
+    sequence: int
+    created_at: str
+
+
 class Tag(NamedTuple):
     """What the caller attached to an operation: a reference and metadata.
 

@@ -233,6 +233,12 @@ _CREDITS = frozenset(
 )
 
 
+def balance_moves(kind: str) -> tuple[bool, bool]:
+    """Whether a SUCCESS record of type ``kind`` takes its amount from its source, and whether
+    it gives it to its target (the rule ``settle_balances`` applies, for a replay of records)."""
+    return kind in _DEBITS, kind in _CREDITS
+
+
 def settle_balances(drafts: Sequence[RecordDraft], balances: dict[str, int]) -> None:
     """Set each draft's ``balances`` to its parties' balances right after it, in order, from
     ``balances`` (every account's balance before the first draft, brought up to date in

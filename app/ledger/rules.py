@@ -374,6 +374,19 @@ def check_limit(limit: int) -> None:
         raise InvalidInput("invalid_limit", "The limit must be at least 1.")
 
 
+def check_point(sequence: int | None, at: str | None) -> None:
+    """``balance_at``'s point: a sequence (not negative) or a time, exactly one of the two."""
+    if (sequence is None) == (at is None):
+        raise InvalidInput("invalid_parameter", "Give exactly one of at and sequence.")
+    if sequence is not None and sequence < 0:
+        raise InvalidInput("invalid_parameter", "The sequence parameter must not be negative.")
+
+
+def no_record_before(username: str) -> AccountNotFound:
+    """``balance_at``'s refusal of a point before the account's first record."""
+    return AccountNotFound(f"Account {username} has no record at or before that point.")
+
+
 class SingleOperations:
     """``deposit``, ``withdraw`` and ``transfer``: each one item run by the store's ``_run_one``.
 

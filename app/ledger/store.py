@@ -14,6 +14,7 @@ from app.ledger.audit import Verification
 from app.ledger.filters import NO_FILTER, RecordFilter
 from app.ledger.model import (
     AccountView,
+    BalanceAt,
     BatchItem,
     BatchResult,
     CheckpointPage,
@@ -223,6 +224,16 @@ class LedgerStore(Protocol):
         self, username: str, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER
     ) -> Page:
         """The account's audit records that pass ``where``, newest first, ``limit`` at a time."""
+        ...
+
+    def balance_at(self, username: str, *, sequence: int | None = None, at: str | None = None) -> BalanceAt:
+        """The account's balance right after its last record at or before a point: the one
+        with the largest sequence among its records with ``sequence <= sequence``, or with
+        ``created_at <= at`` (``at`` in the records' form; ``created_at`` need not grow with
+        the sequence, so that is the definition). Exactly one of the two is given
+        (``InvalidInput("invalid_parameter")`` otherwise); ``AccountNotFound`` if the account
+        has no record there. Only durable records count. Logarithmic in the account's records.
+        """
         ...
 
     def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:

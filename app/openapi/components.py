@@ -227,6 +227,19 @@ def _filters() -> dict[str, Any]:
         "reference_filter": _query(
             "reference", ref("Reference"), "Only records with exactly this reference."
         ),
+        "at": _query(
+            "at",
+            timestamp,
+            "A point in time (RFC 3339): the balance right after the caller's last record created at or "
+            "before it (of the records created at or before it, the one with the largest sequence). Not "
+            "with `sequence`.",
+        ),
+        "sequence": _query(
+            "sequence",
+            {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+            "A point in the audit trail: the balance right after the caller's last record whose sequence "
+            "is at most this. Not with `at`.",
+        ),
     }
 
 
@@ -253,6 +266,11 @@ def headers() -> dict[str, Any]:
     return {
         "ETag": header(
             {"type": "string", "pattern": '^"[0-9]+"$'}, 'The caller\'s account version, as `"7"`.'
+        ),
+        "ETagUnlessAtPoint": header(
+            {"type": "string", "pattern": '^"[0-9]+"$'},
+            'The caller\'s account version, as `"7"`; absent from a balance at a point (`at`, `sequence`).',
+            required=False,
         ),
         "Retry-After": header({"type": "string", "pattern": "^[0-9]+$"}, "Seconds to wait before retrying."),
         "Idempotent-Replayed": header(

@@ -344,19 +344,29 @@ def _admin_reverse() -> Operation:
 
 def _account_paths() -> dict[str, Any]:
     at_version = {"username": "$response.body#/username", "header.If-Match": "$response.header.ETag"}
-    balance = answer("The caller's account.", ref("Balance"), headers=("ETag",))
+    balance = answer(
+        "The caller's account; at a point (`at` or `sequence`), its balance then.",
+        {"oneOf": [ref("Balance"), ref("BalanceAt")]},
+    )
+    balance["headers"]["ETag"] = header_ref("ETagUnlessAtPoint")  # none at a point
     return {
         "/account/coins": {
             "get": _operation(
                 "getBalance",
                 "account",
                 "Balance",
-                "The caller's balance, version, money on hold (`held`) and `available` (balance - held).",
+                "The caller's balance, version, money on hold (`held`) and `available` (balance - held). "
+                "With `at` (an RFC 3339 time) or `sequence`: the balance right after the caller's last "
+                "record at or before that point, and that record's sequence and time (`as_of`), without "
+                "an ETag; the last record at or before a time is, of the records created at or before it, "
+                "the one with the largest sequence (records are not always stamped in sequence order). "
+                "Both at once or a malformed value: 400 invalid_parameter; a point before the caller's "
+                "first record: 404 account_not_found. Any other query parameter is ignored.",
                 security=_USER,
-                parameters=_ACCOUNT_PARAMETERS,
+                parameters=[*_ACCOUNT_PARAMETERS, "at", "sequence"],
                 responses={
                     "200": {**balance, "links": _links(("depositAtVersion", "deposit", at_version))},
-                    **_account_errors(_READ_400),
+                    **_account_errors([*_READ_400, "invalid_parameter"], {404: ["account_not_found"]}),
                 },
             )
         },

@@ -409,6 +409,30 @@ def _answers() -> dict[str, Schema]:
                 {"username": "aaron", "balance": 10000, "version": 0, "held": 0, "available": 10000}
             ],
         },
+        "BalanceAt": {
+            **_object(
+                {
+                    "username": ref("Username"),
+                    "balance": _BALANCE,
+                    "as_of": _object(
+                        {
+                            "sequence": {"type": "integer", "minimum": 1},
+                            "created_at": {"type": "string", "format": "date-time"},
+                        }
+                    ),
+                }
+            ),
+            "description": "The caller's balance right after its last record at or before the point asked "
+            "for (`at` or `sequence`), and that record's sequence and time. No version: it is no state "
+            "the account can be matched against.",
+            "examples": [
+                {
+                    "username": "aaron",
+                    "balance": 9900,
+                    "as_of": {"sequence": 42, "created_at": "2026-11-24T01:02:03.456789Z"},
+                }
+            ],
+        },
         "MoneyResult": {
             **_object({"transaction": ref("Transaction"), **_account_state(with_holds=False)}),
             "description": "balance and version are the caller's after the operation.",

@@ -26,6 +26,22 @@ almost, but not always, grows with the sequence. Each row also notes whether it 
 sequence, so a time filter becomes a range of sequences (found through the running
 maximum ``latest_at``), and the few late rows are searched apart.
 
+Balances in time: each ``history`` row also holds the account's balance right after its
+record, from the index's own replay of every record (the rule of
+``records.settle_balances``: SUCCESS only; ``records.balance_moves``), each account's
+running balance kept in ``balances`` beside the rows it made, so a catch-up after a
+restart continues it. Records written before records carried balances get theirs all
+the same; a record that carries its own must agree with the replay
+(``StoreInvariantBroken`` otherwise). ``balance_at`` answers "the balance right after the
+account's last record at or before a point": by sequence, one step down the
+``(account, sequence)`` key; by time, *the record with the largest sequence among the
+account's records with* ``created_at <= at``: the last row up to the sequence bound of
+the running maximum (every record up to it is at or before ``at``, every one after it
+that is not late is after ``at``), or a late row after that bound, found among the late
+rows stamped at most ``lateness_us`` (the greatest lateness indexed: how far a late
+record's ``created_at`` fell behind the running maximum) before ``at``, since a late row
+after the bound is at or before ``at`` only within that window.
+
 Locking
 -------
 ``RecordIndex._lock`` guards the SQLite connection and what the index knows of itself
@@ -44,6 +60,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,15 +69,17 @@ from app.ledger.filters import RecordFilter, counterparties, metadata_values
 from app.ledger.memory.archive import Entry
 from app.ledger.memory.files import FILE_MODE
 from app.ledger.memory.trail import AuditTrail
-from app.ledger.model import Transaction
+from app.ledger.model import Status, Transaction
+from app.ledger.records import balance_moves
 
 _log = logging.getLogger("goledger.store")
 
 #: The index file's name in a data directory.
 INDEX_FILE = "index.sqlite3"
 #: Bumped whenever the tables change: an index of another version is rebuilt
-#: (2: records carry their id, for a reversal to find its original).
-SCHEMA_VERSION = 2
+#: (2: records carry their id, for a reversal to find its original; 3: history rows
+#: carry the account's balance after them).
+SCHEMA_VERSION = 3
 #: Records indexed per SQLite transaction (and per hold of the lock).
 CHUNK_RECORDS = 1024
 #: How often the background thread looks for new records.
@@ -71,6 +90,9 @@ CLOSE_WAIT_S = 30.0
 #: a wider one is scanned in sequence order, where its matches are dense enough.
 AMOUNT_PROBE_ROWS = 4096
 _MIN_SQL_INT, _MAX_SQL_INT = -(2**63), 2**63 - 1
+#: The greatest lateness when a late record's time cannot be read (every late row is searched).
+_UNBOUNDED_LATENESS_US = _MAX_SQL_INT
+_SUCCESS = Status.SUCCESS.value
 
 _SCHEMA = """
 CREATE TABLE state (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -92,13 +114,16 @@ CREATE INDEX records_id ON records (id);
 CREATE TABLE history (
     account INTEGER NOT NULL, sequence INTEGER NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL,
     counterparty INTEGER, amount INTEGER NOT NULL, created_at TEXT NOT NULL, late INTEGER NOT NULL,
-    reference TEXT, PRIMARY KEY (account, sequence)) WITHOUT ROWID;
+    reference TEXT, balance INTEGER NOT NULL, PRIMARY KEY (account, sequence)) WITHOUT ROWID;
 CREATE INDEX history_type ON history (account, type, sequence);
 CREATE INDEX history_status ON history (account, status, sequence);
 CREATE INDEX history_counterparty ON history (account, counterparty, sequence);
 CREATE INDEX history_amount ON history (account, amount, sequence);
 CREATE INDEX history_reference ON history (account, reference, sequence) WHERE reference IS NOT NULL;
 CREATE INDEX history_late ON history (account, late, sequence) WHERE late = 1;
+CREATE INDEX history_late_time ON history (account, created_at) WHERE late = 1;
+-- Each account's balance as of the last record indexed (the replay continues from it).
+CREATE TABLE balances (account INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
 CREATE TABLE metadata (
     key TEXT NOT NULL, value TEXT NOT NULL, sequence INTEGER NOT NULL,
     PRIMARY KEY (key, value, sequence)) WITHOUT ROWID;
@@ -129,7 +154,9 @@ class RecordIndex:
         self._connection: sqlite3.Connection | None = None  # under _lock, opened on first use
         self._sequence = 0  # the last record indexed
         self._latest_at = ""  # the greatest created_at indexed
+        self._lateness_us = 0  # the most a late record fell behind the running maximum
         self._names: dict[str, int] = {}
+        self._balances: dict[int, int] = {}  # account id -> balance as of the last record indexed
         self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,7 +192,8 @@ class RecordIndex:
             state = dict(connection.execute("SELECT key, value FROM state").fetchall())
             if state.get("schema") == SCHEMA_VERSION and self._agrees(state):
                 self._sequence, self._latest_at = state["sequence"], state["latest_at"]
-                self._names = dict(connection.execute("SELECT name, id FROM names").fetchall())
+                self._lateness_us = state["lateness_us"]
+                self._reload(connection)
                 return connection
         except BaseException:
             connection.close()
@@ -200,7 +228,13 @@ class RecordIndex:
                 connection.executescript(_SCHEMA)
                 connection.executemany(
                     "INSERT INTO state VALUES (?, ?)",
-                    [("schema", SCHEMA_VERSION), ("sequence", 0), ("hash", ""), ("latest_at", "")],
+                    [
+                        ("schema", SCHEMA_VERSION),
+                        ("sequence", 0),
+                        ("hash", ""),
+                        ("latest_at", ""),
+                        ("lateness_us", 0),
+                    ],
                 )
         except BaseException:
             connection.close()
@@ -246,17 +280,26 @@ class RecordIndex:
             first = self._sequence + 1
             self._index(connection, self._trail.entries(first, min(last, first + CHUNK_RECORDS - 1)))
 
+    def _reload(self, connection: sqlite3.Connection) -> None:
+        """Read the names and running balances back from the file (at open, after a rollback)."""
+        self._names = dict(connection.execute("SELECT name, id FROM names").fetchall())
+        self._balances = dict(connection.execute("SELECT account, balance FROM balances").fetchall())
+
     def _index(self, connection: sqlite3.Connection, entries: Sequence[Entry]) -> None:
         if not entries or entries[0][0].sequence != self._sequence + 1:
             raise StoreInvariantBroken(f"the audit trail has no record {self._sequence + 1} to index")
-        latest_at = self._latest_at
+        latest_at, lateness_us = self._latest_at, self._lateness_us
         records, history, metadata = [], [], []
+        changed: set[int] = set()
         connection.execute("BEGIN")
         try:
             for record, parties, _ in entries:
                 sequence, created_at = record.sequence, record.created_at
                 late = int(created_at < latest_at)
+                if late:
+                    lateness_us = max(lateness_us, _lateness_us(created_at, latest_at))
                 latest_at = max(latest_at, created_at)
+                changed.update(self._settle(connection, record))
                 common = (record.type, record.status)
                 records.append(
                     (sequence, *common, self._name_id(connection, record.source),
@@ -267,29 +310,72 @@ class RecordIndex:
                     history.append(
                         (self._name_id(connection, party), sequence, *common,
                          self._counterparty_id(connection, record, party), record.amount,
-                         created_at, late, record.reference)
+                         created_at, late, record.reference, self._balance_after(connection, record, party))
                     )  # fmt: skip
                 metadata += [
                     (key, value, sequence) for key, value in metadata_values(record.metadata).items()
                 ]
             connection.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
-            connection.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", history)
+            connection.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", history)
             connection.executemany("INSERT INTO metadata VALUES (?, ?, ?)", metadata)
+            connection.executemany(
+                "INSERT OR REPLACE INTO balances VALUES (?, ?)",
+                [(account, self._balances[account]) for account in sorted(changed)],
+            )
             last = entries[-1][0]
             connection.executemany(
                 "UPDATE state SET value = ? WHERE key = ?",
-                [(last.sequence, "sequence"), (last.hash, "hash"), (latest_at, "latest_at")],
+                [
+                    (last.sequence, "sequence"),
+                    (last.hash, "hash"),
+                    (latest_at, "latest_at"),
+                    (lateness_us, "lateness_us"),
+                ],
             )
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
-            self._names = dict(connection.execute("SELECT name, id FROM names").fetchall())
+            self._reload(connection)
             raise
-        self._sequence, self._latest_at = last.sequence, latest_at
+        self._sequence, self._latest_at, self._lateness_us = last.sequence, latest_at, lateness_us
+
+    def _settle(self, connection: sqlite3.Connection, record: Transaction) -> tuple[int, ...]:
+        """Apply ``record`` to the running balances; the ids of the accounts it changed."""
+        if record.status != _SUCCESS:
+            return ()
+        debits, credits = balance_moves(record.type)
+        changed = []
+        if debits and record.source is not None:
+            source = self._id_of(connection, record.source)
+            before = self._balances.get(source)
+            if before is None:
+                raise StoreInvariantBroken(f"record {record.sequence} debits {record.source}, never opened")
+            self._balances[source] = before - record.amount
+            changed.append(source)
+        if credits and record.target is not None:
+            target = self._id_of(connection, record.target)
+            self._balances[target] = self._balances.get(target, 0) + record.amount
+            changed.append(target)
+        return tuple(changed)
+
+    def _balance_after(self, connection: sqlite3.Connection, record: Transaction, party: str) -> int:
+        """``party``'s balance right after ``record``, as replayed; checked against the one the
+        record carries (records written before records carried balances carry none)."""
+        replayed = self._balances.get(self._id_of(connection, party))
+        if replayed is None:
+            raise StoreInvariantBroken(f"record {record.sequence} is shown to {party}, never opened")
+        carried = record.balance_after(party)
+        if carried is not None and carried != replayed:
+            raise StoreInvariantBroken(
+                f"record {record.sequence} carries {carried} as {party}'s balance after it; "
+                f"the records before it add up to {replayed}"
+            )
+        return replayed
 
     def _name_id(self, connection: sqlite3.Connection, name: str | None) -> int | None:
-        if name is None:
-            return None
+        return None if name is None else self._id_of(connection, name)
+
+    def _id_of(self, connection: sqlite3.Connection, name: str) -> int:
         known = self._names.get(name)
         if known is None:
             known = self._names[name] = len(self._names) + 1
@@ -332,6 +418,31 @@ class RecordIndex:
                 .fetchone()
             )
         return None if row is None else int(row[0])
+
+    def balance_at(
+        self, account: str, *, sequence: int | None, at: str | None, upto: int
+    ) -> BalanceRow | None:
+        """``account``'s last record (and balance right after it) at or before ``sequence``, or
+        the one with the largest sequence among those with ``created_at <= at`` (records up
+        to ``upto`` only); ``None``: it has none there."""
+        with self._lock:
+            connection = self._ready(upto)
+            account_id = self._names.get(account)
+            if account_id is None:
+                return None
+            if at is None:
+                if sequence is None:
+                    raise StoreInvariantBroken("balance_at needs a sequence or a time")
+                return _last_row(connection, account_id, min(sequence, upto))
+            # Every record up to the bound is at or before ``at``; after it, only late ones may be.
+            bound = min(upto, _sequence_where(connection, _LAST_NOT_AFTER, at) or 0)
+            in_order = _last_row(connection, account_id, bound)
+            late = connection.execute(
+                _LAST_LATE, (account_id, _earlier_by(at, self._lateness_us), at, bound, upto)
+            ).fetchone()
+            if late is None:
+                return in_order
+            return BalanceRow(*late) if in_order is None or late[0] > in_order.sequence else in_order
 
     def transactions(self, where: RecordFilter, after: int, upto: int, want: int) -> list[int]:
         """The sequences of the first ``want`` records after ``after`` (and at most ``upto``)
@@ -439,6 +550,62 @@ _FIRST_NOT_BEFORE = (
 def _sequence_where(connection: sqlite3.Connection, sql: str, stamp: str) -> int | None:
     row = connection.execute(sql, (stamp,)).fetchone()
     return None if row is None else int(row[0])
+
+
+class BalanceRow(NamedTuple):
+    """An account's record as ``balance_at`` finds it: its sequence, time, and the account's
+    balance right after it."""
+
+    sequence: int
+    balance: int
+    created_at: str
+
+
+def _last_row(connection: sqlite3.Connection, account: int, high: int) -> BalanceRow | None:
+    """The account's last row at or before sequence ``high`` (one step down its key)."""
+    row = connection.execute(
+        "SELECT sequence, balance, created_at FROM history WHERE account = ? AND sequence <= ? "
+        "ORDER BY sequence DESC LIMIT 1",
+        (account, high),
+    ).fetchone()
+    return None if row is None else BalanceRow(*row)
+
+
+#: The account's last late row stamped in ``[low, at]`` with a sequence in ``(bound, upto]``.
+_LAST_LATE = (
+    "SELECT sequence, balance, created_at FROM history INDEXED BY history_late_time "
+    "WHERE account = ? AND late = 1 AND created_at BETWEEN ? AND ? AND sequence > ? AND sequence <= ? "
+    "ORDER BY sequence DESC LIMIT 1"
+)
+
+
+def _microseconds(stamp: str) -> int | None:
+    """A record's time in microseconds since year 1 (``None``: not a time this reads)."""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return (moment - datetime.min) // timedelta(microseconds=1)
+
+
+def _lateness_us(created_at: str, latest_at: str) -> int:
+    """How far a late record's time falls behind the running maximum before it."""
+    created_us, latest_us = _microseconds(created_at), _microseconds(latest_at)
+    if created_us is None or latest_us is None:
+        return _UNBOUNDED_LATENESS_US
+    return max(0, latest_us - created_us)
+
+
+def _earlier_by(stamp: str, lateness_us: int) -> str:
+    """``stamp`` less ``lateness_us``, in the records' form (``""``, before every record, if
+    that is before year 1 or ``stamp`` cannot be read)."""
+    stamp_us = _microseconds(stamp)
+    if stamp_us is None or lateness_us >= stamp_us:
+        return ""
+    earlier = datetime.min + timedelta(microseconds=stamp_us - lateness_us)
+    return earlier.isoformat(timespec="microseconds") + "Z"
 
 
 class _Query(NamedTuple):

@@ -49,6 +49,7 @@ from app.ledger.memory.trail import AuditTrail
 from app.ledger.model import (
     MAX_BALANCE,
     AccountView,
+    BalanceAt,
     BatchItem,
     BatchResult,
     Checkpoint,
@@ -475,6 +476,13 @@ class MockDB(HoldOperations, ReversalOperations, rules.SingleOperations):
         """``page`` with the reversed amounts of its records, copied as it is read."""
         amounts = self._reversals.of(record.id for record in page.transactions)
         return dataclasses.replace(page, reversed=amounts) if amounts else page
+
+    def balance_at(self, username: str, *, sequence: int | None = None, at: str | None = None) -> BalanceAt:
+        rules.check_point(sequence, at)
+        found = self._index.balance_at(username, sequence=sequence, at=at, upto=self._indexable())
+        if found is None:
+            raise rules.no_record_before(username)
+        return BalanceAt(username, found.balance, found.sequence, found.created_at)
 
     def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
         rules.check_limit(limit)

@@ -96,6 +96,35 @@ _STRADDLING = (
     "AND goledger_time_range(t.created_at, t.latest_at, '(]') @> %s::text"
 )
 
+#: An account's last row at or before a sequence, its balance after it and its record's time
+#: (parameters: username, sequence): one step down ``audit_parties``' key.
+_LAST_ROW = (
+    "SELECT p.sequence, p.balance_after, (SELECT a.created_at FROM audit a WHERE a.sequence = p.sequence) "
+    "FROM audit_parties p WHERE p.username = %s AND p.sequence <= %s ORDER BY p.sequence DESC LIMIT 1"
+)
+#: Among the records in time order: the first one after a time (past every sequence: none).
+#: Every record before it is not after the time (the newest before it is not), every one
+#: from it on that is not late is after it.
+_FIRST_AFTER = (
+    "coalesce((SELECT t.sequence FROM audit t WHERE t.latest_at IS NULL AND t.created_at > %s "
+    "ORDER BY t.created_at, t.sequence LIMIT 1), 9223372036854775807)"
+)
+#: The account's last row at or before a time (parameters: username, at, username, the time
+#: just after at, at): the last one before the first record in time order after ``at``, or
+#: one of the late records from there on that are still not after it: those whose
+#: ``(created_at, latest_at]`` holds the time just after ``at`` (``audit_late``'s expression).
+_LAST_ROW_AT = (
+    "SELECT b.sequence, b.balance_after, a.created_at FROM ("  # noqa: S608 (this module's constants)
+    "(SELECT p.sequence, p.balance_after FROM audit_parties p WHERE p.username = %s "
+    f"AND p.sequence < {_FIRST_AFTER} ORDER BY p.sequence DESC LIMIT 1) UNION ALL "
+    "(SELECT p.sequence, p.balance_after FROM audit_parties p WHERE p.username = %s AND p.sequence IN ("
+    f"{_STRADDLING} AND t.created_at <= %s))"
+    ") b JOIN audit a ON a.sequence = b.sequence ORDER BY b.sequence DESC LIMIT 1"
+)
+#: What, appended to a time in the records' form, makes the least text after it that comes
+#: before every later time of that form (the database's collation is bytewise, "C").
+_JUST_AFTER = " "
+
 #: Conditions joined by ``AND`` and their parameters, in the order of their placeholders.
 _Branch = tuple[list[str], list[object]]
 
@@ -118,6 +147,23 @@ def history(runner: Runner, username: str, before: int, limit: int, where: Recor
     query = _RECORDS_OF + " UNION ALL ".join(f"({text})" for text, _ in selects)
     query += ") ORDER BY a.sequence DESC LIMIT %s"
     return _read(runner, query, [*(value for _, values in selects for value in values), limit])
+
+
+def balance_at(
+    runner: Runner, username: str, sequence: int | None, at: str | None
+) -> tuple[int, int | None, str] | None:
+    """``username``'s row with the largest sequence at or before ``sequence``, or among those
+    with ``created_at <= at`` (the records' form): its sequence, the account's balance right
+    after it, its time; ``None``: no such row. Every record before the first one in time
+    order after ``at`` is not after it, and every later one that is not late is; the late
+    ones from there on that are not after it are the few ``at`` falls between (their
+    ``(created_at, latest_at]`` holds the time just after ``at``)."""
+    if at is None:
+        query, parameters = _LAST_ROW, [username, sequence]
+    else:
+        query, parameters = _LAST_ROW_AT, [username, at, username, at + _JUST_AFTER, at]
+    row = runner.read(lambda connection: connection.execute(query.encode(), parameters).fetchone())
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def transactions(runner: Runner, after: int, limit: int, where: RecordFilter) -> list[Transaction]:

@@ -66,6 +66,7 @@ from app.ledger.filters import NO_FILTER, RecordFilter
 from app.ledger.model import (
     MAX_BALANCE,
     AccountView,
+    BalanceAt,
     BatchItem,
     BatchResult,
     CheckpointPage,
@@ -433,6 +434,17 @@ class PostgresStore(rules.SingleOperations):
         check_limit(limit)
         before = 2**63 - 1 if cursor is None else decode_cursor(cursor, HISTORY_CURSOR)
         return self._shown(_page("h", pages.history(self._runner, username, before, limit + 1, where), limit))
+
+    def balance_at(self, username: str, *, sequence: int | None = None, at: str | None = None) -> BalanceAt:
+        """The account's row at that point in ``audit_parties``, with its balance (``pages.balance_at``)."""
+        rules.check_point(sequence, at)
+        found = pages.balance_at(self._runner, username, sequence, at)
+        if found is None:
+            raise rules.no_record_before(username)
+        found_sequence, balance, created_at = found
+        if balance is None:
+            raise StoreInvariantBroken(f"{username}'s row of record {found_sequence} has no balance_after")
+        return BalanceAt(username, balance, found_sequence, created_at)
 
     def transactions(self, *, limit: int, cursor: str | None, where: RecordFilter = NO_FILTER) -> Page:
         """Every account's records passing ``where``, oldest first (``pages.transactions``)."""
