@@ -71,8 +71,10 @@ def record_balances(record: Transaction) -> tuple[int | None, int | None] | None
     return None if from_balance is None and to_balance is None else (from_balance, to_balance)
 
 
-def metadata_text(metadata: Mapping[str, object]) -> str | None:
-    """The canonical text of a metadata object (keys sorted, no spaces; ``None`` when empty)."""
+def metadata_text(metadata: Mapping[str, object] | None) -> str | None:
+    """The canonical text of a metadata object (keys sorted, no spaces; ``None`` when empty or
+    absent): what a record's hash covers, however the object was read back (a journal row,
+    a jsonb column, which keeps keys in an order of its own)."""
     if not metadata:
         return None
     return orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()

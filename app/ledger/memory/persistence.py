@@ -6,8 +6,9 @@ audit lock in audit order (keys are short: there is one entry per operation):
 ``r``
     the audit records it appends: ``[sequence, id, type, from, to, amount, status,
     reason, created_at, previous_hash, hash, [parties whose history shows it], [for
-    each party, the sequence of its record before this one, or 0]]``, and for a record
-    with a tag two more fields, ``reference, metadata`` (the metadata object itself)
+    each party, the sequence of its record before this one, or 0]]``, then the record's
+    extension, if it has one (``app.ledger.records.extension``: its reference and metadata
+    object, and for records since balances, both balances and the id it reverses)
 ``a``
     each touched account's state afterwards: ``{name: [balance, held, version]}``
 ``c``
@@ -49,7 +50,7 @@ import orjson
 
 from app.ledger.model import OperationType, Status, Transaction
 from app.ledger.outcomes import Row as Row
-from app.ledger.records import record_extension
+from app.ledger.records import metadata_text, record_extension
 
 SNAPSHOT_FORMAT = 3
 #: Rows per snapshot chunk: big enough to amortise framing, small enough to stream.
@@ -117,10 +118,10 @@ def _record(row: Row, previous_hash: str, record_hash: str) -> Transaction:
     more = row[EXTENDED_ROW:]
     if len(more) == _FULL_EXTENSION:
         reference, metadata, from_balance, to_balance, reverses = more
-        metadata = canonical_metadata(metadata)
+        metadata = metadata_text(metadata)
     elif more:  # a tag alone: written before records carried balances
         (reference, metadata), from_balance, to_balance, reverses = more, None, None, None
-        metadata = canonical_metadata(metadata)
+        metadata = metadata_text(metadata)
     else:
         reference = metadata = from_balance = to_balance = reverses = None
     return Transaction._make(
@@ -132,11 +133,6 @@ def _record(row: Row, previous_hash: str, record_hash: str) -> Transaction:
 #: Where a journal row's extension (``app.ledger.records.extension``) starts, if it has one.
 EXTENDED_ROW = 13
 _FULL_EXTENSION = 5
-
-
-def canonical_metadata(metadata: dict[str, Any] | None) -> str | None:
-    """A metadata object read back from a row, as the canonical text it was written in."""
-    return None if metadata is None else orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def entry_payload(

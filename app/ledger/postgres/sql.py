@@ -50,7 +50,7 @@ def record(row: TupleRow) -> Transaction:
      reference, metadata, from_balance, to_balance, reverses) = row  # fmt: skip
     return Transaction(
         record_id, sequence, OperationType(kind).value, source, target, amount, Status(status).value, reason,
-        created_at, previous, digest, reference, _canonical(metadata), from_balance, to_balance, reverses,
+        created_at, previous, digest, reference, metadata_text(metadata), from_balance, to_balance, reverses,
     )  # fmt: skip
 
 
@@ -63,13 +63,7 @@ def hold(row: Sequence[Any]) -> HoldState:
 
 def tag(reference: str | None, metadata: Mapping[str, object] | None) -> Tag | None:
     """The tag of a row's reference and metadata columns (``None``: both NULL)."""
-    return make_tag(reference, _canonical(metadata))
-
-
-def _canonical(metadata: Mapping[str, object] | None) -> str | None:
-    """A metadata column's canonical text: jsonb keeps its keys in an order of its own, while
-    the record's hash covers them sorted (``metadata_text``'s form)."""
-    return None if metadata is None else metadata_text(metadata)
+    return make_tag(reference, metadata_text(metadata))
 
 
 def tag_columns(tag: Tag | None) -> tuple[str | None, str | None]:
