@@ -189,6 +189,11 @@ def parse_amount(value: object) -> int:
     return _whole_number(value, "invalid_amount", "The amount", 1, MAX_AMOUNT)
 
 
+def parse_amount_bound(value: object) -> int:
+    """``min_amount``/``max_amount`` of a history filter: a whole number from 0 to 10^15."""
+    return _whole_number(value, "invalid_parameter", "An amount bound", 0, MAX_AMOUNT)
+
+
 def parse_opening_balance(value: object) -> int:
     return _whole_number(value, "invalid_amount", "The balance", 0, MAX_AMOUNT)
 

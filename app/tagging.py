@@ -16,9 +16,9 @@ from typing import TypeVar
 
 from app.ledger.errors import InvalidInput
 from app.ledger.filters import MAX_METADATA_FILTERS, NO_FILTER, RecordFilter
-from app.ledger.model import MAX_AMOUNT, OperationType, Status, Tag
+from app.ledger.model import OperationType, Status, Tag
 from app.ledger.records import make_tag, metadata_text
-from app.params import USERNAME_PATTERN, Params
+from app.params import USERNAME_PATTERN, Params, parse_amount_bound
 
 T = TypeVar("T")
 
@@ -154,8 +154,8 @@ def request_filter(params: Params, *, admin: bool = False) -> RecordFilter:
         counterparty=params.get("counterparty", _filter("counterparty", _counterparty)),
         created_after=params.get("created_after", _filter("created_after", _timestamp)),
         created_before=params.get("created_before", _filter("created_before", _timestamp)),
-        min_amount=params.get("min_amount", _filter("min_amount", _amount)),
-        max_amount=params.get("max_amount", _filter("max_amount", _amount)),
+        min_amount=params.get("min_amount", _filter("min_amount", parse_amount_bound)),
+        max_amount=params.get("max_amount", _filter("max_amount", parse_amount_bound)),
         reference=params.get("reference", _filter("reference", parse_reference)),
         metadata=metadata,
     )
@@ -214,20 +214,6 @@ def _timestamp(value: object) -> str:
         raise ValueError(value) from None
     # isoformat, not strftime: "%Y" does not pad years before 1000, which would then sort wrongly as text.
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def _amount(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
-        number = int(value)
-    else:
-        raise ValueError(value)
-    if not 0 <= number <= MAX_AMOUNT:
-        raise ValueError(value)
-    return number
 
 
 def _metadata_filters(params: Params) -> tuple[tuple[str, str], ...]:
